@@ -1,0 +1,208 @@
+"""The TSPO temporal agent: frozen CLIP ViT-L/14 + a 3.5M-parameter scoring head.
+
+`TemporalAgent` is a transformers `CLIPModel` with one extra submodule, `selector`, so a
+released TSPO-0.4B directory (CLIPConfig + safetensors with `selector.*` keys) loads
+unchanged and `save_pretrained` writes the same layout back.  The head reproduces the
+published forward (SPEC section 2), including its quirks: the position fed to the
+sinusoid is index / T, the attention output skips `ffn_o`, and the residual adds the
+features without the positional encoding.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import transformers
+from safetensors import safe_open
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+from .encoders import Frames, HFClipEncoder, write_clip_tokenizer_files
+
+log = logging.getLogger(__name__)
+
+HEAD_PREFIXES = ("selector.", "multiModal_align.")
+_DTYPE_KW = "dtype" if tuple(int(p) for p in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
+
+
+def positional_encoding(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) sinusoids at position index / length (in [0, 1)), sine on even channels."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1) / length
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2] = torch.sin(position * freq)
+    pe[:, 1::2] = torch.cos(position * freq)
+    return pe
+
+
+def window_mask(length: int, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """(length, length) bool: frame j sees j - window//2 ... j - window//2 + window - 1, clamped."""
+    j = torch.arange(length, device=device).unsqueeze(1)
+    k = torch.arange(length, device=device).unsqueeze(0)
+    lo = (j - window // 2).clamp(min=0)
+    hi = (j - window // 2 + window - 1).clamp(max=length - 1)
+    return (k >= lo) & (k <= hi)
+
+
+class LocalWindowAttention(nn.Module):
+    """Multi-head self-attention restricted to a temporal window; parameter names as released."""
+
+    def __init__(self, dim: int = 768, num_heads: int = 8) -> None:
+        super().__init__()
+        self.Self_q = nn.Linear(dim, dim)
+        self.Self_k = nn.Linear(dim, dim)
+        self.Self_v = nn.Linear(dim, dim)
+        self.ffn_o = nn.Linear(dim, dim)  # in the checkpoint, never used by the published forward
+        self.num_heads = num_heads
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape  # (B, T, D)
+        heads = lambda y: y.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(self.Self_q(x)), heads(self.Self_k(x)), heads(self.Self_v(x))  # (B, H, T, D/H)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return out.transpose(1, 2).reshape(b, t, d)
+
+
+class TemporalHead(nn.Module):
+    """The trainable selector: event features from local context, scored against the question."""
+
+    def __init__(self, dim: int = 768, num_heads: int = 8, window: int = 12) -> None:
+        super().__init__()
+        self.temporal = LocalWindowAttention(dim, num_heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.window = window
+
+    def forward(self, frame_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Scores S (T,) or (B, T) = cos(event feature, text) + cos(frame feature, text).
+
+        frame_features: (T, D) or (B, T, D); text_features: (D,), (1, D) or (B, D).
+        """
+        single = frame_features.ndim == 2
+        frames = frame_features.unsqueeze(0) if single else frame_features  # (B, T, D)
+        dtype = next(self.parameters()).dtype
+        frames = frames.to(dtype)
+        text = text_features.to(dtype).reshape(-1, frames.shape[-1]).unsqueeze(1)  # (B or 1, 1, D)
+        _, t, d = frames.shape
+        pe = positional_encoding(t, d).to(frames.device, dtype)
+        attended = self.temporal(frames + pe, window_mask(t, self.window, frames.device))
+        events = self.mlp(attended) + frames  # (B, T, D)
+        event_cos = (events * text).sum(-1) / (events.norm(dim=-1) * text.norm(dim=-1) + 1e-6)
+        clip_cos = F.cosine_similarity(frames, text, dim=-1)
+        scores = event_cos + clip_cos  # (B, T)
+        return scores[0] if single else scores
+
+
+class TemporalAgent(CLIPModel):
+    """CLIP + `selector` head; `score` -> S, `logits` -> S / tau (tau = 0.025 at inference)."""
+
+    def __init__(self, config: transformers.CLIPConfig) -> None:
+        super().__init__(config)
+        self.selector = TemporalHead(config.projection_dim, num_heads=8, window=getattr(config, "tspo_window", 12))
+        self.tau: float = getattr(config, "tspo_tau", 0.025)
+        self.tokenizer = None
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | Path, torch_dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, **kwargs) -> "TemporalAgent":
+        """Load a released TSPO-0.4B directory (or hub id) as is; a plain CLIP gets a fresh head."""
+        if torch_dtype is not None:
+            kwargs[_DTYPE_KW] = torch_dtype
+        agent = super().from_pretrained(str(path_or_hub_id), **kwargs)
+        if device is not None:
+            agent = agent.to(device)
+        agent.tokenizer = load_clip_tokenizer(path_or_hub_id)
+        return agent.eval()
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """Write the released layout: CLIPConfig, safetensors (CLIP + `selector.*`), tokenizer."""
+        self.config.tspo_window = self.selector.window
+        self.config.tspo_tau = self.tau
+        super().save_pretrained(str(save_directory), **kwargs)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(save_directory))
+        size = self.config.vision_config.image_size
+        CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
+            str(save_directory))
+
+    def load_head(self, path: str | Path) -> "TemporalAgent":
+        """Load only the head, from a released directory or a training checkpoint.
+
+        Keys may carry any prefix ending in `selector.` or `multiModal_align.` (the name of
+        the module inside the training LLaVA model); sharded directories are searched.
+        """
+        path = Path(path)
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            with safe_open(str(file), framework="pt", device="cpu") as fh:
+                for key in fh.keys():
+                    for prefix in HEAD_PREFIXES:
+                        if prefix in key:
+                            state[key.split(prefix, 1)[1]] = fh.get_tensor(key)
+        if not state:
+            raise ValueError(f"{path}: no keys with a {' or '.join(HEAD_PREFIXES)} prefix; "
+                             "pass a TSPO-0.4B directory or a training checkpoint that holds the head")
+        self.selector.load_state_dict(state)
+        return self
+
+    @property
+    def encoder(self) -> HFClipEncoder:
+        """This agent's CLIP as an `Encoder` for the extraction stage."""
+        if self.tokenizer is None:
+            self.tokenizer = load_clip_tokenizer(None)
+        return HFClipEncoder(self, self.tokenizer, name=str(getattr(self.config, "_name_or_path", "") or "clip"))
+
+    def encode_frames(self, frames: Frames) -> torch.Tensor:
+        """uint8 (N, H, W, 3) frames or PIL images -> (N, projection_dim) CLIP image features."""
+        return self.encoder.encode_frames(frames)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Question stems -> (N, projection_dim) CLIP text features (truncated at 77 tokens)."""
+        return self.encoder.encode_text(texts)
+
+    def score(self, frame_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """S (T,): event cosine + clip cosine, before the temperature."""
+        return self.selector(frame_features.to(self.selector.mlp[0].weight.device), text_features)
+
+    def logits(self, frame_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """S / tau: the policy's logits over candidates."""
+        return self.score(frame_features, text_features) / self.tau
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def random_agent(config: str = "clip-tiny", seed: int = 0, torch_dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> TemporalAgent:
+    """A randomly initialised agent of a named architecture (`configs/<name>.json`).
+
+    For tests, the offline demo and speed benchmarks: the real architecture with nothing
+    downloaded.  Its scores mean nothing until it is trained.
+    """
+    path = CONFIG_DIR / f"{config}.json"
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise ValueError(f"unknown agent config {config!r}; known: {', '.join(names)}")
+    spec = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    torch.manual_seed(seed)
+    agent = TemporalAgent(CLIPConfig(**spec))
+    agent.tokenizer = load_clip_tokenizer(None)
+    return agent.to(device=device, dtype=torch_dtype).eval()
+
+
+def load_clip_tokenizer(path_or_hub_id: str | Path | None):
+    """The checkpoint's own tokenizer; CLIP's BPE shipped with open_clip when it has none."""
+    if path_or_hub_id is not None:
+        try:
+            return transformers.AutoTokenizer.from_pretrained(str(path_or_hub_id))
+        except (OSError, ValueError, TypeError) as err:
+            log.warning("%s has no tokenizer files (%s); using CLIP's BPE from open_clip", path_or_hub_id, err)
+    with tempfile.TemporaryDirectory() as tmp:
+        return transformers.CLIPTokenizer.from_pretrained(str(write_clip_tokenizer_files(tmp)))
