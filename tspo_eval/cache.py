@@ -1,0 +1,164 @@
+"""Per-video feature cache in safetensors.
+
+Features depend on the video, the encoder and the candidate sampling only, so they are
+cached once per video (the published pipeline caches per question and re-encodes a video
+for each of its questions).  The key hashes all three, so changing any of them can never
+return stale features.  Entries are written to a temporary file and renamed into place
+(atomic on POSIX), so an interrupted run or two processes extracting into one cache leave
+only whole entries; an entry that fails to parse or to match its key is deleted and
+recomputed.  Nothing is ever unpickled.
+
+Layout: `<root>/videos/<key[:2]>/<key>.safetensors` (features, frame numbers, timestamps;
+metadata: fps, frame count, encoder, video fingerprint, path) and
+`<root>/text/<key[:2]>/<key>.safetensors` (one question text's features).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
+
+FORMAT = "tspo-eval/video-features@1"
+_FINGERPRINT_CHUNK = 1 << 20
+
+
+@dataclass
+class VideoFeatures:
+    """One video's candidate frames and their features."""
+
+    features: torch.Tensor  # (T, D), the encoder's dtype
+    frame_numbers: np.ndarray  # (T,) int64 absolute frame numbers
+    timestamps: np.ndarray  # (T,) float64 seconds
+    fps: float  # the video's average fps
+    num_frames: int  # frames in the whole video
+    encoder: str
+    fingerprint: str
+    video: str  # the path it was extracted from (informative; the key uses the fingerprint)
+
+
+def video_fingerprint(path: str | os.PathLike) -> str:
+    """Content identity of a video file: size + hashes of its first and last MiB.
+
+    Reading 2 MiB is cheap next to decoding, and a re-encoded or replaced file changes it,
+    whatever its name or modification time.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(_FINGERPRINT_CHUNK))
+        if size > _FINGERPRINT_CHUNK:
+            fh.seek(max(size - _FINGERPRINT_CHUNK, _FINGERPRINT_CHUNK))
+            digest.update(fh.read())
+    return digest.hexdigest()[:32]
+
+
+def _hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
+
+
+class FeatureCache:
+    """Per-video frame features and per-text question features under one root."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    # keys ---------------------------------------------------------------------------
+    def video_key(self, fingerprint: str, encoder: str, fps: float, max_frames: int | None) -> str:
+        return _hash({"format": FORMAT, "video": fingerprint, "encoder": encoder,
+                      "fps": float(fps), "max_frames": max_frames})
+
+    def _video_path(self, key: str) -> Path:
+        return self.root / "videos" / key[:2] / f"{key}.safetensors"
+
+    def _text_path(self, encoder: str, text: str) -> tuple[str, Path]:
+        key = _hash({"format": FORMAT, "encoder": encoder, "text": text})
+        return key, self.root / "text" / key[:2] / f"{key}.safetensors"
+
+    # videos -------------------------------------------------------------------------
+    def get_video(self, key: str) -> VideoFeatures | None:
+        """The cached entry, or None when absent; a damaged entry is removed and reported."""
+        path = self._video_path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {name: fh.get_tensor(name) for name in ("features", "frame_numbers", "timestamps")}
+            if meta.get("key") != key or meta.get("format") != FORMAT:
+                raise ValueError("metadata does not match the requested key")
+            t = tensors["features"].shape[0]
+            if tensors["frame_numbers"].shape != (t,) or tensors["timestamps"].shape != (t,) or t == 0:
+                raise ValueError("inconsistent tensor shapes")
+            return VideoFeatures(
+                features=tensors["features"],
+                frame_numbers=tensors["frame_numbers"].numpy(),
+                timestamps=tensors["timestamps"].numpy(),
+                fps=float(meta["fps"]), num_frames=int(meta["num_frames"]), encoder=meta["encoder"],
+                fingerprint=meta["fingerprint"], video=meta["video"],
+            )
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
+            log.warning("damaged cache entry %s (%s): removing it; it will be recomputed", path, err)
+            path.unlink(missing_ok=True)
+            return None
+
+    def put_video(self, key: str, entry: VideoFeatures) -> Path:
+        tensors = {
+            "features": entry.features.detach().cpu().contiguous(),
+            "frame_numbers": torch.as_tensor(np.asarray(entry.frame_numbers, dtype=np.int64)),
+            "timestamps": torch.as_tensor(np.asarray(entry.timestamps, dtype=np.float64)),
+        }
+        meta = {"format": FORMAT, "key": key, "fps": repr(float(entry.fps)), "num_frames": str(entry.num_frames),
+                "encoder": entry.encoder, "fingerprint": entry.fingerprint, "video": entry.video}
+        return self._atomic_save(self._video_path(key), tensors, meta)
+
+    # texts --------------------------------------------------------------------------
+    def text_features(self, encoder: str, texts: Sequence[str],
+                      compute: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """(N, D) features of `texts`, computing (in one batch) and caching only the missing ones."""
+        found: dict[str, torch.Tensor] = {}
+        for text in dict.fromkeys(texts):
+            key, path = self._text_path(encoder, text)
+            if path.is_file():
+                try:
+                    with safe_open(str(path), framework="pt") as fh:
+                        if (fh.metadata() or {}).get("key") == key:
+                            found[text] = fh.get_tensor("features")
+                            continue
+                except (SafetensorError, OSError) as err:
+                    log.warning("damaged cache entry %s (%s): recomputing", path, err)
+                path.unlink(missing_ok=True)
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            for text, feats in zip(missing, compute(missing)):
+                key, path = self._text_path(encoder, text)
+                found[text] = feats.detach().cpu()
+                self._atomic_save(path, {"features": found[text].contiguous()},
+                                  {"format": FORMAT, "key": key, "encoder": encoder})
+        return torch.stack([found[t] for t in texts])
+
+    # io -----------------------------------------------------------------------------
+    @staticmethod
+    def _atomic_save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
