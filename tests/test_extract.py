@@ -1,0 +1,95 @@
+"""Extraction over real generated videos: cache contents, resume, failures, batching."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tspo_eval.agent import random_agent
+from tspo_eval.cache import FeatureCache
+from tspo_eval.extract import ExtractConfig, extract_videos, load_features, video_features
+from tspo_eval.video import VideoError, read_frames
+
+
+class CountingEncoder:
+    """Wraps a real encoder and records every batch it is given."""
+
+    def __init__(self, inner):
+        self.inner, self.identity, self.dim = inner, inner.identity, inner.dim
+        self.batches: list[int] = []
+
+    def encode_frames(self, frames):
+        self.batches.append(len(frames))
+        return self.inner.encode_frames(frames)
+
+    def encode_text(self, texts):
+        return self.inner.encode_text(texts)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return random_agent("clip-tiny", seed=0).encoder
+
+
+@pytest.fixture()
+def videos(numbered_video_factory, tmp_path):
+    good_a = numbered_video_factory(num_frames=300)  # 29.97 fps: candidates every 30th frame
+    good_b = numbered_video_factory(num_frames=95, fps=25.0)  # every 25th: 0, 25, 50, 75
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(good_a.read_bytes()[:2000])
+    return good_a, good_b, corrupt, tmp_path / "missing.mp4"
+
+
+def test_extract_caches_the_candidates_features_and_records_failures(videos, encoder, tmp_path):
+    good_a, good_b, corrupt, missing = videos
+    counting = CountingEncoder(encoder)
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = ExtractConfig(batch_size=4, prefetch=2)
+    report = extract_videos([good_a, corrupt, missing, good_b], counting, cache, cfg, progress=False)
+
+    assert sorted(report.encoded) == sorted([str(good_a), str(good_b)])
+    assert set(report.failed) == {str(corrupt), str(missing)}
+    for path, message in report.failed.items():
+        assert path in message
+    assert max(counting.batches) <= 4  # memory bounded by the batch, never the whole video
+
+    a = load_features(good_a, encoder.identity, cache, cfg)
+    np.testing.assert_array_equal(a.frame_numbers, np.arange(0, 300, 30))
+    np.testing.assert_allclose(a.timestamps, np.arange(0, 300, 30) * 1001 / 30000)
+    assert a.num_frames == 300 and abs(a.fps - 30000 / 1001) < 1e-6
+    direct = encoder.encode_frames(read_frames(good_a, a.frame_numbers))
+    torch.testing.assert_close(a.features, direct, atol=1e-5, rtol=1e-5)
+    b = load_features(good_b, encoder.identity, cache, cfg)
+    np.testing.assert_array_equal(b.frame_numbers, [0, 25, 50, 75])
+
+
+def test_second_run_resumes_from_the_cache(videos, encoder, tmp_path):
+    good_a, good_b, *_ = videos
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = ExtractConfig(batch_size=8)
+    extract_videos([good_a], encoder, cache, cfg, progress=False)  # an "interrupted" first run
+    counting = CountingEncoder(encoder)
+    report = extract_videos([good_a, good_b], counting, cache, cfg, progress=False)
+    assert report.cached == [str(good_a)] and report.encoded == [str(good_b)]
+    assert sum(counting.batches) == 4  # only good_b's 4 candidates were encoded
+
+    # a truncated entry is detected and recomputed
+    entry = next((tmp_path / "cache" / "videos").rglob("*.safetensors"))
+    entry.write_bytes(entry.read_bytes()[:100])
+    report = extract_videos([good_a, good_b], encoder, cache, cfg, progress=False)
+    assert len(report.encoded) == 1 and len(report.cached) == 1 and not report.failed
+
+
+def test_changing_sampling_never_returns_stale_features(videos, encoder, tmp_path):
+    good_a = videos[0]
+    cache = FeatureCache(tmp_path / "cache")
+    one = video_features(good_a, encoder, cache, ExtractConfig(fps=1.0))
+    two = video_features(good_a, encoder, cache, ExtractConfig(fps=2.0))
+    capped = video_features(good_a, encoder, cache, ExtractConfig(fps=2.0, max_frames=5))
+    assert len(one.frame_numbers) == 10 and len(two.frame_numbers) == 20
+    np.testing.assert_array_equal(capped.frame_numbers, np.round(np.linspace(0, 299, 5)).astype(int))
+
+
+def test_single_video_errors_name_the_file(videos, encoder, tmp_path):
+    with pytest.raises(VideoError, match="missing.mp4"):
+        video_features(videos[3], encoder, FeatureCache(tmp_path))

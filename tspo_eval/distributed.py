@@ -1,0 +1,47 @@
+"""Who am I in a multi-process launch (torchrun / accelerate / deepspeed), and a barrier.
+
+The launchers all export RANK, WORLD_SIZE and LOCAL_RANK; nothing else is needed to
+shard work.  A process group is created only when a barrier is asked for.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_device() -> torch.device:
+    """This process's GPU (LOCAL_RANK) when CUDA is present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def shard(items: Sequence[T], rank_: int | None = None, world: int | None = None) -> list[T]:
+    """This rank's share: every world-th item from position rank (disjoint, covering all)."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    if not 0 <= r < w:
+        raise ValueError(f"rank {r} is outside a world of {w} processes")
+    return list(items[r::w])
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process); gloo, so it needs no GPU."""
+    if world_size() == 1:
+        return
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()

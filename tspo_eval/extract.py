@@ -1,0 +1,185 @@
+"""Feature extraction: videos -> candidate frames -> encoder -> per-video cache.
+
+Decoding runs on background threads, `prefetch` videos ahead of the encoder, each into a
+bounded queue of frame batches: memory stays flat in video length, the encoder (GPU) is
+never idle waiting for one decoder, and a broken video is recorded as failed while the
+run goes on.  Finished videos are in the cache, so an interrupted run resumes where it
+stopped.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import FeatureCache, VideoFeatures, video_fingerprint
+from .encoders import Encoder
+from .video import Candidates, VideoError, iter_frames, sample_candidates
+
+
+@dataclass
+class ExtractConfig:
+    """How candidate frames are sampled and decoded (the sampling fields key the cache)."""
+
+    fps: float = field(default=1.0, metadata={"help": "candidate frames per second (TSPO: 1)"})
+    max_frames: int | None = field(default=None, metadata={
+        "help": "cap on candidates per video, spread uniformly when exceeded (TSPO evaluation: none)"})
+    batch_size: int = field(default=64, metadata={"help": "frames per encoder batch"})
+    backend: Literal["auto", "decord", "pyav"] = field(default="auto", metadata={"help": "video decoder"})
+    decode_threads: int = field(default=2, metadata={"help": "decoder threads per video (0: FFmpeg decides)"})
+    prefetch: int = field(default=2, metadata={"help": "videos decoded concurrently ahead of the encoder"})
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0 or self.batch_size < 1 or self.prefetch < 1:
+            raise ValueError("fps must be > 0, batch_size and prefetch >= 1")
+
+
+@dataclass
+class ExtractReport:
+    """What a run did to each video: encoded now, found in the cache, or failed (with why)."""
+
+    encoded: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def merge(self, other: "ExtractReport") -> "ExtractReport":
+        return ExtractReport(self.encoded + other.encoded, self.cached + other.cached,
+                             {**self.failed, **other.failed})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExtractReport":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+_END = object()
+
+
+class _Decoder:
+    """Decodes one video's candidates on a thread into a bounded queue of batches."""
+
+    def __init__(self, path: str, cfg: ExtractConfig) -> None:
+        self.path, self.cfg = path, cfg
+        self.queue: queue.Queue = queue.Queue(maxsize=3)
+        self.cancelled = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"decode:{Path(path).name}", daemon=True)
+        self.thread.start()
+
+    def _put(self, item: object) -> None:
+        while not self.cancelled.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        try:
+            cands = sample_candidates(self.path, self.cfg.fps, self.cfg.max_frames, self.cfg.backend)
+            self._put(cands)
+            for batch in iter_frames(self.path, cands.frame_numbers, self.cfg.batch_size,
+                                     self.cfg.backend, self.cfg.decode_threads):
+                self._put(batch)
+        except Exception as err:  # handed to the consumer, which records it against the video
+            self._put(err)
+        self._put(_END)
+
+    def items(self) -> Iterator[object]:
+        while (item := self.queue.get()) is not _END:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def _encode(decoder: _Decoder, encoder: Encoder, fingerprint: str) -> VideoFeatures:
+    items = decoder.items()
+    cands: Candidates = next(items)
+    chunks = [encoder.encode_frames(batch).cpu() for batch in items]
+    features = torch.cat(chunks)
+    if features.shape[0] != len(cands.frame_numbers):
+        raise VideoError(f"{decoder.path}: decoded {features.shape[0]} of {len(cands.frame_numbers)} "
+                         "candidate frames; the file is probably truncated: re-download or re-encode it")
+    return VideoFeatures(features=features, frame_numbers=cands.frame_numbers, timestamps=cands.timestamps,
+                         fps=cands.info.fps, num_frames=cands.info.num_frames, encoder=encoder.identity,
+                         fingerprint=fingerprint, video=str(decoder.path))
+
+
+def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: FeatureCache,
+                   cfg: ExtractConfig | None = None, progress: bool = True) -> ExtractReport:
+    """Cache features for every video in `paths` (skipping cached ones); never raises per video."""
+    cfg = cfg or ExtractConfig()
+    report = ExtractReport()
+    todo: list[tuple[str, str, str]] = []  # (path, fingerprint, key)
+    for path in dict.fromkeys(str(p) for p in paths):
+        try:
+            fingerprint = video_fingerprint(path)
+        except OSError as err:
+            report.failed[path] = f"{path}: cannot read the file ({err.strerror or err}); check the video root"
+            continue
+        key = cache.video_key(fingerprint, encoder.identity, cfg.fps, cfg.max_frames)
+        if cache.get_video(key) is not None:
+            report.cached.append(path)
+        else:
+            todo.append((path, fingerprint, key))
+
+    bar = tqdm(total=len(todo), desc="extract", unit="video", disable=not progress)
+    window: deque[_Decoder] = deque()
+    pending = iter(todo)
+    jobs = {}
+    for _ in range(cfg.prefetch):
+        if (job := next(pending, None)) is not None:
+            window.append(_Decoder(job[0], cfg))
+            jobs[job[0]] = job
+    try:
+        while window:
+            decoder = window.popleft()
+            if (job := next(pending, None)) is not None:
+                window.append(_Decoder(job[0], cfg))
+                jobs[job[0]] = job
+            path, fingerprint, key = jobs.pop(decoder.path)
+            try:
+                cache.put_video(key, _encode(decoder, encoder, fingerprint))
+                report.encoded.append(path)
+            except (VideoError, ValueError, OSError) as err:
+                decoder.cancel()
+                report.failed[path] = str(err)
+                bar.write(f"failed: {err}")
+            bar.update(1)
+    finally:
+        for decoder in window:
+            decoder.cancel()
+        bar.close()
+    return report
+
+
+def load_features(path: str | Path, encoder_identity: str, cache: FeatureCache,
+                  cfg: ExtractConfig) -> VideoFeatures | None:
+    """The cached features of one video under this encoder and sampling, or None."""
+    key = cache.video_key(video_fingerprint(path), encoder_identity, cfg.fps, cfg.max_frames)
+    return cache.get_video(key)
+
+
+def video_features(path: str | Path, encoder: Encoder, cache: FeatureCache,
+                   cfg: ExtractConfig | None = None) -> VideoFeatures:
+    """Features of one video, from the cache or extracted now; raises VideoError if it fails."""
+    cfg = cfg or ExtractConfig()
+    found = load_features(path, encoder.identity, cache, cfg) if Path(path).is_file() else None
+    if found is not None:
+        return found
+    report = extract_videos([path], encoder, cache, cfg, progress=False)
+    if report.failed:
+        raise VideoError(next(iter(report.failed.values())))
+    return load_features(path, encoder.identity, cache, cfg)
