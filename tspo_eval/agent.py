@@ -197,6 +197,15 @@ def random_agent(config: str = "clip-tiny", seed: int = 0, torch_dtype: torch.dt
     return agent.to(device=device, dtype=torch_dtype).eval()
 
 
+def load_agent(spec: str | Path, torch_dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None) -> TemporalAgent:
+    """`random:<config>` builds an untrained agent; anything else is a directory or hub id."""
+    spec = str(spec)
+    if spec.startswith("random:"):
+        return random_agent(spec.split(":", 1)[1], torch_dtype=torch_dtype or torch.float32, device=device or "cpu")
+    return TemporalAgent.from_pretrained(spec, torch_dtype=torch_dtype, device=device)
+
+
 def load_clip_tokenizer(path_or_hub_id: str | Path | None):
     """The checkpoint's own tokenizer; CLIP's BPE shipped with open_clip when it has none."""
     if path_or_hub_id is not None:

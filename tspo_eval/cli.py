@@ -1,0 +1,267 @@
+"""`tspo-eval` command line: extract, select, inspect, quality, demo.
+
+Options come from the stage config dataclasses (their field help is the flag's help), so a
+typo or a bad value fails before any video is decoded.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ----------------------------------------------------------------------------- dataclass <-> argparse
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One `--flag` per field of the config dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        help_ = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        args = typing.get_args(hint)
+        if hint is bool:
+            parser.add_argument(flag, action="store_true", help=help_)
+        elif typing.get_origin(hint) is dict:
+            parser.add_argument(flag, metavar="KEY=VALUE", action="append", default=[], help=help_)
+        elif typing.get_origin(hint) is typing.Literal:
+            parser.add_argument(flag, choices=args, default=default, help=f"{help_} (default {default})")
+        else:
+            base = next((a for a in args if a is not type(None)), hint) if _is_union(hint) else hint
+            parser.add_argument(flag, type=base, default=default, help=f"{help_} (default {default})")
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
+    """Build `cls` from parsed flags (dict fields from repeated KEY=VALUE)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(ns, f.name)
+        if isinstance(value, list) and typing.get_origin(typing.get_type_hints(cls)[f.name]) is dict:
+            value = dict(_key_value(item) for item in value)
+        values[f.name] = value
+    return cls(**values)
+
+
+def _key_value(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise SystemExit(f"error: expected KEY=VALUE, got {item!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+# ----------------------------------------------------------------------------- shared options
+def _add_benchmark_args(p: argparse.ArgumentParser, annotations: bool = False, videos: bool = True) -> None:
+    p.add_argument("--benchmark", required=True, help="longvideobench | mlvu | videomme | lvbench (or registered)")
+    p.add_argument("--tsv", required=True, type=Path, help="the benchmark's question TSV (published format)")
+    if videos:
+        p.add_argument("--video-root", type=Path, required=True, help="folder holding the benchmark's videos")
+    if annotations:
+        p.add_argument("--annotations", type=Path, help="original annotation file (for time references / export)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", default=None, help="TSPO-0.4B directory or hub id (or random:<config>); "
+                                                 "its CLIP is the encoder")
+    p.add_argument("--encoder", default=None, help="open_clip:<model>[:<weights file>] instead of the agent's CLIP")
+    p.add_argument("--cache", type=Path, default=Path("feature_cache"), help="feature cache root")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="bf16 on CUDA, fp32 on CPU by default")
+    p.add_argument("--device", default=None, help="cuda:N / cpu (default: this rank's GPU, else CPU)")
+
+
+def _models(ns: argparse.Namespace):
+    from .agent import load_agent
+    from .distributed import local_device
+    from .encoders import OpenClipEncoder
+
+    device = torch.device(ns.device) if ns.device else local_device()
+    dtype = DTYPES[ns.dtype] if ns.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    agent = load_agent(ns.agent, torch_dtype=dtype, device=device) if ns.agent else None
+    if ns.encoder:
+        _, name, *weights = ns.encoder.split(":", 2)
+        encoder = OpenClipEncoder(name, weights[0] if weights else None, device=device, dtype=dtype)
+    elif agent is not None:
+        encoder = agent.encoder
+    else:
+        raise SystemExit("error: give --agent (TSPO-0.4B directory / hub id) or --encoder open_clip:<model>")
+    return agent, encoder
+
+
+def _questions(ns: argparse.Namespace):
+    from .benchmarks import load_benchmark
+
+    return load_benchmark(ns.benchmark, ns.tsv, getattr(ns, "annotations", None))
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_extract(ns: argparse.Namespace) -> int:
+    from . import distributed
+    from .benchmarks import resolve_video
+    from .cache import FeatureCache
+    from .extract import ExtractConfig, ExtractReport, extract_videos
+
+    cfg = config_from_args(ExtractConfig, ns)
+    questions = _questions(ns)
+    _, encoder = _models(ns)
+    videos = sorted({str(resolve_video(ns.video_root, q.video_name, ns.benchmark)) for q in questions})
+    mine = distributed.shard(videos)
+    reports = ns.cache / "reports" / ns.benchmark
+    report = extract_videos(mine, encoder, FeatureCache(ns.cache), cfg, progress=distributed.rank() == 0)
+    report.save(reports / f"extract.rank{distributed.rank()}.json")
+    distributed.barrier()
+    if distributed.rank() != 0:
+        return 0
+    merged = ExtractReport()
+    for r in range(distributed.world_size()):
+        merged = merged.merge(ExtractReport.load(reports / f"extract.rank{r}.json"))
+    merged.save(reports / "extract.json")
+    print(f"{len(videos)} videos: {len(merged.encoded)} encoded, {len(merged.cached)} already cached, "
+          f"{len(merged.failed)} failed (report: {reports / 'extract.json'})")
+    for path, why in sorted(merged.failed.items()):
+        print(f"  FAILED {why}")
+    return 1 if merged.failed and not (merged.encoded or merged.cached) else 0
+
+
+def cmd_select(ns: argparse.Namespace) -> int:
+    from .benchmarks import get_benchmark
+    from .cache import FeatureCache
+    from .extract import ExtractConfig
+    from .selections import SelectConfig, select_benchmark
+
+    cfg = config_from_args(SelectConfig, ns)
+    extract_cfg = ExtractConfig(fps=ns.fps, max_frames=ns.max_frames)
+    agent, encoder = _models(ns)
+    result = select_benchmark(_questions(ns), ns.video_root, encoder, FeatureCache(ns.cache), cfg, extract_cfg, agent)
+    out = ns.out or Path(f"selections/{cfg.method}_{ns.benchmark}.json")
+    result.save(out)
+    print(f"{len(result.selections)} questions selected, {len(result.failed)} failed -> {out}")
+    if ns.frame_idx_out:
+        if not ns.annotations:
+            raise SystemExit("error: --frame-idx-out needs --annotations (the benchmark's original JSON)")
+        items = get_benchmark(ns.benchmark).read_items(ns.annotations)
+        print(f"published frame_idx layout -> {result.to_frame_idx(items, ns.frame_idx_out)}")
+    return 0
+
+
+def cmd_inspect(ns: argparse.Namespace) -> int:
+    from .benchmarks import resolve_video
+    from .cache import FeatureCache
+    from .extract import ExtractConfig, video_features
+    from .plots import frame_grid, score_timeline
+    from .quality import reference_spans
+    from .selections import SelectConfig, select_for_question
+    from .video import read_frames
+
+    questions = {q.index: q for q in _questions(ns)}
+    if ns.question not in questions:
+        raise SystemExit(f"error: no question {ns.question!r} in {ns.tsv}")
+    q = questions[ns.question]
+    cfg = config_from_args(SelectConfig, ns)
+    agent, encoder = _models(ns)
+    cache = FeatureCache(ns.cache)
+    vf = video_features(resolve_video(ns.video_root, q.video_name, ns.benchmark), encoder, cache,
+                        ExtractConfig(fps=ns.fps, max_frames=ns.max_frames))
+    text = cache.text_features(encoder.identity, [q.question], encoder.encode_text)[0]
+    sel, scores = select_for_question(vf, text, cfg, ns.benchmark, agent)
+    title = f"{q.index} [{cfg.method}, k={cfg.k}] {q.question}"
+    a = score_timeline(vf.timestamps, scores.numpy(), sel.timestamps, ns.out / f"{q.index}_timeline.png", title,
+                       reference_spans(q, sel.fps))
+    b = frame_grid(read_frames(vf.video, sel.frame_numbers), sel.timestamps, ns.out / f"{q.index}_frames.png",
+                   title=title)
+    print(f"{len(sel.frame_numbers)} of {sel.num_candidates} candidates chosen -> {a}, {b}")
+    return 0
+
+
+def cmd_quality(ns: argparse.Namespace) -> int:
+    from .quality import quality_table
+    from .selections import SelectionSet
+
+    runs = {}
+    for path in ns.selections:
+        run = SelectionSet.load(path)
+        runs[f"{run.meta['method']} ({Path(path).stem})"] = run
+    questions = _questions(ns)
+    table = quality_table(runs, questions, ns.tolerance)
+    if table["questions"].max() == 0:
+        raise SystemExit(f"error: none of the {len(questions)} questions has a time reference; "
+                         "pass --annotations (LVBench video_info.meta.jsonl or LongVideoBench lvb_val.json)")
+    print(table.to_string(float_format=lambda x: f"{x:.3f}"))
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    run_demo(config_from_args(DemoConfig, ns))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .demo import DemoConfig
+    from .extract import ExtractConfig
+    from .selections import SelectConfig
+
+    parser = argparse.ArgumentParser(prog="tspo-eval", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="decode every benchmark video and cache its frame features")
+    _add_benchmark_args(p)
+    _add_model_args(p)
+    add_config_args(p, ExtractConfig)
+    p.set_defaults(run=cmd_extract)
+
+    for name, func, help_ in (("select", cmd_select, "choose K frames for every question"),
+                              ("inspect", cmd_inspect, "plot one question's scores and chosen frames")):
+        p = sub.add_parser(name, help=help_)
+        _add_benchmark_args(p, annotations=True)
+        _add_model_args(p)
+        add_config_args(p, SelectConfig)
+        p.add_argument("--fps", type=float, default=1.0, help="candidate fps (as extracted)")
+        p.add_argument("--max-frames", type=int, default=None, help="candidate cap (as extracted)")
+        p.set_defaults(run=func)
+        if name == "select":
+            p.add_argument("--out", type=Path, help="selections file (default selections/<method>_<benchmark>.json)")
+            p.add_argument("--frame-idx-out", type=Path, help="also write the published frame_idx JSON layout")
+        else:
+            p.add_argument("--question", required=True, help="the question's TSV index")
+            p.add_argument("--out", type=Path, default=Path("inspect"), help="folder for the PNGs")
+
+    p = sub.add_parser("quality", help="time-reference hit rate of selection files (no LLM)")
+    _add_benchmark_args(p, annotations=True, videos=False)
+    p.add_argument("selections", nargs="+", type=Path, help="selections files to compare")
+    p.add_argument("--tolerance", type=float, default=0.5, help="seconds a frame may lie outside a span")
+    p.set_defaults(run=cmd_quality)
+
+    p = sub.add_parser("demo", help="offline: generated benchmark -> extract -> select -> quality table + plots")
+    add_config_args(p, DemoConfig)
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.run(ns)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
