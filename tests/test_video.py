@@ -1,0 +1,289 @@
+"""Video stage on real generated files: frame numbering, both backends, streaming, errors.
+
+Ground truth is independent of the decoders: the frame count and rate we wrote, and
+the number each frame shows (`number_frame` / `read_frame_number`).
+"""
+from __future__ import annotations
+
+import sys
+import tracemalloc
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tspo_eval import video
+from tspo_eval.synthetic import (
+    MAX_FRAME_NUMBER,
+    has_encoder,
+    number_frame,
+    read_frame_number,
+    solid_frames,
+    write_video,
+)
+from tspo_eval.video import (
+    VideoError,
+    candidate_frame_numbers,
+    iter_frames,
+    probe,
+    read_frames,
+    sample_candidates,
+)
+
+BACKENDS = ["decord", "pyav"]
+NTSC = 30000 / 1001  # 29.97 fps
+
+
+def numbers_of(frames: np.ndarray) -> list[int]:
+    return [read_frame_number(frame) for frame in frames]
+
+
+# ------------------------------------------------------------------ candidate frames
+
+
+@pytest.mark.parametrize("num_frames, avg_fps, fps, max_frames, expected", [
+    (300, NTSC, 1.0, None, list(range(0, 300, 30))),  # round(29.97) = 30
+    (301, 30.0, 1.0, None, list(range(0, 301, 30))),  # last frame 300 is a candidate
+    (100, 25.0, 1.0, None, [0, 25, 50, 75]),
+    (100, 24000 / 1001, 1.0, None, [0, 24, 48, 72, 96]),  # round(23.976) = 24
+    (61, 30.0, 2.0, None, [0, 15, 30, 45, 60]),
+    (50, 25.0, 2.0, None, [0, 12, 24, 36, 48]),  # round(12.5) = 12, half to even
+    (5, 30.0, 60.0, None, [0, 1, 2, 3, 4]),  # step never below 1
+    (20, 30.0, 1.0, None, [0]),  # shorter than one step
+    (20, 30.0, 1.0, 1, [0]),
+    (3000, 30.0, 1.0, 100, list(range(0, 3000, 30))),  # cap reached, not exceeded
+    (3000, 30.0, 1.0, 500, list(range(0, 3000, 30))),
+    (3000, 30.0, 1.0, 4, [0, 1000, 1999, 2999]),  # linspace 0, 999.67, 1999.33, 2999
+    (10, 1.0, 1.0, 3, [0, 4, 9]),  # linspace 0, 4.5, 9 -> 4.5 rounds half to even
+])
+def test_candidate_frame_numbers(num_frames: int, avg_fps: float, fps: float,
+                                 max_frames: int | None, expected: list[int]) -> None:
+    got = candidate_frame_numbers(num_frames, avg_fps, fps, max_frames)
+    assert got.dtype == np.int64
+    assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("args", [(0, 30.0), (10, float("nan")), (10, 0.0), (10, 30.0, 0.0),
+                                  (10, 30.0, 1.0, 0)])
+def test_candidate_frame_numbers_rejects_bad_input(args: tuple) -> None:
+    with pytest.raises(ValueError):
+        candidate_frame_numbers(*args)
+
+
+def test_sample_candidates_reads_back_one_frame_per_second(numbered_video: Path) -> None:
+    candidates = sample_candidates(numbered_video)
+    assert candidates.frame_numbers.tolist() == list(range(0, 300, 30))
+    np.testing.assert_allclose(candidates.timestamps, np.arange(0, 300, 30) * 1001 / 30000)
+    assert candidates.info.num_frames == 300
+    assert numbers_of(read_frames(numbered_video, candidates.frame_numbers)) == list(range(0, 300, 30))
+
+
+# ------------------------------------------------------------------ probing
+
+
+@pytest.mark.parametrize("suffix, codec, fps, num_frames", [
+    (".mp4", "libx264", NTSC, 101),
+    (".mkv", "libx264", 25.0, 77),  # mkv keeps no frame count: PyAV stream.frames == 0
+    (".mp4", "mpeg4", 30.0, 45),
+    (".webm", "libvpx", 24000 / 1001, 33),
+])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_probe_reports_what_was_written(numbered_video_factory: Callable[..., Path], backend: str,
+                                        suffix: str, codec: str, fps: float, num_frames: int) -> None:
+    if not has_encoder(codec):
+        pytest.skip(f"this PyAV build has no {codec} encoder")
+    path = numbered_video_factory(num_frames, fps, height=48, width=96, suffix=suffix, codec=codec)
+    info = probe(path, backend)
+    assert (info.num_frames, info.width, info.height, info.path) == (num_frames, 96, 48, str(path))
+    assert info.fps == pytest.approx(fps, rel=1e-9)
+    assert info.duration == pytest.approx(num_frames / fps, rel=1e-9)
+    if suffix == ".mkv":  # the case where counting packets, not the header, is needed
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].frames == 0
+
+
+def test_auto_falls_back_to_pyav_without_decord(numbered_video: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` now raises ImportError
+    assert probe(numbered_video).num_frames == 300
+    assert numbers_of(read_frames(numbered_video, [0, 299])) == [0, 299]
+    with pytest.raises(VideoError, match="not installed"):
+        probe(numbered_video, backend="decord")
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def test_backends_decode_the_same_frames_and_pixels(numbered_video: Path) -> None:
+    """Every frame n reads back as n in both backends; pixels agree within tolerance.
+
+    Tolerance: mean |decord - pyav| < 1 grey level (both convert yuv420p to RGB with
+    FFmpeg's swscale; observed 0 here). Each also stays within 4 levels of the source
+    frames (lossy coding; observed ~1.3).
+    """
+    decoded = {b: read_frames(numbered_video, np.arange(300), backend=b) for b in BACKENDS}
+    source = np.stack([number_frame(i, 48, 64) for i in range(300)]).astype(np.int16)
+    for backend, frames in decoded.items():
+        assert frames.shape == (300, 48, 64, 3) and frames.dtype == np.uint8
+        assert numbers_of(frames) == list(range(300)), backend
+        assert np.abs(frames - source).mean() < 4, backend
+    assert np.abs(decoded["decord"].astype(np.int16) - decoded["pyav"]).mean() < 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_picks_are_exact(numbered_video: Path, backend: str) -> None:
+    """Keyframe seeks over long gaps keep the numbering exact; repeats are returned twice."""
+    picks = [0, 0, 29, 30, 31, 95, 96, 200, 200, 201, 299]
+    assert numbers_of(read_frames(numbered_video, picks, backend=backend)) == picks
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        picks = np.sort(rng.choice(300, size=rng.integers(1, 12), replace=False))
+        assert numbers_of(read_frames(numbered_video, picks, backend=backend)) == picks.tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_iter_frames_batches_in_order(numbered_video: Path, backend: str) -> None:
+    picks = np.arange(0, 300, 4)  # 75 frames
+    batches = list(iter_frames(numbered_video, picks, batch_size=7, backend=backend))
+    assert [len(b) for b in batches] == [7] * 10 + [5]
+    assert numbers_of(np.concatenate(batches)) == picks.tolist()
+    assert list(iter_frames(numbered_video, [], backend=backend)) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_iter_frames_streams_with_bounded_memory(numbered_video_factory: Callable[..., Path],
+                                                 backend: str) -> None:
+    """3000 frames (55 MB decoded) through batches of 8: traced memory stays a few batches."""
+    path = numbered_video_factory(3000, 30.0, height=64, width=96, gop_size=None)
+    video_bytes, batch_bytes = 3000 * 64 * 96 * 3, 8 * 64 * 96 * 3
+    count, last = 0, -1
+    tracemalloc.start()
+    try:
+        for batch in iter_frames(path, np.arange(3000), batch_size=8, backend=backend):
+            assert batch.shape[0] <= 8
+            count += len(batch)
+            last = read_frame_number(batch[-1])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (count, last) == (3000, 2999)
+    assert peak < 10 * batch_bytes < video_bytes / 30, peak
+
+
+def test_concurrent_reads_from_threads(numbered_video: Path) -> None:
+    """No shared reader state: parallel calls, mixed backends, each gets its own frames."""
+    jobs = [(BACKENDS[i % 2], list(range(i, 300, 37))) for i in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda job: numbers_of(read_frames(numbered_video, job[1], job[0])),
+                                jobs))
+    assert results == [picks for _, picks in jobs]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("picks, message", [
+    ([-1, 3], r"\[0, 299\]"),
+    ([5, 300], r"\[0, 299\]"),
+    ([10, 5], "ascending"),
+    ([0.5, 2.0], "integers"),
+    ([[0, 1]], "1-D"),
+])
+def test_invalid_frame_numbers(numbered_video: Path, backend: str, picks: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        iter_frames(numbered_video, picks, backend=backend)
+    assert str(numbered_video) in str(err.value)
+
+
+def test_integral_float_frame_numbers_are_accepted(numbered_video: Path) -> None:
+    """The published frame-index files store frame numbers as floats."""
+    assert numbers_of(read_frames(numbered_video, [0.0, 30.0, 60.0])) == [0, 30, 60]
+
+
+# ------------------------------------------------------------------ broken files
+
+
+def _faststart_copy(src: Path, dst: Path) -> list[int]:
+    """Remux with the index (moov) first, like streamable downloads; returns packet offsets."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    with av.open(str(dst)) as inp:
+        return [p.pos for p in inp.demux(inp.streams.video[0]) if p.size]
+
+
+def _broken_file(kind: str, good: Path, tmp_path: Path) -> Path:
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "random_bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(20_000))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":  # a normal mp4 (index at the end) cut in half
+        data = good.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    elif kind in ("truncated_faststart", "truncated_at_packet"):
+        offsets = _faststart_copy(good, tmp_path / "faststart.mp4")
+        data = (tmp_path / "faststart.mp4").read_bytes()
+        cut = offsets[150] + (7 if kind == "truncated_faststart" else 0)  # mid-packet / boundary
+        path.write_bytes(data[:cut])
+    return path  # "missing": never written
+
+
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+@pytest.mark.parametrize("kind", ["missing", "random_bytes", "empty", "truncated",
+                                  "truncated_faststart", "truncated_at_packet"])
+def test_broken_files_raise_video_error_naming_the_file(numbered_video: Path, tmp_path: Path,
+                                                        kind: str, backend: str) -> None:
+    path = _broken_file(kind, numbered_video, tmp_path)
+    with pytest.raises(VideoError) as err:
+        probe(path, backend)
+    assert str(path) in str(err.value)
+    with pytest.raises(VideoError) as err:
+        iter_frames(path, [0], backend=backend)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("fps", [0.0, float("nan"), 5000.0])
+def test_unusable_frame_rate_is_rejected(numbered_video: Path, monkeypatch: pytest.MonkeyPatch,
+                                         fps: float) -> None:
+    monkeypatch.setattr(video._PyAVReader, "fps", property(lambda self: fps))
+    with pytest.raises(VideoError, match="frame rate") as err:
+        probe(numbered_video, backend="pyav")
+    assert str(numbered_video) in str(err.value)
+
+
+# ------------------------------------------------------------------ synthetic videos
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 0xAAAA, 0x5555, MAX_FRAME_NUMBER])
+def test_number_frame_round_trip(n: int) -> None:
+    assert read_frame_number(number_frame(n, 48, 64)) == n
+
+
+def test_number_frame_rejects_out_of_range() -> None:
+    with pytest.raises(ValueError):
+        number_frame(MAX_FRAME_NUMBER + 1, 48, 64)
+
+
+def test_write_video_falls_back_to_an_available_encoder(tmp_path: Path) -> None:
+    frames = solid_frames([(255, 0, 0), (0, 0, 255)], 5, 32, 48)
+    with pytest.warns(UserWarning, match="no_such_codec"):
+        path = write_video(tmp_path / "fallback.mp4", frames, 10.0, codec="no_such_codec")
+    red_then_blue = read_frames(path, [0, 9], backend="pyav").astype(int)
+    assert probe(path, "pyav").num_frames == 10
+    assert red_then_blue[0, ..., 0].mean() > 200 and red_then_blue[1, ..., 2].mean() > 200
+
+
+def test_write_video_rejects_bad_frames_and_cleans_up(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="even"):
+        write_video(tmp_path / "odd.mp4", solid_frames([(0, 0, 0)], 2, 33, 48), 10.0)
+    with pytest.raises(ValueError, match="no frames"):
+        write_video(tmp_path / "none.mp4", [], 10.0)
+    shapes = [np.zeros((32, 48, 3), np.uint8), np.zeros((32, 64, 3), np.uint8)]
+    with pytest.raises(ValueError, match="frame 1"):
+        write_video(tmp_path / "mixed.mp4", shapes, 10.0)
+    assert list(tmp_path.iterdir()) == []  # no half-written files left behind
