@@ -1,0 +1,212 @@
+"""The benchmark data model: one `Question` per TSV row, one `BenchmarkSpec` per benchmark,
+and the registry that maps a lowercase name to its spec.
+
+Every benchmark is handled through its spec, so a benchmark added with
+`register_benchmark` is read, converted, joined and resolved exactly like the built-ins.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Literal, Sequence
+
+AnswerKind = Literal["letter", "text"]
+
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class BenchmarkFormatError(ValueError):
+    """A benchmark file is malformed; the message names the file and where (line or item)."""
+
+    def __init__(self, path: str | Path, where: str, problem: str) -> None:
+        self.path, self.where, self.problem = str(path), where, problem
+        super().__init__(f"{path}, {where}: {problem}")
+
+    def __reduce__(self):  # keep it picklable across worker processes
+        return type(self), (self.path, self.where, self.problem)
+
+
+def letter(number: int) -> str:
+    """Option letter of a 0-based option number (0 -> 'A')."""
+    return _LETTERS[number]
+
+
+def letter_number(text: str) -> int:
+    """0-based option number of an option letter ('A' -> 0)."""
+    if len(text) != 1 or text not in _LETTERS:
+        raise ValueError(f"{text!r} is not an option letter A-Z")
+    return _LETTERS.index(text)
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice question, as a benchmark TSV row holds it.
+
+    `question` is the stem without options: it is the text the selector's CLIP encodes.
+    `answer` is kept as the TSV holds it (a letter or the option text, see the spec's
+    `answer_kind`). Time references are ground truth for scoring a selector without a
+    video LLM: `time_reference` is a (start, end) range in seconds (LVBench) and
+    `reference_frames` are frame numbers at the video's native fps (LongVideoBench).
+    """
+
+    benchmark: str
+    index: str
+    task_name: str
+    video_name: str
+    question_id: str
+    question: str
+    candidates: tuple[str, ...]
+    answer_number: int
+    answer: str
+    time_reference: tuple[float, float] | None = None
+    reference_frames: tuple[int, ...] | None = None
+
+    @property
+    def answer_letter(self) -> str:
+        """The correct option's letter, whatever the benchmark's answer kind."""
+        return letter(self.answer_number)
+
+    def option_lines(self) -> list[str]:
+        """Options as "A. text" lines; VideoMME candidates already carry the prefix, kept once."""
+        lines = []
+        for number, text in enumerate(self.candidates):
+            prefix = f"{letter(number)}. "
+            lines.append(text if text.startswith(prefix) else prefix + text)
+        return lines
+
+    def reference_seconds(self, fps: float) -> tuple[float, ...] | None:
+        """`reference_frames` in seconds, given the video's native frame rate."""
+        if self.reference_frames is None:
+            return None
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        return tuple(frame / fps for frame in self.reference_frames)
+
+
+def parse_time_range(text: str) -> tuple[float, float] | None:
+    """Parse an LVBench time reference such as "04:19-08:41", "114:16-120:00" or "1:02:03-1:02:10".
+
+    Returns None when the range is not known: an end written "None" (as in the published
+    file) or an end before the start. Raises ValueError for anything else unreadable.
+    """
+    start_text, sep, end_text = text.partition("-")
+    if not sep:
+        raise ValueError(f"time reference {text!r} is not of the form 'MM:SS-MM:SS'")
+    if "None" in (start_text.strip(), end_text.strip()):
+        return None
+    start, end = _clock_seconds(start_text), _clock_seconds(end_text)
+    return (start, end) if start <= end else None
+
+
+def _clock_seconds(text: str) -> float:
+    """'SS', 'MM:SS' or 'H:MM:SS' (minutes may exceed 59, seconds may be fractional) -> seconds."""
+    if not re.fullmatch(r"\s*\d+(:\d+){0,2}(\.\d+)?\s*", text):
+        raise ValueError(f"time {text!r} is not of the form MM:SS or H:MM:SS")
+    seconds = 0.0
+    for part in text.strip().split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds
+
+
+def read_json_items(path: Path) -> list[dict]:
+    """An annotation file holding a JSON list of per-question objects."""
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BenchmarkFormatError(path, f"line {err.lineno}", f"is not valid JSON ({err.msg})") from None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise BenchmarkFormatError(path, "line 1", "expected a JSON list of objects, one per question")
+    return items
+
+
+def no_time_refs(item: dict) -> dict[str, Any]:
+    """Annotations without ground-truth time references attach nothing."""
+    return {}
+
+
+def file_order(items: Sequence[dict]) -> list[int]:
+    """Most TSVs list the annotation items in file order."""
+    return list(range(len(items)))
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """How one benchmark's files look and where its videos live.
+
+    Attributes:
+        name: registry key, lowercase.
+        tsv_file: file name of the published TSV.
+        annotation_file: file name of the original annotation file that `row` converts.
+        answer_kind: what the TSV `answer` column holds: the option "letter" or its "text".
+        row: (annotation item, 1-based TSV row number) -> TSV row as a column -> value dict.
+        order: annotation items -> item positions in published TSV order.
+        read_items: annotation file -> per-question items (the input of `row` and `order`).
+        time_refs: annotation item -> `Question` fields it provides
+            (`time_reference`, `reference_frames`); empty when it has none.
+        video_subdir: folder under the user's video root holding this benchmark's videos.
+        frame_idx_file: file name of the published TSPO frame-index file, if any.
+    """
+
+    name: str
+    tsv_file: str
+    annotation_file: str
+    answer_kind: AnswerKind
+    row: Callable[[dict, int], dict[str, Any]]
+    order: Callable[[Sequence[dict]], list[int]] = file_order
+    read_items: Callable[[Path], list[dict]] = read_json_items
+    time_refs: Callable[[dict], dict[str, Any]] = no_time_refs
+    video_subdir: str = ""
+    frame_idx_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name != self.name.lower() or not self.name:
+            raise ValueError(f"benchmark name must be non-empty lowercase, got {self.name!r}")
+        if self.answer_kind not in ("letter", "text"):
+            raise ValueError(f"answer_kind must be 'letter' or 'text', got {self.answer_kind!r}")
+        if self.video_subdir and (problem := unsafe_relative_path(self.video_subdir)):
+            raise ValueError(f"video_subdir {self.video_subdir!r} of {self.name!r} {problem}")
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {}
+
+
+def register_benchmark(spec: BenchmarkSpec, replace: bool = False) -> BenchmarkSpec:
+    """Add a benchmark from outside the package; `replace=True` overrides one (e.g. its video_subdir)."""
+    if spec.name in BENCHMARKS and not replace:
+        raise ValueError(f"benchmark {spec.name!r} is already registered; pass replace=True to override it")
+    BENCHMARKS[spec.name] = spec
+    return spec
+
+
+def get_benchmark(name: str) -> BenchmarkSpec:
+    """The registered spec for `name` (case-insensitive)."""
+    try:
+        return BENCHMARKS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown benchmark {name!r}; registered: {', '.join(sorted(BENCHMARKS))}") from None
+
+
+def unsafe_relative_path(name: str) -> str | None:
+    """Why `name` could leave the folder it is joined to (None when it cannot)."""
+    if not name:
+        return "is empty"
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or re.match(r"[A-Za-z]:", name):
+        return "is an absolute path"
+    if ".." in path.parts:
+        return "contains '..'"
+    return None
+
+
+def resolve_video(root: str | Path, video_name: str, benchmark: str) -> Path:
+    """Path of a benchmark video: `<root>/<spec.video_subdir>/<video_name>`.
+
+    Raises ValueError when `video_name` would escape the root (absolute, or with '..').
+    """
+    spec = get_benchmark(benchmark)
+    if problem := unsafe_relative_path(video_name):
+        raise ValueError(f"video_name {video_name!r} of benchmark {spec.name!r} {problem}; "
+                         f"it must be a path relative to the video root {root}")
+    return Path(root) / spec.video_subdir / video_name
