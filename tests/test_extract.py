@@ -40,11 +40,12 @@ def videos(numbered_video_factory, tmp_path):
     return good_a, good_b, corrupt, tmp_path / "missing.mp4"
 
 
-def test_extract_caches_the_candidates_features_and_records_failures(videos, encoder, tmp_path):
+@pytest.mark.parametrize("segments", [1, 3])
+def test_extract_caches_the_candidates_features_and_records_failures(videos, encoder, tmp_path, segments):
     good_a, good_b, corrupt, missing = videos
     counting = CountingEncoder(encoder)
     cache = FeatureCache(tmp_path / "cache")
-    cfg = ExtractConfig(batch_size=4, prefetch=2)
+    cfg = ExtractConfig(batch_size=4, prefetch=2, segments=segments)
     report = extract_videos([good_a, corrupt, missing, good_b], counting, cache, cfg, progress=False)
 
     assert sorted(report.encoded) == sorted([str(good_a), str(good_b)])

@@ -1,7 +1,7 @@
 """Feature extraction: videos -> candidate frames -> encoder -> per-video cache.
 
-Decoding runs on background threads, `prefetch` videos ahead of the encoder, each into a
-bounded queue of frame batches: memory stays flat in video length, the encoder (GPU) is
+Decoding runs on background threads, `prefetch` videos ahead of the encoder and
+`segments` readers per video, each into a bounded queue of frame batches: memory stays flat in video length, the encoder (GPU) is
 never idle waiting for one decoder, and a broken video is recorded as failed while the
 run goes on.  Finished videos are in the cache, so an interrupted run resumes where it
 stopped.
@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -33,12 +34,13 @@ class ExtractConfig:
         "help": "cap on candidates per video, spread uniformly when exceeded (TSPO evaluation: none)"})
     batch_size: int = field(default=64, metadata={"help": "frames per encoder batch"})
     backend: Literal["auto", "decord", "pyav"] = field(default="auto", metadata={"help": "video decoder"})
-    decode_threads: int = field(default=2, metadata={"help": "decoder threads per video (0: FFmpeg decides)"})
+    decode_threads: int = field(default=2, metadata={"help": "decoder threads per reader (0: FFmpeg decides)"})
+    segments: int = field(default=2, metadata={"help": "readers per video, each decoding a contiguous share"})
     prefetch: int = field(default=2, metadata={"help": "videos decoded concurrently ahead of the encoder"})
 
     def __post_init__(self) -> None:
-        if self.fps <= 0 or self.batch_size < 1 or self.prefetch < 1:
-            raise ValueError("fps must be > 0, batch_size and prefetch >= 1")
+        if self.fps <= 0 or min(self.batch_size, self.prefetch, self.segments) < 1:
+            raise ValueError("fps must be > 0; batch_size, prefetch and segments >= 1")
 
 
 @dataclass
@@ -66,39 +68,57 @@ _END = object()
 
 
 class _Decoder:
-    """Decodes one video's candidates on a thread into a bounded queue of batches."""
+    """Decodes one video's candidates on `segments` threads, each a contiguous share of the
+    candidates with its own reader and bounded queue, so one long video uses several cores
+    (a reader seeks to its share's first keyframe); batches come out in time order."""
 
     def __init__(self, path: str, cfg: ExtractConfig) -> None:
         self.path, self.cfg = path, cfg
-        self.queue: queue.Queue = queue.Queue(maxsize=3)
         self.cancelled = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"decode:{Path(path).name}", daemon=True)
-        self.thread.start()
+        self.head: queue.Queue = queue.Queue(maxsize=1)  # the Candidates, or the error probing raised
+        self.queues: list[queue.Queue] = []
+        threading.Thread(target=self._start, name=f"probe:{Path(path).name}", daemon=True).start()
 
-    def _put(self, item: object) -> None:
+    def _put(self, q: queue.Queue, item: object) -> None:
         while not self.cancelled.is_set():
             try:
-                self.queue.put(item, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
 
-    def _run(self) -> None:
+    def _start(self) -> None:
         try:
             cands = sample_candidates(self.path, self.cfg.fps, self.cfg.max_frames, self.cfg.backend)
-            self._put(cands)
-            for batch in iter_frames(self.path, cands.frame_numbers, self.cfg.batch_size,
-                                     self.cfg.backend, self.cfg.decode_threads):
-                self._put(batch)
         except Exception as err:  # handed to the consumer, which records it against the video
-            self._put(err)
-        self._put(_END)
+            self._put(self.head, err)
+            return
+        shares = [s for s in np.array_split(cands.frame_numbers, self.cfg.segments) if len(s)]
+        self.queues = [queue.Queue(maxsize=2) for _ in shares]
+        for share, q in zip(shares, self.queues):
+            threading.Thread(target=self._decode, args=(share, q), daemon=True).start()
+        self._put(self.head, cands)
+
+    def _decode(self, frame_numbers: np.ndarray, q: queue.Queue) -> None:
+        try:
+            for batch in iter_frames(self.path, frame_numbers, self.cfg.batch_size, self.cfg.backend,
+                                     self.cfg.decode_threads):
+                self._put(q, batch)
+        except Exception as err:
+            self._put(q, err)
+        self._put(q, _END)
 
     def items(self) -> Iterator[object]:
-        while (item := self.queue.get()) is not _END:
-            if isinstance(item, Exception):
-                raise item
-            yield item
+        """The Candidates, then the frame batches in time order; re-raises a decoding error."""
+        head = self.head.get()
+        if isinstance(head, Exception):
+            raise head
+        yield head
+        for q in self.queues:
+            while (item := q.get()) is not _END:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
 
     def cancel(self) -> None:
         self.cancelled.set()
