@@ -5,6 +5,6 @@ The pipeline, one module per stage: `video` (candidate frames) -> `encoders` / `
 benchmarks and CLI.
 """
 from .agent import TemporalAgent
-# SELECT_PLACEHOLDER
+from .selection import select
 
 __all__ = ["TemporalAgent", "select"]

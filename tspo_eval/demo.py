@@ -29,7 +29,8 @@ from .video import read_frames
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 30),
           "purple": (150, 40, 200), "orange": (250, 140, 20)}
-DEMO_METHODS = ("uniform", "topk", "aks", "tspo")
+# AKS's own depth 5 leaves floor(16 / 32) = 0 frames per leaf at K = 16: the demo uses TSPO's port.
+DEMO_METHODS = {"uniform": {}, "topk": {}, "aks": {"preset": "tspo"}, "tspo": {}}
 
 
 @dataclass
@@ -42,7 +43,7 @@ class DemoConfig:
     videos: int = field(default=6, metadata={"help": "generated videos (one question each)"})
     duration: float = field(default=120.0, metadata={"help": "seconds per generated video"})
     video_fps: float = field(default=8.0, metadata={"help": "frame rate of the generated videos"})
-    needle: float = field(default=6.0, metadata={"help": "seconds the asked-about segment lasts"})
+    needle: float = field(default=3.0, metadata={"help": "seconds the asked-about segment lasts"})
     k: int = field(default=16, metadata={"help": "frames per question (TSPO demos: 16)"})
     seed: int = field(default=0, metadata={"help": "random seed of the generated benchmark"})
 
@@ -116,8 +117,9 @@ def run_demo(cfg: DemoConfig) -> pd.DataFrame:
                             encoder, cache, extract_cfg)
     print(f"extracted {len(report.encoded)} videos, {len(report.cached)} from cache, {len(report.failed)} failed")
     runs: dict[str, SelectionSet] = {}
-    for method in DEMO_METHODS:
-        runs[method] = select_benchmark(questions, videos, encoder, cache, SelectConfig(method=method, k=cfg.k),
+    for method, params in DEMO_METHODS.items():
+        runs[method] = select_benchmark(questions, videos, encoder, cache,
+                                        SelectConfig(method=method, k=cfg.k, params=params),
                                         extract_cfg, agent=agent, progress=False)
         runs[method].save(out / "selections" / f"{method}.json")
     table = quality_table(runs, questions)
@@ -126,8 +128,9 @@ def run_demo(cfg: DemoConfig) -> pd.DataFrame:
     q = questions[0]
     vf = video_features(resolve_video(videos, q.video_name, "lvbench"), encoder, cache, extract_cfg)
     text = cache.text_features(encoder.identity, [q.question], encoder.encode_text)[0]
-    for method in DEMO_METHODS:
-        sel, scores = select_for_question(vf, text, SelectConfig(method=method, k=cfg.k), "lvbench", agent)
+    for method, params in DEMO_METHODS.items():
+        sel, scores = select_for_question(vf, text, SelectConfig(method=method, k=cfg.k, params=params), "lvbench",
+                                          agent)
         spans = reference_spans(q, sel.fps)
         score_timeline(vf.timestamps, scores.numpy(), sel.timestamps, out / "plots" / f"{method}_timeline.png",
                        f"{q.index} [{method}] {q.question}", spans)

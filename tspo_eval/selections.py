@@ -133,6 +133,9 @@ def select_for_question(vf: VideoFeatures, text: torch.Tensor, cfg: SelectConfig
     frames = frames_for_question(vf.frame_numbers, scores.numpy(), cfg.k, cfg.method, vf.num_frames,
                                  official=cfg.official, **params)
     frames = np.asarray(frames, dtype=np.int64)
+    if frames.size == 0:
+        raise ValueError(f"method {cfg.method!r} with {cfg.params or 'default parameters'} chose no frames at k={cfg.k} "
+                         "(aks gives each leaf floor(k / 2**depth) frames): use a smaller depth, e.g. preset=tspo")
     selection = Selection(video=vf.video, frame_numbers=frames.tolist(), timestamps=(frames / vf.fps).tolist(),
                           num_candidates=len(vf.frame_numbers), fps=vf.fps)
     return selection, scores

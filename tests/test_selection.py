@@ -1,0 +1,339 @@
+"""Selection methods against hand-computed positions and the published frame-index files."""
+from __future__ import annotations
+
+import json
+import math
+from functools import reduce
+
+import numpy as np
+import pytest
+
+from tspo_eval.selection import (AKS_PRESETS, SELECTORS, TSPO_DEFAULT_METHOD, frames_for_question,
+                                 register_selector, select)
+
+BUILTINS = ["uniform", "topk", "bin-max", "aks", "tspo"]
+# T = 10. Bin-max (k=3) anchors 0, 4, 9 -> bins {0,1,2} {3..6} {7,8,9}.
+S10 = np.array([0.1, 0.9, 0.3, 0.8, 0.2, 0.7, 0.0, 0.5, 0.6, 0.4])
+
+
+def sel(scores, k, method, **params) -> list[int]:
+    return select(scores, k, method, **params).tolist()
+
+
+# ---------------------------------------------------------------- uniform
+
+def test_uniform_lmms_eval_linspace_truncates():
+    # linspace(0, 9, 3) = 0, 4.5, 9; linspace(0, 10, 4) = 0, 3.33, 6.67, 10
+    assert sel(S10, 3, "uniform") == [0, 4, 9]
+    assert sel(S10, 4, "uniform") == [0, 3, 6, 9]
+    assert sel(np.zeros(11), 4, "uniform") == [0, 3, 6, 10]
+
+
+def test_uniform_vlmevalkit_excludes_ends():
+    # step 10/4 = 2.5 -> int(2.5), int(5.0), int(7.5); step 10/5 = 2 -> 2, 4, 6, 8
+    assert sel(S10, 3, "uniform", convention="vlmevalkit") == [2, 5, 7]
+    assert sel(S10, 4, "uniform", convention="vlmevalkit") == [2, 4, 6, 8]
+    assert sel(S10, 1, "uniform", convention="vlmevalkit") == [5]
+
+
+def test_uniform_ignores_scores_and_checks_convention():
+    assert sel(S10, 3, "uniform") == sel(S10[::-1], 3, "uniform")
+    with pytest.raises(ValueError, match="lmms-eval, vlmevalkit"):
+        select(S10, 3, "uniform", convention="decord")
+
+
+# ---------------------------------------------------------------- topk
+
+def test_topk_highest_in_time_order():
+    # 0.9 @1, 0.8 @3, 0.7 @5, then 0.6 @8
+    assert sel(S10, 3, "topk") == [1, 3, 5]
+    assert sel(S10, 4, "topk") == [1, 3, 5, 8]
+
+
+def test_topk_ties_go_to_earlier_position():
+    assert sel([1, 5, 5, 5, 2], 2, "topk") == [1, 2]
+    assert sel(np.full(10, 0.3), 3, "topk") == [0, 1, 2]
+    # long enough that an unstable sort would scramble the tied candidates
+    s = np.zeros(300)
+    s[::7] = 1.0
+    assert sel(s, 5, "topk") == [0, 7, 14, 21, 28]
+
+
+def test_topk_accepts_bf16_tensor():
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(S10, dtype=torch.bfloat16)
+    assert sel(t, 3, "topk") == [1, 3, 5]
+
+
+# ---------------------------------------------------------------- bin-max
+
+def test_bin_max_argmax_per_bin():
+    # bins {0,1,2} -> 0.9 @1; {3..6} -> 0.8 @3; {7,8,9} -> 0.6 @8
+    assert sel(S10, 3, "bin-max") == [1, 3, 8]
+    # T=7, k=3: anchors 0, 3, 6 -> bins {0,1} {2,3,4} {5,6}
+    assert sel([0, 1, 9, 0, 0, 2, 0], 3, "bin-max") == [1, 2, 5]
+
+
+def test_bin_max_equidistant_candidate_joins_lower_anchor():
+    # Position 2 is 2 away from anchors 0 and 4: it belongs to bin 0, so bin 0 picks it
+    # and bin 1 ({3..6}) picks 3. Ties to the upper anchor would give [0, 2, 8].
+    assert sel([0, 0, 9, 8, 1, 1, 1, 0, 5, 0], 3, "bin-max") == [2, 3, 8]
+
+
+def test_bin_max_rounds_half_to_even_like_python_round():
+    # (T-1)/(k-1) = 4.5 -> anchor round(4.5) = 4, so position 7 (3 from 4, 2 from 9) is in
+    # the last bin. Half-up rounding (anchor 5) would put 7 in bin {3..7} -> [2, 3, 8].
+    assert sel([0, 0, 9, 8, 1, 1, 1, 7, 5, 0], 3, "bin-max") == [2, 3, 7]
+
+
+def test_bin_max_constant_scores_take_first_of_each_bin():
+    assert sel(np.ones(10), 3, "bin-max") == [0, 3, 7]
+
+
+def test_bin_max_k1_is_global_argmax():
+    assert sel(S10, 1, "bin-max") == [1]
+
+
+# ---------------------------------------------------------------- aks
+
+def _tspo_preset_scores() -> np.ndarray:
+    """T=64 already spanning [0, 1]; the AKS recursion for k=8, t1=0.2, depth=3 by hand.
+
+    whole:   top-8 mean 0.9725 - mean 0.8045 = 0.168 <= 0.2 -> split
+    0..31:   top-8 mean 0.95   - mean 0.6875 = 0.2625 > 0.2 -> leaf at depth 1, top 4
+             (1.0 @7, 0.99 @19, 0.98 @3, 0.97 @27)
+    32..63:  0.955 - 0.9216 = 0.033 -> split; 32..47: 0.061, 48..63: 0.001 -> split
+    depth 3: four 8-frame leaves, top 1 each: 0.96 @34, @45, @50, @63
+    """
+    s = np.full(64, 0.6)
+    for pos, v in {3: 0.98, 7: 1.0, 11: 0.92, 15: 0.9, 19: 0.99, 23: 0.91, 27: 0.97, 31: 0.93}.items():
+        s[pos] = v
+    s[32:] = 0.95
+    s[40] = 0.0
+    s[[34, 45, 50, 63]] = 0.96
+    return s
+
+
+def test_aks_tspo_preset_recursion_by_hand():
+    s = _tspo_preset_scores()
+    expected = [3, 7, 19, 27, 34, 45, 50, 63]
+    assert sel(s, 8, "aks", preset="tspo") == expected
+    assert sel(s, 8, "aks", t1=0.2, depth=3) == expected
+    # min-max normalisation: an affine rescaling changes nothing
+    assert sel(3.0 + 0.5 * s, 8, "aks", preset="tspo") == expected
+
+
+def _shuffled_ramp(T: int = 320) -> np.ndarray:
+    return np.random.default_rng(0).permutation(np.linspace(0.0, 1.0, T))
+
+
+def test_aks_defaults_degenerate_to_32_bins_top2_at_k64():
+    # Whole video: top-64 of a 0..1 ramp average 0.90, mean 0.5 -> 0.40 <= 0.8; halves of
+    # 160 and quarters of 80 stay far below 0.8 and segments of <= 64 frames give 0, so
+    # every segment splits to depth 5: 32 bins of 10, floor(64/32) = 2 frames each.
+    s = _shuffled_ramp()
+    bins = s.reshape(32, 10)
+    top2 = np.argsort(-bins, axis=1)[:, :2] + 10 * np.arange(32)[:, None]
+    assert AKS_PRESETS["aks"] == {"t1": 0.8, "t2": -100.0, "depth": 5}
+    assert sel(s, 64, "aks") == sorted(top2.ravel().tolist())
+
+
+def test_aks_tspo_preset_stops_at_depth0_on_the_same_scores():
+    # 0.40 > t1 = 0.2: the whole video is a leaf keeping its top 64 = plain topk.
+    s = _shuffled_ramp()
+    assert sel(s, 64, "aks", preset="tspo") == sel(s, 64, "topk")
+
+
+def test_aks_peaked_video_stops_early_even_with_defaults():
+    # 64 frames at 1, 576 at 0: top-64 mean 1 - mean 0.1 = 0.9 > 0.8 -> one leaf, top 64,
+    # all clustered at the start (not 2 per bin).
+    s = np.zeros(640)
+    s[:64] = 1.0
+    assert sel(s, 64, "aks") == list(range(64))
+
+
+def test_aks_t2_blocks_a_leaf_and_depth_override():
+    # Same video, std = 0.3 < t2 = 0.35: no leaf at depth 0; depth 1 is the limit, each
+    # half keeps floor(64/2) = 32 frames (the second half is all zeros: earliest 32).
+    s = np.zeros(640)
+    s[:64] = 1.0
+    expected = list(range(32)) + list(range(320, 352))
+    assert sel(s, 64, "aks", t2=0.35, depth=1) == expected
+
+
+def test_aks_odd_length_middle_goes_to_second_half():
+    # T=9 splits into 0..3 and 4..8; depth 0: 0.8 - 0.356 < 0.8. Top-1 per half: 3 and 4.
+    # (Middle in the first half would give 4 and 6.)
+    s = [0.2, 0.1, 0.3, 0.4, 1.0, 0.5, 0.6, 0.0, 0.1]
+    assert sel(s, 2, "aks", depth=1) == [3, 4]
+
+
+def test_aks_drops_remainders():
+    # k=5, one split: each half keeps floor(5/2) = 2 -> 4 frames, top 2 of each half.
+    s = _shuffled_ramp(20)
+    first, second = np.argsort(-s[:10])[:2], 10 + np.argsort(-s[10:])[:2]
+    assert sel(s, 5, "aks", depth=1) == sorted([*first.tolist(), *second.tolist()])
+
+
+def test_aks_constant_scores_are_defined():
+    # normalised to zeros: all split to depth 5, the first 2 frames of each 10-frame bin
+    assert sel(np.full(320, 0.7), 64, "aks") == [10 * b + j for b in range(32) for j in (0, 1)]
+
+
+def test_aks_unknown_preset():
+    with pytest.raises(ValueError, match="aks, tspo"):
+        select(S10, 3, "aks", preset="fast")
+
+
+# ---------------------------------------------------------------- tspo
+
+def test_tspo_method_per_benchmark():
+    s = [9, 8, 7, 0, 0, 0, 0, 0, 0, 1]  # topk [0,1,2]; bin-max [0,3,9]
+    assert TSPO_DEFAULT_METHOD == {"longvideobench": "topk", "mlvu": "topk", "lvbench": "topk",
+                                   "videomme": "bin-max"}
+    assert sel(s, 3, "tspo", benchmark="videomme") == [0, 3, 9]
+    assert sel(s, 3, "tspo", benchmark="VideoMME") == [0, 3, 9]
+    for bench in ("longvideobench", "mlvu", "lvbench", "my-own", None):
+        assert sel(s, 3, "tspo", benchmark=bench) == [0, 1, 2]
+    assert sel(s, 3, "tspo") == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- edge cases and errors
+
+@pytest.mark.parametrize("method", BUILTINS)
+def test_t_not_above_k_returns_all(method):
+    assert sel(S10[:4], 6, method) == [0, 1, 2, 3]
+    assert sel(S10[:6], 6, method) == list(range(6))
+    assert sel([0.5], 3, method) == [0]
+    assert sel([0.5], 1, method) == [0]
+
+
+def test_k1():
+    assert sel(S10, 1, "uniform") == [0]
+    assert sel(S10, 1, "topk") == [1]
+    # aks, k=1: normalised S10 (/0.9) has top-1 1.0 and mean 0.5: 0.5 <= 0.8 -> split, and
+    # floor(1/2^d) = 0 frames at every deeper leaf (published behaviour); 0.5 > 0.4 -> leaf
+    assert sel(S10, 1, "aks") == []
+    assert sel(S10, 1, "aks", t1=0.4) == [1]
+
+
+def test_errors_name_the_valid_choices():
+    with pytest.raises(ValueError, match="aks, bin-max, .*topk, .*uniform"):
+        select(S10, 3, "random")
+    with pytest.raises(ValueError, match="valid: preset, t1, t2, depth"):
+        select(S10, 3, "aks", t3=1.0)
+    with pytest.raises(ValueError, match=r"valid: \(none\)"):
+        select(S10, 3, "topk", window=12)
+    with pytest.raises(ValueError, match="no parameter"):  # checked even when T <= k
+        select(S10[:2], 3, "topk", window=12)
+    for k in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="k must be"):
+            select(S10, k, "topk")
+    with pytest.raises(ValueError, match="1-D"):
+        select(np.zeros((2, 5)), 3, "topk")
+    with pytest.raises(ValueError, match="NaN"):
+        select([0.1, np.nan, 0.3], 1, "topk")
+
+
+# ---------------------------------------------------------------- registry
+
+def test_register_custom_selector():
+    name = "test-lowest"
+    try:
+        @register_selector(name)
+        def lowest(scores: np.ndarray, k: int, *, offset: int = 0) -> np.ndarray:
+            return np.argsort(scores, kind="stable")[:k] + offset
+
+        assert SELECTORS[name] is lowest
+        assert sel(S10, 3, name) == [0, 4, 6]  # 0.0 @6, 0.1 @0, 0.2 @4
+        with pytest.raises(ValueError, match="valid: offset"):
+            select(S10, 3, name, offst=1)
+        with pytest.raises(ValueError, match="expected at most 3 in"):
+            select(S10, 3, name, offset=5)  # 11 is out of range
+        with pytest.raises(ValueError, match="already registered"):
+            register_selector(name)(lowest)
+    finally:
+        SELECTORS.pop(name, None)
+
+
+# ---------------------------------------------------------------- frame numbers
+
+CANDS = np.arange(0, 300, 30)  # 10 candidates at 1 fps of a 30 fps, 300-frame video
+
+
+def test_frames_for_question_maps_positions():
+    assert frames_for_question(CANDS, S10, 3, "topk", 300).tolist() == [30, 90, 150]
+    assert frames_for_question(CANDS, S10, 3, "uniform", 300).tolist() == [0, 120, 270]
+
+
+def test_official_fallback_is_uniform_over_all_video_frames():
+    # linspace(0, 299, 16): step 299/15 = 19.93 -> 0, 19.93, 39.87, ..., 279.07, 299 truncated
+    expected = [0, 19, 39, 59, 79, 99, 119, 139, 159, 179, 199, 219, 239, 259, 279, 299]
+    for method in BUILTINS:
+        assert frames_for_question(CANDS, S10, 16, method, 300, official=True).tolist() == expected
+    # without `official` (and for T == k even with it) the candidates themselves
+    assert frames_for_question(CANDS, S10, 16, "topk", 300).tolist() == CANDS.tolist()
+    assert frames_for_question(CANDS, S10, 10, "topk", 300, official=True).tolist() == CANDS.tolist()
+    # T > k: the selection, official or not
+    assert frames_for_question(CANDS, S10, 3, "topk", 300, official=True).tolist() == [30, 90, 150]
+
+
+def test_frames_for_question_checks_lengths():
+    with pytest.raises(ValueError, match="match the scores"):
+        frames_for_question(CANDS[:5], S10, 3, "topk", 300)
+
+
+# ---------------------------------------------------------------- published selections
+
+def _load(official_dir, name: str) -> list[dict]:
+    return json.loads((official_dir / f"TSPO_{name}_frameIdx.json").read_text())
+
+
+def _step(frames: np.ndarray) -> int:
+    return reduce(math.gcd, frames.tolist())
+
+
+def _bin_max_explains(frames: np.ndarray) -> bool:
+    """Is there a candidate count T for which bin-max picks exactly these frames?
+
+    Candidates are multiples of the step (gcd); score 1 on the picks and 0 elsewhere:
+    bin-max returns the picks iff every bin holds exactly one of them.
+    """
+    pos = frames // _step(frames)
+    last = int(pos.max())
+    for T in range(last + 1, last + last // 63 + 3):  # the last bin spans ~T/64 candidates
+        s = np.zeros(T)
+        s[pos] = 1.0
+        if np.array_equal(select(s, 64, "bin-max"), pos):
+            return True
+    return False
+
+
+def test_published_longvideobench_selections(official_dir):
+    items = _load(official_dir, "LongVideoBench")
+    assert len(items) == 1337
+    short = [x for x in items if len(x["frame_idx"]) < 64]
+    assert len(short) == 361  # SPEC: the fallback silently disables TSPO for these
+    for x in items:
+        f = np.asarray(x["frame_idx"])
+        assert np.array_equal(f, np.round(f)) and np.all(np.diff(f) > 0)
+        f = f.astype(np.int64)
+        if len(f) == 64:
+            # 1 fps candidates: frames are multiples of round(fps) (>= 20 here), within the video
+            assert _step(f) >= 20 and f.max() / _step(f) < x["duration"] + 1
+        else:
+            # T <= K: the agent's stage kept every 1 fps candidate, range(0, N, round(fps))
+            step = int(f[1] - f[0])
+            assert f.tolist() == list(range(0, step * len(f), step))
+            assert abs(len(f) - x["duration"]) <= 1
+            assert frames_for_question(f, np.zeros(len(f)), 64, "topk", step * len(f)).tolist() == f.tolist()
+    # topk picks are not one-per-bin: the bin-max check below rejects them
+    assert not any(_bin_max_explains(np.asarray(x["frame_idx"], dtype=np.int64))
+                   for x in items[:300] if len(x["frame_idx"]) == 64)
+
+
+def test_published_videomme_selections_are_bin_max(official_dir):
+    items = _load(official_dir, "VideoMME")
+    long_items = [np.asarray(x["frame_idx"], dtype=np.int64) for x in items if len(x["frame_idx"]) == 64]
+    assert len(items) - len(long_items) == 261
+    assert all(_bin_max_explains(f) for f in long_items)
