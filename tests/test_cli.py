@@ -1,0 +1,124 @@
+"""The `tspo-eval` console script end to end on a generated benchmark, and a torchrun launch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tspo_eval.benchmarks import load_benchmark
+from tspo_eval.demo import DemoConfig, make_benchmark
+from tspo_eval.selections import SelectionSet
+
+AGENT = ["--agent", "random:clip-tiny"]
+
+
+def run(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    videos, jsonl, tsv = make_benchmark(root, DemoConfig(videos=3, duration=40.0, video_fps=8.0))
+    return root, videos, jsonl, tsv
+
+
+def test_demo_writes_table_selections_and_pictures(tmp_path):
+    out = tmp_path / "demo"
+    proc = run("tspo-eval", "demo", "--out", str(out), "--videos", "2", "--duration", "40", "--k", "8")
+    assert "randomly initialised agent" in proc.stdout
+    table = pd.read_csv(out / "quality.csv", index_col="method")
+    assert list(table.index) == ["uniform", "topk", "aks", "tspo"]
+    assert (table["questions"] == 2).all() and (table["frames"] == 8).all()
+    assert table["hit_rate"].between(0, 1).all()
+    for method in table.index:
+        run_ = SelectionSet.load(out / "selections" / f"{method}.json")
+        for sel in run_.selections.values():
+            frames = np.asarray(sel.frame_numbers)
+            assert len(frames) == 8 and (frames % 8 == 0).all()  # 8-fps video, 1-fps candidates
+            np.testing.assert_allclose(sel.timestamps, frames / 8.0)
+        for kind in ("timeline", "frames"):
+            with Image.open(out / "plots" / f"{method}_{kind}.png") as im:
+                assert im.size[0] > 300
+
+
+def test_extract_select_quality_and_export(bench, tmp_path):
+    root, videos, jsonl, tsv = bench
+    common = ["--benchmark", "lvbench", "--tsv", str(tsv)]
+    cache = ["--cache", str(tmp_path / "cache")]
+    proc = run("tspo-eval", "extract", *common, "--video-root", str(videos), *AGENT, *cache)
+    assert "3 videos: 3 encoded, 0 already cached, 0 failed" in proc.stdout
+    proc = run("tspo-eval", "extract", *common, "--video-root", str(videos), *AGENT, *cache)
+    assert "0 encoded, 3 already cached" in proc.stdout
+
+    sel, idx = tmp_path / "tspo.json", tmp_path / "TSPO_LVBench_frameIdx.json"
+    run("tspo-eval", "select", *common, "--video-root", str(videos), *AGENT, *cache, "--method", "tspo", "--k", "4",
+        "--out", str(sel), "--annotations", str(jsonl), "--frame-idx-out", str(idx))
+    selections = SelectionSet.load(sel)
+    questions = load_benchmark("lvbench", tsv, jsonl)
+    assert set(selections.selections) == {q.index for q in questions}
+    exported = json.loads(idx.read_text())
+    assert [item["key"] for item in exported] == [q.video_name[:-4] for q in questions]
+    assert [item["frame_idx"] for item in exported] == [
+        [float(f) for f in selections.selections[q.index].frame_numbers] for q in questions]
+
+    uniform = tmp_path / "uniform.json"
+    run("tspo-eval", "select", *common, "--video-root", str(videos), *AGENT, *cache, "--method", "uniform",
+        "--k", "4", "--out", str(uniform))
+    proc = run("tspo-eval", "quality", *common, "--annotations", str(jsonl), str(sel), str(uniform))
+    assert "hit_rate" in proc.stdout and "uniform (uniform)" in proc.stdout
+
+    proc = run("tspo-eval", "inspect", *common, "--video-root", str(videos), *AGENT, *cache, "--question",
+               questions[0].index, "--k", "4", "--out", str(tmp_path / "inspect"))
+    assert (tmp_path / "inspect" / f"{questions[0].index}_timeline.png").stat().st_size > 1000
+
+
+def test_missing_video_is_recorded_and_the_run_finishes(bench, tmp_path):
+    root, videos, jsonl, tsv = bench
+    partial = tmp_path / "videos"
+    partial.mkdir()
+    kept = sorted(videos.glob("*.mp4"))[1:]
+    for video in kept:
+        (partial / video.name).symlink_to(video)
+    args = ["--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(partial), *AGENT,
+            "--cache", str(tmp_path / "cache")]
+    proc = run("tspo-eval", "extract", *args)
+    assert "2 encoded, 0 already cached, 1 failed" in proc.stdout and "demo000.mp4" in proc.stdout
+    run("tspo-eval", "select", *args, "--method", "topk", "--k", "4", "--out", str(tmp_path / "s.json"))
+    result = SelectionSet.load(tmp_path / "s.json")
+    assert len(result.selections) == 2 and list(result.failed) == ["demo0000"]
+
+
+def test_bad_options_fail_before_any_work(bench):
+    root, videos, jsonl, tsv = bench
+    proc = run("tspo-eval", "select", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
+               *AGENT, "--method", "nope", check=False)
+    assert proc.returncode == 2 and "unknown method 'nope'" in proc.stderr and "topk" in proc.stderr
+    proc = run("tspo-eval", "extract", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
+               "--no-such-flag", check=False)
+    assert proc.returncode == 2 and "--no-such-flag" in proc.stderr
+
+
+def test_torchrun_shards_extraction_over_two_processes(bench, tmp_path):
+    root, videos, jsonl, tsv = bench
+    cache = tmp_path / "cache"
+    run(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        "-m", "tspo_eval.cli", "extract", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
+        *AGENT, "--cache", str(cache), OMP_NUM_THREADS="1")
+    reports = cache / "reports" / "lvbench"
+    rank0 = json.loads((reports / "extract.rank0.json").read_text())
+    rank1 = json.loads((reports / "extract.rank1.json").read_text())
+    assert rank0["encoded"] and rank1["encoded"]
+    assert not set(rank0["encoded"]) & set(rank1["encoded"])
+    merged = json.loads((reports / "extract.json").read_text())
+    assert sorted(merged["encoded"]) == sorted(str(p) for p in videos.glob("*.mp4"))
+    assert len(list((cache / "videos").rglob("*.safetensors"))) == 3
