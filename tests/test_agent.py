@@ -184,3 +184,16 @@ def test_plain_clip_tokenizer_fallback_and_unknown_config():
     assert load_clip_tokenizer(None)(["hello"]).input_ids[0][0] == 49406
     with pytest.raises(ValueError, match="clip-tiny"):
         random_agent("no-such-config")
+
+
+def test_encoder_identity_ignores_the_head_but_not_clip():
+    from tspo_eval.encoders import weights_fingerprint
+
+    agent = random_agent("clip-tiny", seed=0)
+    before = weights_fingerprint(agent)
+    assert agent.encoder.identity.endswith(before) and agent.encoder is agent.encoder
+    with torch.no_grad():
+        agent.selector.mlp[0].weight.add_(1.0)  # training the head keeps cached frame features valid
+        assert weights_fingerprint(agent) == before
+        agent.visual_projection.weight.add_(1.0)
+        assert weights_fingerprint(agent) != before

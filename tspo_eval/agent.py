@@ -9,6 +9,7 @@ features without the positional encoding.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -152,9 +153,10 @@ class TemporalAgent(CLIPModel):
         self.selector.load_state_dict(state)
         return self
 
-    @property
+    @functools.cached_property
     def encoder(self) -> HFClipEncoder:
-        """This agent's CLIP as an `Encoder` for the extraction stage."""
+        """This agent's CLIP as an `Encoder` for the extraction stage (built once: hashing the
+        weights for the cache identity is not free)."""
         if self.tokenizer is None:
             self.tokenizer = load_clip_tokenizer(None)
         return HFClipEncoder(self, self.tokenizer, name=str(getattr(self.config, "_name_or_path", "") or "clip"))

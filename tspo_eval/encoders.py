@@ -88,10 +88,16 @@ def _pooled(out: torch.Tensor | object) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A short hash of a module's parameters, so two checkpoints of one name never share a cache."""
+def weights_fingerprint(module: torch.nn.Module, skip_prefix: str = "selector.") -> str:
+    """A short hash of a module's parameters, so two checkpoints of one name never share a cache.
+
+    The agent's head (`selector.*`) is skipped: frame features do not depend on it, so
+    training the head keeps the cached features valid.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
+        if name.startswith(skip_prefix):
+            continue
         digest.update(name.encode())
         flat = tensor.detach().flatten()
         # A strided sample keeps this cheap for a 0.4B model while any retrained layer changes it.
