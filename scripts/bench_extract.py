@@ -46,16 +46,18 @@ def make_video(path: Path, minutes: float, fps: float = 25.0, size: tuple[int, i
     if path.exists():
         return path
     h, w = size
-    yy, xx = np.mgrid[0:h, 0:w]
+    period = 107  # the pattern repeats every `period` px horizontally: frames are slices of one array
+    yy, xx = np.mgrid[0:h, 0:w + period]
+    pattern = ((np.sin(2 * np.pi * xx / period) + np.cos(yy / 23.0)) * 40).astype(np.int16)
     rng = np.random.default_rng(0)
 
     def frames():
         for i in range(int(minutes * 60 * fps)):
             if i % int(10 * fps) == 0:
-                base = rng.integers(0, 255, size=3)
-            shift = i * 2
-            pattern = ((np.sin((xx + shift) / 17.0) + np.cos((yy - shift) / 23.0)) * 40).astype(np.int16)
-            yield np.clip(base[None, None, :] + pattern[..., None], 0, 255).astype(np.uint8)
+                base = rng.integers(40, 215, size=3).astype(np.int16)
+                textured = np.clip(base + pattern[..., None], 0, 255).astype(np.uint8)
+            shift = (i * 2) % period
+            yield np.ascontiguousarray(textured[:, shift:shift + w])
 
     return write_video(path, frames(), fps, crf=23)
 
@@ -107,7 +109,8 @@ def e2e_child(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.child == "ours":
             fn = lambda: extract_videos([path], agent.encoder, FeatureCache(tmp), ExtractConfig(  # noqa: E731
-                batch_size=args.batch_size, decode_threads=args.decode_threads), progress=False)
+                batch_size=args.batch_size, decode_threads=args.decode_threads, segments=args.segments),
+                progress=False)
         else:
             from transformers import CLIPImageProcessor
 
@@ -128,7 +131,8 @@ def e2e_child(args: argparse.Namespace) -> None:
 
 def run_child(args: argparse.Namespace, method: str, video: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--child-video", str(video), "--device", args.device,
-           "--clip", args.clip, "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads)]
+           "--clip", args.clip, "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
+           "--segments", str(args.segments)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
 
@@ -140,6 +144,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, nargs="+", default=[10, 30])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--decode-threads", type=int, default=8)
+    p.add_argument("--segments", type=int, default=4, help="readers per video (ours)")
     p.add_argument("--encode-frames", type=int, default=1024, help="frames per encode measurement")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--videos", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_videos")
