@@ -100,6 +100,33 @@ def naive_extract(agent, processor, path: Path, cache_dir: Path, questions: int 
         torch.save({"image": features.cpu(), "sampled_idx": cands.frame_numbers}, cache_dir / f"{path.stem}_{q}.pth")
 
 
+def measure_encode(args: argparse.Namespace, video: Path, cands: np.ndarray, device: torch.device,
+                   dtype: torch.dtype) -> dict:
+    """Frames/s of the bare model, our encode path and the published PIL + CLIPProcessor path."""
+    from transformers import CLIPImageProcessor
+
+    cuda = device.type == "cuda"
+    agent = random_agent(args.clip, torch_dtype=dtype, device=device)
+    frames = next(iter_frames(video, cands[: args.encode_frames], args.encode_frames, "decord"))
+    n = len(frames)
+    pixels = torch.randn(args.batch_size, 3, 224, 224, device=device, dtype=dtype)
+    steps = max(1, n // args.batch_size)
+
+    def bare():
+        with torch.no_grad():
+            for _ in range(steps):
+                agent.get_image_features(pixel_values=pixels)
+
+    bare_s = timed(bare, args.repeats, cuda) / (steps * args.batch_size)
+    ours_s = timed(lambda: [agent.encode_frames(frames[i:i + args.batch_size]) for i in range(0, n, args.batch_size)],
+                   args.repeats, cuda) / n
+    processor = CLIPImageProcessor()
+    naive_s = timed(lambda: naive_encode(agent, processor, frames), max(1, args.repeats - 1), cuda) / n
+    gflop = 162.0 if args.clip == "clip-vit-l-14" else float("nan")
+    return {"frames": n, "bare_model_fps": 1 / bare_s, "ours_fps": 1 / ours_s, "published_fps": 1 / naive_s,
+            "ratio": naive_s / ours_s, "bare_tflops": gflop / 1000 / bare_s}
+
+
 def e2e_child(args: argparse.Namespace) -> None:
     """One end-to-end run in this (fresh) process; prints a JSON line with time and peaks."""
     device = torch.device(args.device)
@@ -180,30 +207,8 @@ def main() -> None:
                          "published_fps": len(cands) / naive_s, "ratio": naive_s / ours_s}
     print("decode", results["decode"], flush=True)
 
-    # encode ---------------------------------------------------------------------------------
-    from transformers import CLIPImageProcessor
-
-    agent = random_agent(args.clip, torch_dtype=dtype, device=device)
-    frames = next(iter_frames(short, cands[: args.encode_frames], args.encode_frames, "decord"))
-    n = len(frames)
-    pixels = torch.randn(args.batch_size, 3, 224, 224, device=device, dtype=dtype)
-
-    def bare():
-        with torch.no_grad():
-            for _ in range(max(1, n // args.batch_size)):
-                agent.get_image_features(pixel_values=pixels)
-
-    bare_s = timed(bare, args.repeats, cuda) / (max(1, n // args.batch_size) * args.batch_size)
-    ours_enc = timed(lambda: [agent.encode_frames(frames[i:i + args.batch_size]) for i in range(0, n, args.batch_size)],
-                     args.repeats, cuda) / n
-    processor = CLIPImageProcessor()
-    naive_enc = timed(lambda: naive_encode(agent, processor, frames), max(1, args.repeats - 1), cuda) / n
-    gflop = 162.0 if args.clip == "clip-vit-l-14" else float("nan")
-    results["encode"] = {"frames": n, "bare_model_fps": 1 / bare_s, "ours_fps": 1 / ours_enc,
-                         "published_fps": 1 / naive_enc, "ratio": naive_enc / ours_enc,
-                         "bare_tflops": gflop / 1000 / bare_s}
+    results["encode"] = measure_encode(args, short, cands, device, dtype)
     print("encode", results["encode"], flush=True)
-    del agent
     if cuda:
         torch.cuda.empty_cache()
 

@@ -133,7 +133,7 @@ def cmd_extract(ns: argparse.Namespace) -> int:
     merged.save(reports / "extract.json")
     print(f"{len(videos)} videos: {len(merged.encoded)} encoded, {len(merged.cached)} already cached, "
           f"{len(merged.failed)} failed (report: {reports / 'extract.json'})")
-    for path, why in sorted(merged.failed.items()):
+    for why in sorted(merged.failed.values()):
         print(f"  FAILED {why}")
     return 1 if merged.failed and not (merged.encoded or merged.cached) else 0
 
@@ -160,31 +160,19 @@ def cmd_select(ns: argparse.Namespace) -> int:
 
 
 def cmd_inspect(ns: argparse.Namespace) -> int:
-    from .benchmarks import resolve_video
     from .cache import FeatureCache
-    from .extract import ExtractConfig, video_features
-    from .plots import frame_grid, score_timeline
-    from .quality import reference_spans
-    from .selections import SelectConfig, select_for_question
-    from .video import read_frames
+    from .extract import ExtractConfig
+    from .inspection import inspect_question
+    from .selections import SelectConfig
 
     questions = {q.index: q for q in _questions(ns)}
     if ns.question not in questions:
         raise SystemExit(f"error: no question {ns.question!r} in {ns.tsv}")
-    q = questions[ns.question]
-    cfg = config_from_args(SelectConfig, ns)
     agent, encoder = _models(ns)
-    cache = FeatureCache(ns.cache)
-    vf = video_features(resolve_video(ns.video_root, q.video_name, ns.benchmark), encoder, cache,
-                        ExtractConfig(fps=ns.fps, max_frames=ns.max_frames))
-    text = cache.text_features(encoder.identity, [q.question], encoder.encode_text)[0]
-    sel, scores = select_for_question(vf, text, cfg, ns.benchmark, agent)
-    title = f"{q.index} [{cfg.method}, k={cfg.k}] {q.question}"
-    a = score_timeline(vf.timestamps, scores.numpy(), sel.timestamps, ns.out / f"{q.index}_timeline.png", title,
-                       reference_spans(q, sel.fps))
-    b = frame_grid(read_frames(vf.video, sel.frame_numbers), sel.timestamps, ns.out / f"{q.index}_frames.png",
-                   title=title)
-    print(f"{len(sel.frame_numbers)} of {sel.num_candidates} candidates chosen -> {a}, {b}")
+    sel, timeline, grid = inspect_question(
+        questions[ns.question], ns.video_root, encoder, FeatureCache(ns.cache), config_from_args(SelectConfig, ns),
+        ns.out / ns.question, ExtractConfig(fps=ns.fps, max_frames=ns.max_frames), agent)
+    print(f"{len(sel.frame_numbers)} of {sel.num_candidates} candidates chosen -> {timeline}, {grid}")
     return 0
 
 

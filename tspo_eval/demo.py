@@ -20,12 +20,11 @@ import pandas as pd
 from .agent import TemporalAgent, load_agent
 from .benchmarks import convert, load_benchmark, resolve_video, write_tsv
 from .cache import FeatureCache
-from .extract import ExtractConfig, extract_videos, video_features
-from .plots import frame_grid, score_timeline
-from .quality import quality_table, reference_spans
-from .selections import SelectConfig, SelectionSet, select_benchmark, select_for_question
+from .extract import ExtractConfig, extract_videos
+from .inspection import inspect_question
+from .quality import quality_table
+from .selections import SelectConfig, SelectionSet, select_benchmark
 from .synthetic import write_video
-from .video import read_frames
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 30),
           "purple": (150, 40, 200), "orange": (250, 140, 20)}
@@ -125,17 +124,9 @@ def run_demo(cfg: DemoConfig) -> pd.DataFrame:
     table = quality_table(runs, questions)
     (out / "quality.txt").write_text(table.to_string(float_format=lambda x: f"{x:.3f}") + "\n")
     table.to_csv(out / "quality.csv")
-    q = questions[0]
-    vf = video_features(resolve_video(videos, q.video_name, "lvbench"), encoder, cache, extract_cfg)
-    text = cache.text_features(encoder.identity, [q.question], encoder.encode_text)[0]
     for method, params in DEMO_METHODS.items():
-        sel, scores = select_for_question(vf, text, SelectConfig(method=method, k=cfg.k, params=params), "lvbench",
-                                          agent)
-        spans = reference_spans(q, sel.fps)
-        score_timeline(vf.timestamps, scores.numpy(), sel.timestamps, out / "plots" / f"{method}_timeline.png",
-                       f"{q.index} [{method}] {q.question}", spans)
-        frame_grid(read_frames(vf.video, sel.frame_numbers), sel.timestamps, out / "plots" / f"{method}_frames.png",
-                   title=f"{q.index} [{method}]")
+        inspect_question(questions[0], videos, encoder, cache, SelectConfig(method=method, k=cfg.k, params=params),
+                         out / "plots" / method, extract_cfg, agent)
     print(table.to_string(float_format=lambda x: f"{x:.3f}"))
     print(f"wrote {out}/quality.txt, {out}/selections/*.json, {out}/plots/*.png")
     return table

@@ -156,20 +156,18 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
             todo.append((path, fingerprint, key))
 
     bar = tqdm(total=len(todo), desc="extract", unit="video", disable=not progress)
-    window: deque[_Decoder] = deque()
     pending = iter(todo)
-    jobs = {}
-    for _ in range(cfg.prefetch):
-        if (job := next(pending, None)) is not None:
-            window.append(_Decoder(job[0], cfg))
-            jobs[job[0]] = job
+    window: deque[tuple[tuple[str, str, str], _Decoder]] = deque()  # videos decoding ahead of the encoder
+
+    def refill() -> None:
+        while len(window) < cfg.prefetch and (job := next(pending, None)) is not None:
+            window.append((job, _Decoder(job[0], cfg)))
+
+    refill()
     try:
         while window:
-            decoder = window.popleft()
-            if (job := next(pending, None)) is not None:
-                window.append(_Decoder(job[0], cfg))
-                jobs[job[0]] = job
-            path, fingerprint, key = jobs.pop(decoder.path)
+            (path, fingerprint, key), decoder = window.popleft()
+            refill()
             try:
                 cache.put_video(key, _encode(decoder, encoder, fingerprint))
                 report.encoded.append(path)
@@ -179,7 +177,7 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
                 bar.write(f"failed: {err}")
             bar.update(1)
     finally:
-        for decoder in window:
+        for _, decoder in window:
             decoder.cancel()
         bar.close()
     return report

@@ -155,7 +155,7 @@ def select_benchmark(questions: Sequence[Question], video_root: str | Path, enco
     texts = cache.text_features(encoder.identity, [q.question for q in questions], encoder.encode_text)
     meta = {"benchmark": benchmark, "method": cfg.method, "k": cfg.k, "scores": cfg.score_source,
             "official": cfg.official, "params": cfg.params, "encoder": encoder.identity,
-            "agent": getattr(getattr(agent, "config", None), "_name_or_path", None) if agent else None,
+            "agent": agent.config._name_or_path if agent is not None else None,
             "fps": extract_cfg.fps, "max_frames": extract_cfg.max_frames}
     result = SelectionSet(meta)
     by_video: dict[str, list[int]] = {}
