@@ -1,0 +1,101 @@
+"""The interface every video-LLM backbone implements, and the registry that builds them.
+
+A backbone answers `VideoQuery`s: the frames chosen for one question (uint8, in time
+order, with their real timestamps) and the user text that follows the video.  The
+answering stage, the lmms-eval / VLMEvalKit adapters and training all talk to this
+interface only, so a backbone is swapped by name.
+
+Vision reuse: a query may carry `video` (any hashable identity of the source video) and
+`frame_numbers`; a backbone then caches its vision features under those keys, so
+questions on the same video that share frames do not recompute them.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class VideoQuery:
+    """One question for a backbone.
+
+    frames: uint8 (N, H, W, 3), time order.  timestamps: N seconds in the source video.
+    prompt: the user text after the video (question, options, instruction).
+    """
+
+    frames: np.ndarray | torch.Tensor
+    timestamps: Sequence[float]
+    prompt: str
+    video: Hashable | None = None
+    frame_numbers: Sequence[int] | None = None
+
+
+class PhaseTimer:
+    """Accumulates wall seconds per phase (vision, prefill, decode_tokens), CUDA-synchronised."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.seconds[phase] += time.perf_counter() - start
+
+    def reset(self) -> None:
+        self.seconds.clear()
+
+
+class Backbone(ABC):
+    """A frozen video LLM that answers `VideoQuery`s greedily."""
+
+    name: str
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    def __init__(self) -> None:
+        self.timings = PhaseTimer()
+
+    @abstractmethod
+    def generate(self, queries: Sequence[VideoQuery], max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers, one per query, batched."""
+
+    @abstractmethod
+    def next_token_logits(self, queries: Sequence[VideoQuery]) -> torch.Tensor:
+        """(B, vocab) logits of the first answer token; greedy decoding of one token is their argmax."""
+
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Register a loader `fn(path_or_hub_id, **options) -> Backbone` under `name`."""
+
+    def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        BACKBONES[name] = fn
+        return fn
+
+    return wrap
+
+
+def load_backbone(kind: str, path_or_hub_id: str, **options: Any) -> Backbone:
+    """Build a registered backbone (`llava_video`, `qwen2_5_vl`) from a local dir or hub id."""
+    from . import llava_video, qwen_vl  # noqa: F401  (registration)
+
+    if kind not in BACKBONES:
+        raise ValueError(f"unknown backbone {kind!r}; known: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[kind](path_or_hub_id, **options)
