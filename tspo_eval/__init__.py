@@ -2,9 +2,21 @@
 
 The pipeline, one module per stage: `video` (candidate frames) -> `encoders` / `agent`
 (features, scores) -> `cache` (per-video features) -> `selection` (K frames) ->
-benchmarks and CLI.
-"""
-from .agent import TemporalAgent
-from .selection import select
+`backbones` -> `answering` -> benchmarks, CLI and framework adapters.
 
-__all__ = ["TemporalAgent", "select"]
+Public names are imported lazily, so that `import tspo_eval.<anything>` (e.g. the
+lmms-eval entry point) stays cheap.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_PUBLIC = {"TemporalAgent": ".agent", "select": ".selection"}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name], __name__), name)
+    raise AttributeError(f"module 'tspo_eval' has no attribute {name!r}")

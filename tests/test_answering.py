@@ -1,0 +1,163 @@
+"""The answering stage on real generated videos: each answer is produced from exactly the
+frames its selection names (read back from the pixels), in any batch size, with failures
+recorded and the run finished."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tspo_eval.answering import AnswerConfig, FrameConfig, FramePlanner, QuestionRef, answer_questions
+from tspo_eval.backbones import Backbone, VideoQuery
+from tspo_eval.selections import Selection, SelectionSet
+from tspo_eval.synthetic import read_frame_number
+
+
+class PixelReadingBackbone(Backbone):
+    """Answers with the frame numbers drawn in the pixels it received, and records each call."""
+
+    name = "pixel-reader"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[VideoQuery]] = []
+
+    def generate(self, queries, max_new_tokens: int = 16) -> list[str]:
+        self.calls.append(list(queries))
+        return [" ".join(str(read_frame_number(f)) for f in q.frames) for q in queries]
+
+    def next_token_logits(self, queries) -> torch.Tensor:
+        return torch.zeros(len(queries), 1)
+
+
+@pytest.fixture()
+def videos(numbered_video_factory, tmp_path) -> dict[str, Path]:
+    """Two distinct real mp4 files (300 and 150 frames at 29.97 fps), copied under one root."""
+    long_ = shutil.copy(numbered_video_factory(num_frames=300), tmp_path / "a.mp4")
+    short = shutil.copy(numbered_video_factory(num_frames=150), tmp_path / "b.mp4")
+    return {"a": Path(long_), "b": Path(short)}
+
+
+def _refs(videos: dict[str, Path]) -> list[QuestionRef]:
+    order = ["a", "b", "a", "a", "b"]
+    return [QuestionRef(index=f"q{i}", benchmark="lvbench", video_path=str(videos[v]), question=f"stem {i}",
+                        prompt=f"prompt {i}") for i, v in enumerate(order)]
+
+
+def _selections(tmp_path: Path, refs: list[QuestionRef]) -> Path:
+    rng = np.random.default_rng(0)
+    chosen = {}
+    for ref in refs:
+        n = 300 if ref.video_path.endswith("a.mp4") else 150
+        frames = sorted(rng.choice(n, size=6, replace=False).tolist())
+        chosen[ref.index] = Selection(video=Path(ref.video_path).name, frame_numbers=frames,
+                                      timestamps=[f * 1001 / 30000 for f in frames], num_candidates=n, fps=29.97)
+    return SelectionSet({"benchmark": "lvbench", "method": "tspo", "k": 6}, chosen).save(tmp_path / "sel.json")
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_answers_come_from_exactly_the_selected_frames(videos, tmp_path, batch_size):
+    refs = _refs(videos)
+    sel_path = _selections(tmp_path, refs)
+    expected = {k: v.frame_numbers for k, v in SelectionSet.load(sel_path).selections.items()}
+    backbone = PixelReadingBackbone()
+    planner = FramePlanner(FrameConfig(method="tspo", k=6, selections=str(sel_path)))
+    record = tmp_path / "answers.jsonl"
+    answers = answer_questions(refs, planner, backbone, AnswerConfig(batch_size=batch_size), record=record,
+                               progress=False)
+
+    assert [a.index for a in answers] == [r.index for r in refs]  # caller's order kept
+    for answer in answers:
+        assert [int(x) for x in answer.text.split()] == expected[answer.index]  # pixels agree
+        assert answer.frame_numbers == expected[answer.index]
+        assert answer.error is None
+    assert max(len(call) for call in backbone.calls) == min(batch_size, len(refs))
+    # the prompt and the real timestamps (frame / 29.97 fps) travel with the frames
+    for call in backbone.calls:
+        for q in call:
+            idx = q.prompt.split()[-1]
+            assert np.allclose(q.timestamps, np.array(expected[f"q{idx}"]) * 1001 / 30000, atol=1e-6)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert sorted(line["index"] for line in lines) == sorted(expected)
+
+
+def test_published_frame_idx_file_is_accepted(videos, tmp_path, official_dir):
+    """Two real items of the published LongVideoBench file, with their frame_idx replaced."""
+    items = json.loads((official_dir / "TSPO_LongVideoBench_frameIdx.json").read_text())[:2]
+    items[0]["frame_idx"], items[1]["frame_idx"] = [0.0, 10.0, 299.0], [5.0, 149.0]
+    idx_path = tmp_path / "TSPO_LongVideoBench_frameIdx.json"
+    idx_path.write_text(json.dumps(items))
+    refs = [QuestionRef(index=item["id"], benchmark="longvideobench", video_path=str(videos[v]), question="q",
+                        prompt="p") for item, v in zip(items, "ab")]
+    answers = answer_questions(refs, FramePlanner(FrameConfig(selections=str(idx_path))), PixelReadingBackbone(),
+                               progress=False)
+    assert [a.text for a in answers] == ["0 10 299", "5 149"]
+
+
+def test_uniform_is_lmms_eval_sampling_over_all_frames(videos):
+    ref = _refs(videos)[0]
+    (answer,) = answer_questions([ref], FramePlanner(FrameConfig(method="uniform", k=8)), PixelReadingBackbone(),
+                                 progress=False)
+    # lmms-eval: np.linspace(0, total_frames - 1, k, dtype=int) over all 300 frames
+    assert answer.frame_numbers == [0, 42, 85, 128, 170, 213, 256, 299]
+    assert [int(x) for x in answer.text.split()] == answer.frame_numbers
+
+
+def test_missing_and_corrupt_videos_are_recorded_and_the_run_finishes(videos, tmp_path):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    refs = _refs(videos)[:2] + [
+        QuestionRef("gone", "lvbench", str(tmp_path / "missing.mp4"), "q", "p"),
+        QuestionRef("bad", "lvbench", str(corrupt), "q", "p"),
+    ]
+    record = tmp_path / "answers.jsonl"
+    answers = answer_questions(refs, FramePlanner(FrameConfig(method="uniform", k=4)), PixelReadingBackbone(),
+                               record=record, progress=False)
+    by_index = {a.index: a for a in answers}
+    assert by_index["q0"].error is None and by_index["q1"].error is None
+    assert "missing.mp4" in by_index["gone"].error and by_index["gone"].text == ""
+    assert "corrupt.mp4" in by_index["bad"].error and by_index["bad"].frame_numbers == []
+    assert len(record.read_text().splitlines()) == 4
+
+
+def test_questions_on_one_video_decode_each_frame_once(videos, monkeypatch):
+    import tspo_eval.answering as answering
+
+    decoded: list[int] = []
+    real = answering.read_frames
+
+    def counting(path, frame_numbers, *a, **k):
+        decoded.extend(frame_numbers)
+        return real(path, frame_numbers, *a, **k)
+
+    monkeypatch.setattr(answering, "read_frames", counting)
+    refs = [r for r in _refs(videos) if r.video_path.endswith("a.mp4")]
+    answer_questions(refs, FramePlanner(FrameConfig(method="uniform", k=8)), PixelReadingBackbone(),
+                     AnswerConfig(decode_workers=1), progress=False)
+    assert sorted(decoded) == [0, 42, 85, 128, 170, 213, 256, 299]  # three questions, one decode
+
+
+def test_frame_config_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="unknown method 'best'"):
+        FrameConfig(method="best")
+    with pytest.raises(ValueError, match="needs an agent"):
+        FramePlanner(FrameConfig(method="tspo"))
+
+
+def test_questions_missing_from_the_file_are_selected_now_with_the_agent(videos, tmp_path):
+    from tspo_eval.cache import FeatureCache
+
+    refs = _refs(videos)[:2]
+    sel_path = SelectionSet({"benchmark": "lvbench"}, {"q0": Selection("a.mp4", [3, 4], [0.1, 0.13], 300, 29.97)}
+                            ).save(tmp_path / "sel.json")
+    planner = FramePlanner(FrameConfig(method="topk", k=3, selections=str(sel_path)), agent="random:clip-tiny",
+                           cache=FeatureCache(tmp_path / "cache"))
+    first, second = answer_questions(refs, planner, PixelReadingBackbone(), progress=False)
+    assert first.frame_numbers == [3, 4]
+    # b.mp4: 150 frames at 29.97 fps -> candidates every round(29.97) = 30th frame: 0, 30, ..., 120
+    assert len(second.frame_numbers) == 3 and set(second.frame_numbers) <= {0, 30, 60, 90, 120}
+    assert [int(x) for x in second.text.split()] == second.frame_numbers

@@ -1,0 +1,285 @@
+"""The answering stage: benchmark questions -> chosen frames -> decoded pixels -> backbone answers.
+
+This is the one place where frames meet a video LLM; the lmms-eval and VLMEvalKit
+adapters and the `tspo-eval evaluate` runner all call `answer_questions`.
+
+Which frames (`FrameConfig`):
+- a selections file (ours, or the published `frame_idx` JSON) when it names the question;
+- otherwise `method="uniform"`: lmms-eval's own video sampling, `np.linspace(0, N-1, k)`
+  over all N decoded frames, so a uniform baseline differs from TSPO only in frame choice;
+- otherwise computed now: the video's cached candidate features (extracted on the fly
+  when missing) scored by the agent (or CLIP) and selected as `tspo-eval select` does.
+
+Speed: questions are planned and decoded on worker threads while the backbone works on
+earlier ones; decoded frames of a video are kept while later questions on the same video
+need them, and the backbone reuses vision features of frames it has already seen.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .agent import TemporalAgent, load_agent
+from .backbones import Backbone, VideoQuery
+from .benchmarks import read_frame_idx
+from .cache import FeatureCache
+from .encoders import Encoder
+from .extract import ExtractConfig, video_features
+from .selections import SelectConfig, Selection, SelectionSet, select_for_question
+from .video import VideoError, probe, read_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameConfig:
+    """Which frames a question gets."""
+
+    method: str = field(default="tspo", metadata={"help": "uniform (lmms-eval sampling over all frames) or a "
+                                                           "selection method computed from cached features"})
+    k: int = field(default=64, metadata={"help": "frame budget per question"})
+    fps: float = field(default=1.0, metadata={"help": "candidate fps for computed selections"})
+    max_frames: int | None = field(default=None, metadata={"help": "candidate cap for computed selections"})
+    selections: str | None = field(default=None, metadata={
+        "help": "precomputed selections: a tspo-eval selections file or a published frame_idx JSON"})
+    official: bool = field(default=False, metadata={"help": "published short-video fallback (see select)"})
+
+    def __post_init__(self) -> None:
+        if self.method != "uniform":
+            SelectConfig(method=self.method, k=self.k)  # validates the method name and k
+        elif self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+
+@dataclass
+class QuestionRef:
+    """What answering needs from a benchmark question: its id, video, stem and LLM prompt."""
+
+    index: str
+    benchmark: str
+    video_path: str
+    question: str
+    prompt: str
+
+
+@dataclass
+class Answer:
+    """A backbone's answer and exactly which frames it was given (or why there is none)."""
+
+    index: str
+    text: str
+    frame_numbers: list[int]
+    timestamps: list[float]
+    error: str | None = None
+
+
+class FramePlanner:
+    """Chooses each question's frames per `FrameConfig` (see the module docstring)."""
+
+    def __init__(self, cfg: FrameConfig, agent: TemporalAgent | str | None = None, encoder: Encoder | None = None,
+                 cache: FeatureCache | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        """`agent` may be a checkpoint spec (directory, hub id, random:<config>), loaded when
+        a question first needs it: a run served entirely from a selections file never loads it."""
+        if cfg.method != "uniform" and cfg.selections is None and agent is None and encoder is None:
+            raise ValueError(f"method {cfg.method!r} needs an agent (or encoder) to score frames, "
+                             "or a precomputed selections file")
+        self.cfg = cfg
+        self._agent, self._encoder = agent, encoder
+        self.cache = cache or FeatureCache("feature_cache")
+        self.device, self.dtype = device, dtype
+        self._precomputed: dict[str, list[int]] | None = None
+        self._lock = threading.Lock()
+
+    def _scorer(self) -> tuple[TemporalAgent | None, Encoder]:
+        with self._lock:
+            if isinstance(self._agent, str):
+                self._agent = load_agent(self._agent, torch_dtype=self.dtype, device=self.device)
+            if self._encoder is None:
+                if self._agent is None:
+                    raise ValueError(f"method {self.cfg.method!r} needs an agent to select frames")
+                self._encoder = self._agent.encoder
+            return self._agent, self._encoder
+
+    def _load_selections(self, benchmark: str) -> dict[str, list[int]]:
+        with self._lock:
+            if self._precomputed is None:
+                path = Path(self.cfg.selections)
+                if not path.is_file():
+                    raise FileNotFoundError(f"selections file {path} does not exist; run `tspo-eval select` first")
+                payload = json.loads(path.read_text())
+                if isinstance(payload, dict) and payload.get("format", "").startswith("tspo-eval/selections"):
+                    sset = SelectionSet.load(path)
+                    self._precomputed = {k: v.frame_numbers for k, v in sset.selections.items()}
+                else:
+                    self._precomputed = read_frame_idx(path, benchmark)
+            return self._precomputed
+
+    def plan(self, ref: QuestionRef) -> Selection:
+        """The frames for one question; raises VideoError / ValueError when it has none."""
+        if self.cfg.selections is not None:
+            chosen = self._load_selections(ref.benchmark).get(ref.index)
+            if chosen is not None:
+                info = probe(ref.video_path)
+                return Selection(video=Path(ref.video_path).name, frame_numbers=[int(f) for f in chosen],
+                                 timestamps=[f / info.fps for f in chosen], num_candidates=info.num_frames,
+                                 fps=info.fps)
+            if self._agent is None and self._encoder is None and self.cfg.method != "uniform":
+                raise ValueError(f"question {ref.index} is not in {self.cfg.selections} and no agent was given "
+                                 "to select its frames now")
+        if self.cfg.method == "uniform":
+            info = probe(ref.video_path)
+            frames = np.linspace(0, info.num_frames - 1, self.cfg.k, dtype=int)
+            return Selection(video=Path(ref.video_path).name, frame_numbers=frames.tolist(),
+                             timestamps=(frames / info.fps).tolist(), num_candidates=info.num_frames, fps=info.fps)
+        agent, encoder = self._scorer()
+        vf = video_features(ref.video_path, encoder, self.cache,
+                            ExtractConfig(fps=self.cfg.fps, max_frames=self.cfg.max_frames))
+        text = self.cache.text_features(encoder.identity, [ref.question], encoder.encode_text)[0]
+        cfg = SelectConfig(method=self.cfg.method, k=self.cfg.k, official=self.cfg.official)
+        selection, _ = select_for_question(vf, text, cfg, ref.benchmark, agent)
+        return selection
+
+
+class _FrameMemo:
+    """Decoded frames of the most recent videos, so questions on one video decode each frame once."""
+
+    def __init__(self, max_frames: int = 4096) -> None:
+        self.max_frames = max_frames
+        self._frames: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, path: str, frame_numbers: Sequence[int]) -> np.ndarray:
+        with self._lock:
+            have = {f: self._frames[(path, f)] for f in frame_numbers if (path, f) in self._frames}
+        missing = sorted({int(f) for f in frame_numbers} - have.keys())
+        if missing:
+            decoded = read_frames(path, missing)
+            with self._lock:
+                for f, frame in zip(missing, decoded):
+                    have[f] = frame
+                    self._frames[(path, f)] = frame
+                while len(self._frames) > self.max_frames:
+                    self._frames.popitem(last=False)
+        return np.stack([have[int(f)] for f in frame_numbers])
+
+
+@dataclass
+class _Prepared:
+    slot: int
+    ref: QuestionRef
+    selection: Selection | None
+    frames: np.ndarray | None
+    error: str | None
+
+
+def _prepare(slot: int, ref: QuestionRef, planner: FramePlanner, memo: _FrameMemo) -> _Prepared:
+    try:
+        selection = planner.plan(ref)
+        return _Prepared(slot, ref, selection, memo.read(ref.video_path, selection.frame_numbers), None)
+    except (VideoError, ValueError, FileNotFoundError, RuntimeError) as err:
+        return _Prepared(slot, ref, None, None, f"{ref.video_path}: {err}")
+
+
+def _prepared_in_order(work: Sequence[tuple[int, QuestionRef]], planner: FramePlanner, workers: int,
+                       ahead: int) -> Iterator[_Prepared]:
+    """`_prepare` for every (slot, ref), on `workers` threads, at most `ahead` questions in flight."""
+    memo = _FrameMemo()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tspo-decode") as pool:
+        todo = iter(work)
+        pending: list[Future] = [pool.submit(_prepare, *item, planner, memo)
+                                 for _, item in zip(range(ahead), todo)]
+        while pending:
+            done = pending.pop(0).result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(_prepare, *nxt, planner, memo))
+            yield done
+
+
+@dataclass
+class AnswerConfig:
+    """How answering runs."""
+
+    batch_size: int = field(default=1, metadata={"help": "questions per backbone call"})
+    max_new_tokens: int = field(default=16, metadata={"help": "generation length"})
+    decode_workers: int = field(default=4, metadata={"help": "threads planning and decoding ahead"})
+    prefetch: int = field(default=8, metadata={"help": "questions decoded ahead of the backbone"})
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "decode_workers", "prefetch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def answer_questions(refs: Sequence[QuestionRef], planner: FramePlanner, backbone: Backbone,
+                     cfg: AnswerConfig | None = None, record: str | Path | None = None,
+                     progress: bool = True) -> list[Answer]:
+    """Answers in the order of `refs`; a question whose frames fail gets `error` and text "".
+
+    Questions are processed grouped by video (stable), so decoded frames and vision
+    features are reused; `record` appends one JSON line per answer (index, frames, text,
+    error) as soon as it exists, so an interrupted run loses nothing already answered.
+    `backbone.timings.seconds["decode"]` receives the time the backbone waited for frames.
+    """
+    cfg = cfg or AnswerConfig()
+    first_seen: dict[str, int] = {}
+    for i, ref in enumerate(refs):
+        first_seen.setdefault(ref.video_path, i)
+    order = sorted(range(len(refs)), key=lambda i: first_seen[refs[i].video_path])
+    answers: dict[int, Answer] = {}
+    sink = open(record, "a") if record is not None else None  # noqa: SIM115 (closed below)
+    bar = tqdm(total=len(refs), desc=f"answer ({backbone.name})", unit="q", disable=not progress)
+    batch: list[_Prepared] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        queries = [VideoQuery(frames=p.frames, timestamps=p.selection.timestamps, prompt=p.ref.prompt,
+                              video=p.ref.video_path, frame_numbers=p.selection.frame_numbers) for p in batch]
+        texts = backbone.generate(queries, max_new_tokens=cfg.max_new_tokens)
+        for p, text in zip(batch, texts):
+            _store(Answer(p.ref.index, text, list(p.selection.frame_numbers), list(p.selection.timestamps)), p)
+        batch.clear()
+
+    def _store(answer: Answer, p: _Prepared) -> None:
+        answers[p.slot] = answer
+        if sink is not None:
+            sink.write(json.dumps(asdict(answer)) + "\n")
+            sink.flush()
+        bar.update(1)
+
+    try:
+        stream = _prepared_in_order([(i, refs[i]) for i in order], planner, cfg.decode_workers, cfg.prefetch)
+        while True:
+            waited = time.perf_counter()
+            p = next(stream, None)
+            backbone.timings.seconds["decode"] += time.perf_counter() - waited
+            if p is None:
+                break
+            if p.error is not None:
+                log.warning("question %s failed: %s", p.ref.index, p.error)
+                _store(Answer(p.ref.index, "", [], [], p.error), p)
+                continue
+            batch.append(p)
+            if len(batch) >= cfg.batch_size:
+                with torch.inference_mode():
+                    flush()
+        with torch.inference_mode():
+            flush()
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
+    return [answers[i] for i in range(len(refs))]
