@@ -52,7 +52,8 @@ class FrameConfig:
     fps: float = field(default=1.0, metadata={"help": "candidate fps for computed selections"})
     max_frames: int | None = field(default=None, metadata={"help": "candidate cap for computed selections"})
     selections: str | None = field(default=None, metadata={
-        "help": "precomputed selections: a tspo-eval selections file or a published frame_idx JSON"})
+        "help": "precomputed selections: a tspo-eval selections file, a published frame_idx JSON, or a "
+                "folder of <method>_<benchmark>.json files (as `tspo-eval select` writes them)"})
     official: bool = field(default=False, metadata={"help": "published short-video fallback (see select)"})
 
     def __post_init__(self) -> None:
@@ -99,7 +100,7 @@ class FramePlanner:
         self._agent, self._encoder = agent, encoder
         self.cache = cache or FeatureCache("feature_cache")
         self.device, self.dtype = device, dtype
-        self._precomputed: dict[str, list[int]] | None = None
+        self._precomputed: dict[str, dict[str, list[int]]] = {}
         self._lock = threading.Lock()
 
     def _scorer(self) -> tuple[TemporalAgent | None, Encoder]:
@@ -113,18 +114,24 @@ class FramePlanner:
             return self._agent, self._encoder
 
     def _load_selections(self, benchmark: str) -> dict[str, list[int]]:
+        """Frame numbers by question index for one benchmark ({} when a folder has no file for it)."""
         with self._lock:
-            if self._precomputed is None:
+            if benchmark not in self._precomputed:
                 path = Path(self.cfg.selections)
-                if not path.is_file():
+                if path.is_dir():
+                    path = path / f"{self.cfg.method}_{benchmark}.json"
+                    if not path.is_file():
+                        self._precomputed[benchmark] = {}
+                        return {}
+                elif not path.is_file():
                     raise FileNotFoundError(f"selections file {path} does not exist; run `tspo-eval select` first")
                 payload = json.loads(path.read_text())
-                if isinstance(payload, dict) and payload.get("format", "").startswith("tspo-eval/selections"):
+                if isinstance(payload, dict) and str(payload.get("format", "")).startswith("tspo-eval/selections"):
                     sset = SelectionSet.load(path)
-                    self._precomputed = {k: v.frame_numbers for k, v in sset.selections.items()}
+                    self._precomputed[benchmark] = {k: v.frame_numbers for k, v in sset.selections.items()}
                 else:
-                    self._precomputed = read_frame_idx(path, benchmark)
-            return self._precomputed
+                    self._precomputed[benchmark] = read_frame_idx(path, benchmark)
+            return self._precomputed[benchmark]
 
     def plan(self, ref: QuestionRef) -> Selection:
         """The frames for one question; raises VideoError / ValueError when it has none."""

@@ -1,4 +1,4 @@
-"""`tspo-eval` command line: extract, select, inspect, quality, demo.
+"""`tspo-eval` command line: extract, select, inspect, quality, evaluate, demo.
 
 Options come from the stage config dataclasses (their field help is the flag's help), so a
 typo or a bad value fails before any video is decoded.
@@ -10,8 +10,9 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -26,12 +27,18 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         help_ = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else None
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if f.default is dataclasses.MISSING else f.default
         args = typing.get_args(hint)
-        if hint is bool:
+        if required:
+            base = str if typing.get_origin(hint) is typing.Literal else hint
+            parser.add_argument(flag, required=True, type=base, choices=args or None, help=help_)
+        elif hint is bool:
             parser.add_argument(flag, action="store_true", help=help_)
         elif typing.get_origin(hint) is dict:
             parser.add_argument(flag, metavar="KEY=VALUE", action="append", default=[], help=help_)
+        elif typing.get_origin(hint) is tuple:
+            parser.add_argument(flag, nargs="+", type=args[0], default=default, help=f"{help_} (default {default})")
         elif typing.get_origin(hint) is typing.Literal:
             parser.add_argument(flag, choices=args, default=default, help=f"{help_} (default {default})")
         else:
@@ -48,8 +55,11 @@ def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
     values = {}
     for f in dataclasses.fields(cls):
         value = getattr(ns, f.name)
-        if isinstance(value, list) and typing.get_origin(typing.get_type_hints(cls)[f.name]) is dict:
+        origin = typing.get_origin(typing.get_type_hints(cls)[f.name])
+        if isinstance(value, list) and origin is dict:
             value = dict(_key_value(item) for item in value)
+        elif isinstance(value, list) and origin is tuple:
+            value = tuple(value)
         values[f.name] = value
     return cls(**values)
 
@@ -200,8 +210,17 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(ns: argparse.Namespace) -> int:
+    from .evaluation import EvaluateConfig, evaluate
+
+    table = evaluate(config_from_args(EvaluateConfig, ns))
+    print(table.to_markdown(floatfmt=".2f"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
+    from .evaluation import EvaluateConfig
     from .extract import ExtractConfig
     from .selections import SelectConfig
 
@@ -235,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("selections", nargs="+", type=Path, help="selections files to compare")
     p.add_argument("--tolerance", type=float, default=0.5, help="seconds a frame may lie outside a span")
     p.set_defaults(run=cmd_quality)
+
+    p = sub.add_parser("evaluate", help="select frames, run lmms-eval per method, one table (uniform vs tspo)")
+    add_config_args(p, EvaluateConfig)
+    p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("demo", help="offline: generated benchmark -> extract -> select -> quality table + plots")
     add_config_args(p, DemoConfig)

@@ -1,0 +1,137 @@
+"""One command for a whole benchmark: select frames (if not done), run lmms-eval per frame
+method on the same backbone, and put the scores side by side.
+
+lmms-eval runs as its own process (`python -m lmms_eval`, or `accelerate launch` for
+several GPUs), exactly as a user would start it, with the task folder of this repository
+on `--include_path` and the benchmark's annotation file and video root in the
+`TSPO_<NAME>_ANNOTATIONS` / `TSPO_<NAME>_VIDEOS` variables the task configs read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+TASKS = {"longvideobench": "tspo_longvideobench_val", "mlvu": "tspo_mlvu_dev", "videomme": "tspo_videomme",
+         "lvbench": "tspo_lvbench"}
+MODEL_PREFIX = {"llava_video": "llava_vid", "qwen2_5_vl": "qwen_2_5_vl"}
+REPO_TASKS = Path(__file__).resolve().parents[1] / "tasks"
+
+
+@dataclass
+class EvaluateConfig:
+    """A uniform-vs-TSPO comparison on one benchmark and one backbone."""
+
+    benchmark: Literal["longvideobench", "mlvu", "videomme", "lvbench"] = field(metadata={"help": "benchmark name"})
+    annotations: Path = field(metadata={"help": "the benchmark's annotation file (original JSON/JSONL) or published TSV"})
+    videos: Path = field(metadata={"help": "folder holding the benchmark's videos"})
+    backbone: Literal["llava_video", "qwen2_5_vl"] = field(default="llava_video", metadata={"help": "video LLM"})
+    pretrained: str | None = field(default=None, metadata={"help": "backbone directory / hub id (default: 7B)"})
+    agent: str = field(default="hzf666/TSPO-0.4B", metadata={"help": "TSPO-0.4B directory / hub id / random:<cfg>"})
+    methods: tuple[str, ...] = field(default=("uniform", "tspo"), metadata={"help": "frame methods to compare"})
+    k: int = field(default=64, metadata={"help": "frames per question"})
+    out: Path = field(default=Path("runs"), metadata={"help": "output folder (selections, lmms-eval logs, table)"})
+    cache: Path = field(default=Path("feature_cache"), metadata={"help": "feature cache root"})
+    tasks_dir: Path = field(default=REPO_TASKS, metadata={"help": "folder of the tspo task configs"})
+    batch_size: int = field(default=1, metadata={"help": "lmms-eval --batch_size"})
+    num_processes: int = field(default=1, metadata={"help": "> 1: accelerate launch --num_processes N"})
+    limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (first N questions)"})
+    model_args: str = field(default="", metadata={"help": "extra model_args, e.g. dtype=float32,device=cpu"})
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("give at least one method")
+        if not (Path(self.tasks_dir) / "README.md").exists() and not any(Path(self.tasks_dir).glob("*/*.yaml")):
+            raise ValueError(f"{self.tasks_dir} holds no task configs; pass --tasks-dir <repo>/tasks")
+
+
+def model_name(backbone: str, method: str) -> str:
+    """The lmms-eval model name: `*_uniform` for uniform, `*_tspo` (+ method arg) otherwise."""
+    return f"{MODEL_PREFIX[backbone]}_{'uniform' if method == 'uniform' else 'tspo'}"
+
+
+def ensure_selections(cfg: EvaluateConfig, method: str) -> Path:
+    """`<out>/selections/<method>_<benchmark>.json`, computed with the agent unless it exists."""
+    path = cfg.out / "selections" / f"{method}_{cfg.benchmark}.json"
+    if path.is_file():
+        return path
+    import torch
+
+    from .agent import load_agent
+    from .benchmarks import load_benchmark
+    from .cache import FeatureCache
+    from .distributed import local_device
+    from .selections import SelectConfig, select_benchmark
+
+    questions = (load_benchmark(cfg.benchmark, cfg.annotations) if cfg.annotations.suffix == ".tsv"
+                 else load_benchmark(cfg.benchmark, annotation_path=cfg.annotations))
+    device = local_device()
+    agent = load_agent(cfg.agent, torch_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                       device=device)
+    result = select_benchmark(questions, cfg.videos, agent.encoder, FeatureCache(cfg.cache),
+                              SelectConfig(method=method, k=cfg.k), agent=agent)
+    return result.save(path)
+
+
+def lmms_eval_command(cfg: EvaluateConfig, method: str, selections: Path | None) -> list[str]:
+    """The lmms-eval command line for one method."""
+    name = model_name(cfg.backbone, method)
+    args = [f"k={cfg.k}", f"agent={cfg.agent}", f"cache_dir={cfg.cache}",
+            f"record={cfg.out / 'answers' / f'{name}_{method}_{cfg.benchmark}.jsonl'}"]
+    if cfg.pretrained:
+        args.append(f"pretrained={cfg.pretrained}")
+    if method not in ("uniform", "tspo"):
+        args.append(f"method={method}")
+    if selections is not None:
+        args.append(f"selections={selections}")
+    if cfg.model_args:
+        args.append(cfg.model_args)
+    launcher = ([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes),
+                 "-m", "lmms_eval"] if cfg.num_processes > 1 else [sys.executable, "-m", "lmms_eval"])
+    cmd = launcher + ["--model", name, "--model_args", ",".join(args), "--tasks", TASKS[cfg.benchmark],
+                      "--include_path", str(cfg.tasks_dir), "--batch_size", str(cfg.batch_size),
+                      "--output_path", str(cfg.out / "lmms_eval" / method)]
+    if cfg.limit is not None:
+        cmd += ["--limit", str(cfg.limit)]
+    return cmd
+
+
+def task_environment(cfg: EvaluateConfig) -> dict[str, str]:
+    """The variables the task configs read: where the annotations and videos are."""
+    name = cfg.benchmark.upper()
+    return {**os.environ, f"TSPO_{name}_ANNOTATIONS": str(Path(cfg.annotations).resolve()),
+            f"TSPO_{name}_VIDEOS": str(Path(cfg.videos).resolve())}
+
+
+def read_results(output_path: Path, task: str) -> dict[str, float]:
+    """Numeric metrics of `task` from the newest lmms-eval results JSON under `output_path`."""
+    found = sorted(Path(output_path).rglob("*_results.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"lmms-eval wrote no *_results.json under {output_path}; see its log above")
+    results = json.loads(found[-1].read_text())["results"][task]
+    return {k.split(",")[0]: float(v) for k, v in results.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k}
+
+
+def evaluate(cfg: EvaluateConfig) -> pd.DataFrame:
+    """Run every method; the table has one row per metric and one column per method."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    columns = {}
+    for method in cfg.methods:
+        selections = None if method == "uniform" else ensure_selections(cfg, method)
+        cmd = lmms_eval_command(cfg, method, selections)
+        print("$", " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, env=task_environment(cfg), check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"lmms-eval failed for method {method} (exit {done.returncode}); see its log above")
+        columns[method] = read_results(cfg.out / "lmms_eval" / method, TASKS[cfg.benchmark])
+    table = pd.DataFrame(columns)
+    (cfg.out / f"summary_{cfg.benchmark}.md").write_text(table.to_markdown(floatfmt=".2f") + "\n")
+    table.to_json(cfg.out / f"summary_{cfg.benchmark}.json", indent=1)
+    return table
