@@ -2,6 +2,7 @@
 generated videos whose frames show their own frame numbers."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,3 +46,51 @@ def numbered_video_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable
 def numbered_video(numbered_video_factory: Callable[..., Path]) -> Path:
     """10 s mp4 at 29.97 (30000/1001) fps, 64 x 48, keyframe at most every 30 frames."""
     return numbered_video_factory()
+
+
+MINI_FILES = {"longvideobench": "lvb_val.json", "mlvu": "mlvu.json", "videomme": "videomme.json",
+              "lvbench": "video_info.meta.jsonl"}
+
+
+def _mini_items(benchmark: str, source: Path, videos: int, per_video: int) -> tuple[list, list[str]]:
+    """Real annotation records of the first `videos` videos (at most `per_video` questions each),
+    in the file's own layout, and the video file names they need."""
+    if benchmark == "lvbench":
+        lines = [json.loads(line) for line in source.read_text().splitlines()[:videos]]
+        for line in lines:
+            line["qa"] = line["qa"][:per_video]
+        return lines, [f"{line['key']}.mp4" for line in lines]
+    name_of = {"longvideobench": lambda it: it["video_path"], "mlvu": lambda it: it["video_name"],
+               "videomme": lambda it: f"{it['videoID']}.mp4"}[benchmark]
+    kept: dict[str, list] = {}
+    for item in json.loads(source.read_text()):
+        name = name_of(item)
+        if name in kept or len(kept) < videos:
+            bucket = kept.setdefault(name, [])
+            if len(bucket) < per_video:
+                bucket.append(item)
+    return [it for bucket in kept.values() for it in bucket], list(kept)
+
+
+@pytest.fixture(scope="session")
+def mini_benchmarks(tmp_path_factory: pytest.TempPathFactory, official_dir: Path) -> dict[str, tuple[Path, Path]]:
+    """For each of the four benchmarks: (annotation file, video root) of a mini benchmark made of
+    the real annotation records of two videos (two questions each) and generated numbered mp4s
+    (10 s at 10 fps) under those videos' names."""
+    from tspo_eval.synthetic import number_frame, write_video
+
+    root = tmp_path_factory.mktemp("mini")
+    made = {}
+    for benchmark, file_name in MINI_FILES.items():
+        items, video_names = _mini_items(benchmark, official_dir / file_name, videos=2, per_video=2)
+        folder = root / benchmark
+        (folder / "videos").mkdir(parents=True)
+        annotation = folder / file_name
+        if file_name.endswith(".jsonl"):
+            annotation.write_text("".join(json.dumps(item) + "\n" for item in items))
+        else:
+            annotation.write_text(json.dumps(items))
+        for name in video_names:
+            write_video(folder / "videos" / name, (number_frame(i, 48, 64) for i in range(100)), 10)
+        made[benchmark] = (annotation, folder / "videos")
+    return made

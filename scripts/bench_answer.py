@@ -1,0 +1,147 @@
+"""Speed of answering: our answering stage against the published wrapper's approach, in one run.
+
+Both answer the same questions (K frames each, chosen per question, several questions per
+video as in the real benchmarks) with the same backbone object (full-size architecture,
+random weights, bf16) and the same number of generated tokens:
+
+  published  batch 1; the question's frames decoded from the file for every question; the
+             vision tower run again for every question (the published lmms-eval wrapper)
+  ours       `answering.answer_questions`: frames planned and decoded on threads ahead of
+             the GPU, decoded frames shared by questions on one video, vision features
+             reused across questions sharing frames, `--batch-size` questions per call
+
+Reports seconds per question split into decode (time the GPU waited for frames) / vision /
+prefill / decode_tokens, questions per second, and the ratio; writes JSON.
+
+    python scripts/bench_answer.py --backbone llava_video --size 7b --device cuda --out benchmarks/answer_h200.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_extract import make_video  # noqa: E402
+
+from tspo_eval.answering import AnswerConfig, FrameConfig, FramePlanner, QuestionRef, answer_questions  # noqa: E402
+from tspo_eval.backbones import VideoQuery  # noqa: E402
+from tspo_eval.selections import Selection, SelectionSet  # noqa: E402
+from tspo_eval.video import probe, read_frames  # noqa: E402
+
+
+def build_backbone(kind: str, size: str, device: str, dtype: torch.dtype):
+    if kind == "llava_video":
+        from tspo_eval.backbones.llava_video import random_llava_video
+
+        return random_llava_video(size, dtype=dtype, device=device)
+    from tspo_eval.backbones.qwen_vl import random_qwen_vl
+
+    return random_qwen_vl(size, dtype=dtype, device=device)
+
+
+def make_questions(videos: list[Path], per_video: int, k: int, overlap: float, seed: int
+                   ) -> tuple[list[QuestionRef], SelectionSet]:
+    """`per_video` questions per video; each takes k of the 1-fps candidates, sharing about
+    `overlap` of them with the video's other questions (TSPO's picks overlap on one video)."""
+    rng = np.random.default_rng(seed)
+    refs, chosen = [], {}
+    for v, path in enumerate(videos):
+        info = probe(path)
+        step = round(info.fps)
+        candidates = np.arange(0, info.num_frames, step)
+        common = rng.choice(candidates, size=int(k * overlap), replace=False)
+        for q in range(per_video):
+            rest = rng.choice(np.setdiff1d(candidates, common), size=k - len(common), replace=False)
+            frames = np.sort(np.concatenate([common, rest])).astype(int).tolist()
+            index = f"v{v}q{q}"
+            chosen[index] = Selection(path.name, frames, [f / info.fps for f in frames], len(candidates), info.fps)
+            refs.append(QuestionRef(index, "bench", str(path), f"question {q}",
+                                    f"Question {q} about the video?\nA. one\nB. two\nC. three\nD. four\n"
+                                    "Answer with the option's letter from the given choices directly."))
+    return refs, SelectionSet({"benchmark": "bench", "method": "tspo", "k": k}, chosen)
+
+
+def published(refs: list[QuestionRef], sset: SelectionSet, backbone, max_new_tokens: int) -> dict:
+    """Batch 1, decode per question, vision recomputed (no video identity -> no reuse)."""
+    backbone.timings.reset()
+    start = time.perf_counter()
+    for ref in refs:
+        sel = sset.selections[ref.index]
+        t0 = time.perf_counter()
+        frames = read_frames(ref.video_path, sel.frame_numbers)
+        backbone.timings.seconds["decode"] += time.perf_counter() - t0
+        with torch.inference_mode():
+            backbone.generate([VideoQuery(frames, sel.timestamps, ref.prompt)], max_new_tokens=max_new_tokens)
+    return summary(time.perf_counter() - start, len(refs), backbone)
+
+
+def ours(refs: list[QuestionRef], sel_path: Path, backbone, batch_size: int, max_new_tokens: int) -> dict:
+    backbone.timings.reset()
+    planner = FramePlanner(FrameConfig(k=len(next(iter(SelectionSet.load(sel_path).selections.values()))
+                                             .frame_numbers), selections=str(sel_path)))
+    start = time.perf_counter()
+    answer_questions(refs, planner, backbone, AnswerConfig(batch_size=batch_size, max_new_tokens=max_new_tokens),
+                     progress=False)
+    return summary(time.perf_counter() - start, len(refs), backbone)
+
+
+def summary(wall: float, n: int, backbone) -> dict:
+    phases = {k: v / n for k, v in backbone.timings.seconds.items()}
+    return {"questions": n, "wall_s": wall, "s_per_question": wall / n, "questions_per_s": n / wall,
+            "phase_s_per_question": phases}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", choices=["llava_video", "qwen2_5_vl"], default="llava_video")
+    ap.add_argument("--size", choices=["tiny", "7b"], default="tiny")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--videos", type=int, default=3)
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--per-video", type=int, default=3, help="questions per video (VideoMME: 3)")
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--overlap", type=float, default=0.5, help="share of a question's frames common on its video")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_answer")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    videos = [make_video(a.workdir / f"video{i}_{a.minutes}min.mp4", a.minutes) for i in range(a.videos)]
+    refs, sset = make_questions(videos, a.per_video, a.k, a.overlap, seed=0)
+    sel_path = sset.save(a.workdir / "selections.json")
+    dtype = torch.bfloat16 if a.device.startswith("cuda") else torch.float32
+    backbone = build_backbone(a.backbone, a.size, a.device, dtype)
+
+    warm = refs[:1]
+    published(warm, sset, backbone, a.max_new_tokens)  # warm-up (kernels, allocator)
+    base = published(refs, sset, backbone, a.max_new_tokens)
+    mine = ours(refs, sel_path, backbone, a.batch_size, a.max_new_tokens)
+    result = {"backbone": a.backbone, "size": a.size, "device": a.device, "dtype": str(dtype),
+              "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor(),
+              "videos": a.videos, "minutes": a.minutes, "questions_per_video": a.per_video, "k": a.k,
+              "overlap": a.overlap, "batch_size": a.batch_size, "max_new_tokens": a.max_new_tokens,
+              "published": base, "ours": mine, "speedup": mine["questions_per_s"] / base["questions_per_s"],
+              "command": " ".join(sys.argv)}
+    for name in ("published", "ours"):
+        r = result[name]
+        phases = "  ".join(f"{k} {v:.3f}" for k, v in sorted(r["phase_s_per_question"].items()))
+        print(f"{name:10s} {r['s_per_question']:.3f} s/question  ({phases})")
+    print(f"speedup (questions/s): {result['speedup']:.2f}x")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

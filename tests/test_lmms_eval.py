@@ -1,0 +1,144 @@
+"""The real lmms-eval CLI (installed from the registry, unmodified) runs our four tasks end to
+end with our models found through the entry point: generated mini benchmarks of real mp4
+files, the real task YAMLs, tiny random backbones and agent.  Accuracy is not asserted; the
+plumbing is: every question was answered from exactly the frames its selection file names."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tspo_eval.evaluation import TASKS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random LLaVA-Video and Qwen2.5-VL saved in their original layouts."""
+    from tspo_eval.backbones.llava_video import random_llava_video
+    from tspo_eval.backbones.qwen_vl import random_qwen_vl
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    random_llava_video("tiny", dtype="float32", device="cpu").save_pretrained(root / "llava")
+    random_qwen_vl("tiny", dtype="float32", device="cpu").save_pretrained(root / "qwen")
+    return {"llava_vid_tspo": root / "llava", "qwen_2_5_vl_tspo": root / "qwen"}
+
+
+@pytest.fixture(scope="module")
+def selections(mini_benchmarks, tmp_path_factory) -> Path:
+    """`tspo_<benchmark>.json` for every mini benchmark, chosen by a random agent (k=4)."""
+    from tspo_eval.agent import random_agent
+    from tspo_eval.benchmarks import load_benchmark
+    from tspo_eval.cache import FeatureCache
+    from tspo_eval.selections import SelectConfig, select_benchmark
+
+    folder = tmp_path_factory.mktemp("selections")
+    agent = random_agent("clip-tiny")
+    for benchmark, (annotations, videos) in mini_benchmarks.items():
+        questions = load_benchmark(benchmark, annotation_path=annotations)
+        result = select_benchmark(questions, videos, agent.encoder, FeatureCache(folder / "cache"),
+                                  SelectConfig(method="tspo", k=4), agent=agent, progress=False)
+        assert not result.failed
+        result.save(folder / f"tspo_{benchmark}.json")
+    return folder
+
+
+def run_lmms_eval(model: str, model_args: str, tasks: list[str], out: Path, env_extra: dict[str, str]
+                  ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           **env_extra}
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args,
+           "--tasks", ",".join(tasks), "--include_path", str(REPO / "tasks"), "--batch_size", "2",
+           "--output_path", str(out), "--device", "cpu"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _env(mini_benchmarks) -> dict[str, str]:
+    env = {}
+    for benchmark, (annotations, videos) in mini_benchmarks.items():
+        env[f"TSPO_{benchmark.upper()}_ANNOTATIONS"] = str(annotations)
+        env[f"TSPO_{benchmark.upper()}_VIDEOS"] = str(videos)
+    return env
+
+
+@pytest.mark.parametrize("model", ["llava_vid_tspo", "qwen_2_5_vl_tspo"])
+def test_lmms_eval_cli_runs_all_four_tasks_from_the_selected_frames(model, checkpoints, selections,
+                                                                    mini_benchmarks, tmp_path):
+    from tspo_eval.selections import SelectionSet
+
+    record = tmp_path / "answers.jsonl"
+    args = (f"pretrained={checkpoints[model]},agent=random:clip-tiny,k=4,selections={selections},"
+            f"record={record},dtype=float32,cache_dir={tmp_path / 'cache'}")
+    done = run_lmms_eval(model, args, list(TASKS.values()), tmp_path / "out", _env(mini_benchmarks))
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    results = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("*_results.json")]
+    assert len(results) == 1
+    assert set(results[0]["results"]) >= set(TASKS.values())
+
+    answered = {}
+    for line in record.read_text().splitlines():
+        row = json.loads(line)
+        answered[row["index"]] = row
+    for benchmark in mini_benchmarks:
+        chosen = SelectionSet.load(selections / f"tspo_{benchmark}.json").selections
+        for index, selection in chosen.items():
+            assert answered[index]["error"] is None
+            assert answered[index]["frame_numbers"] == selection.frame_numbers, (benchmark, index)
+    assert len(answered) == sum(len(SelectionSet.load(p).selections) for p in selections.glob("tspo_*.json"))
+
+
+def test_missing_video_is_recorded_and_the_run_finishes(checkpoints, mini_benchmarks, tmp_path):
+    import shutil
+
+    annotations, videos = mini_benchmarks["lvbench"]
+    partial = tmp_path / "videos"
+    shutil.copytree(videos, partial)
+    gone = sorted(partial.glob("*.mp4"))[0]
+    gone.unlink()
+    record = tmp_path / "answers.jsonl"
+    env = {"TSPO_LVBENCH_ANNOTATIONS": str(annotations), "TSPO_LVBENCH_VIDEOS": str(partial)}
+    done = run_lmms_eval("llava_vid_uniform", f"pretrained={checkpoints['llava_vid_tspo']},k=4,record={record},"
+                         "dtype=float32", [TASKS["lvbench"]], tmp_path / "out", env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    failed = [r for r in rows if r["error"]]
+    assert failed and all(gone.name in r["error"] for r in failed)
+    assert any(r["error"] is None and len(r["frame_numbers"]) == 4 for r in rows)
+    assert list((tmp_path / "out").rglob("*_results.json"))
+
+
+def test_unknown_model_arg_names_the_valid_ones(checkpoints, mini_benchmarks, tmp_path):
+    done = run_lmms_eval("qwen_2_5_vl_tspo", f"pretrained={checkpoints['qwen_2_5_vl_tspo']},frames=8",
+                         [TASKS["lvbench"]], tmp_path / "out", _env(mini_benchmarks))
+    assert done.returncode != 0
+    assert "unknown model_args frames" in done.stderr and "max_pixels" in done.stderr
+
+
+def test_model_args_are_validated_per_backbone():
+    from tspo_eval.integrations.lmms_eval import parse_model_args
+
+    args = parse_model_args("qwen_2_5_vl_uniform", {"k": "32", "max_pixels": 1000, "official": "true"})
+    assert (args.k, args.max_pixels, args.official, args.method) == (32, 1000, True, "uniform")
+    assert args.pretrained == "Qwen/Qwen2.5-VL-7B-Instruct"
+    with pytest.raises(ValueError, match="unknown model_args max_pixels"):
+        parse_model_args("llava_vid_tspo", {"max_pixels": 1000})
+
+
+def test_entry_point_import_is_cheap_and_lists_all_models():
+    code = ("import sys, time; t = time.perf_counter(); "
+            "from importlib.metadata import entry_points; "
+            "ep = [e for e in entry_points(group='lmms_eval.models') if e.name == 'tspo_eval'][0]; "
+            "fn = ep.load(); heavy = [m for m in ('torch', 'transformers', 'tspo_eval.agent') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # loading the entry point pulls in no heavy module
+    from lmms_eval.models import get_model_manifest
+
+    for name in ("llava_vid_tspo", "llava_vid_uniform", "qwen_2_5_vl_tspo", "qwen_2_5_vl_uniform"):
+        assert get_model_manifest(name).simple_class_path.startswith("tspo_eval.integrations.lmms_eval.")
