@@ -15,6 +15,7 @@ read and when a path is resolved.
 Example:
     questions = load_benchmark("lvbench", "LVBench.tsv", "video_info.meta.jsonl")
     path = resolve_video("/data/LVBench/videos", questions[0].video_name, "lvbench")
+    docs = build_docs("lvbench", "video_info.meta.jsonl", "/data/LVBench/videos")  # evaluation documents
 """
 from . import official  # noqa: F401  (registers the four published benchmarks)
 from .annotations import convert, load_benchmark, read_frame_idx, write_frame_idx
@@ -28,10 +29,25 @@ from .core import (
     register_benchmark,
     resolve_video,
 )
+from .docs import build_docs, docs_from_env
 from .tsv import TSV_COLUMNS, read_tsv, write_tsv
 
 __all__ = [
-    "BENCHMARKS", "BenchmarkFormatError", "BenchmarkSpec", "Question", "TSV_COLUMNS", "convert",
-    "get_benchmark", "load_benchmark", "parse_time_range", "read_frame_idx", "read_tsv", "register_benchmark",
-    "resolve_video", "write_frame_idx", "write_tsv",
+    "BENCHMARKS",
+    "TSV_COLUMNS",
+    "BenchmarkFormatError",
+    "BenchmarkSpec",
+    "Question",
+    "build_docs",
+    "convert",
+    "docs_from_env",
+    "get_benchmark",
+    "load_benchmark",
+    "parse_time_range",
+    "read_frame_idx",
+    "read_tsv",
+    "register_benchmark",
+    "resolve_video",
+    "write_frame_idx",
+    "write_tsv",
 ]
