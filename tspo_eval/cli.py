@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline: generated benchmark -> extract -> select -> quality table + plots")
     add_config_args(p, DemoConfig)
     p.set_defaults(run=cmd_demo)
+    from .training.cli import add_commands
+    add_commands(sub)
     return parser
 
 

@@ -1,0 +1,166 @@
+"""Variance-aware data selection (Temporal-RLT, SPEC section 8).
+
+A question whose N rollouts all earn the same reward gives every rollout a zero advantage:
+GRPO learns nothing from it.  `select_data` runs the current policy N times on every
+sample (the agent's frame selections answered by the environment, or the video LLM's
+sampled answers) and keeps the samples whose rewards disagree:
+
+- `disagree`: max(r) - min(r) > threshold (multiple choice: neither all right nor all wrong);
+- `std`: population std of r > threshold (continuous rewards such as temporal IoU).
+
+Writes `kept.jsonl` (the original rows, so it trains as is), `scores.jsonl` (per sample:
+mean, std, range, kept) and `report.json` (kept fraction per source and overall).  Under
+torchrun every rank scores its share and rank 0 merges.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import distributed
+from .data import Sample, read_samples, write_samples
+
+Statistic = Literal["disagree", "std"]
+
+
+@dataclass
+class VarianceConfig:
+    """Which samples to score, with which policy, and the keep rule."""
+
+    data: str = field(default="", metadata={"help": "candidate training samples (TSPO-10K / Temporal-RLT jsonl)"})
+    video_root: str | None = field(default=None, metadata={"help": "folder the rows' `video` paths are relative to"})
+    out: str = field(default="selected", metadata={"help": "output folder (kept.jsonl, scores.jsonl, report.json)"})
+    policy: Literal["agent", "llm"] = field(default="agent", metadata={
+        "help": "agent: frame selections answered by the environment; llm: the video LLM's sampled answers"})
+    runs: int = field(default=8, metadata={"help": "N: rollouts per sample"})
+    statistic: Statistic = field(default="disagree", metadata={"help": "disagree (max - min) or std of the rewards"})
+    threshold: float = field(default=0.0, metadata={"help": "keep when the statistic exceeds this"})
+    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "temporal_coverage": 1.0},
+                                      metadata={"help": "reward name=weight"})
+    agent: str = field(default="random:clip-tiny", metadata={"help": "agent (policy=agent, or frames=agent)"})
+    cache: str = field(default="feature_cache", metadata={"help": "feature cache root"})
+    k: int = field(default=16, metadata={"help": "frames per rollout / per LLM query"})
+    tau: float = field(default=0.025, metadata={"help": "agent temperature of the rollouts"})
+    environment: Literal["synthetic", "backbone"] = field(default="backbone", metadata={
+        "help": "answerer for policy=agent"})
+    backbone: str = field(default="llava_video", metadata={"help": "registered backbone kind"})
+    backbone_path: str | None = field(default=None, metadata={"help": "backbone checkpoint dir"})
+    answer_from: Literal["logits", "generate"] = field(default="logits", metadata={"help": "see train"})
+    temperature: float = field(default=1.0, metadata={"help": "LLM sampling temperature (policy=llm)"})
+    max_new_tokens: int = field(default=256, metadata={"help": "LLM tokens per answer (policy=llm)"})
+    seed: int = field(default=0, metadata={"help": "seed of the rollouts"})
+
+    def __post_init__(self) -> None:
+        from .rewards import get_rewards
+
+        get_rewards(list(self.rewards))
+        if not self.data:
+            raise ValueError("--data is required")
+        if self.runs < 2:
+            raise ValueError("runs must be >= 2: a single rollout has no variance")
+        if self.statistic not in ("disagree", "std"):
+            raise ValueError(f"statistic must be disagree or std, got {self.statistic!r}")
+        if self.policy not in ("agent", "llm"):
+            raise ValueError(f"policy must be agent or llm, got {self.policy!r}")
+
+
+def keeps(rewards: np.ndarray, statistic: Statistic, threshold: float) -> bool:
+    """Whether N rewards of one sample disagree enough to train on."""
+    value = float(rewards.max() - rewards.min()) if statistic == "disagree" else float(rewards.std())
+    return value > threshold
+
+
+def score_samples(samples: list[Sample], group_rewards: Callable[[int, Sample], np.ndarray], cfg: VarianceConfig,
+                  progress: bool = True) -> list[dict]:
+    """Per sample: N rewards from `group_rewards(index, sample)`, their statistics and the keep decision."""
+    records = []
+    for i, sample in tqdm(list(enumerate(samples)), desc="select-data", disable=not progress):
+        try:
+            r = np.asarray(group_rewards(i, sample), dtype=np.float64)
+        except (ValueError, OSError, RuntimeError) as err:  # a broken video: recorded, the run goes on
+            records.append({"id": sample.id, "source": sample.source, "error": str(err), "kept": False})
+            continue
+        records.append({"id": sample.id, "source": sample.source, "mean": float(r.mean()), "std": float(r.std()),
+                        "range": float(r.max() - r.min()), "rewards": r.tolist(),
+                        "kept": keeps(r, cfg.statistic, cfg.threshold)})
+    return records
+
+
+def report(records: list[dict]) -> dict:
+    """Kept fraction per source and overall (the paper kept about 6.5% of its pool)."""
+    by_source: dict[str, dict] = {}
+    for rec in records:
+        entry = by_source.setdefault(rec["source"], {"total": 0, "kept": 0, "failed": 0})
+        entry["total"] += 1
+        entry["kept"] += int(rec["kept"])
+        entry["failed"] += int("error" in rec)
+    total = {"total": len(records), "kept": sum(e["kept"] for e in by_source.values()),
+             "failed": sum(e["failed"] for e in by_source.values())}
+    for entry in [*by_source.values(), total]:
+        entry["kept_fraction"] = entry["kept"] / entry["total"] if entry["total"] else 0.0
+    return {"sources": by_source, "total": total}
+
+
+def agent_group_rewards(cfg: VarianceConfig) -> Callable[[int, Sample], np.ndarray]:
+    """N agent rollouts of a sample, answered by the environment and scored."""
+    from ..agent import load_agent
+    from ..cache import FeatureCache
+    from .data import EpisodeBuilder
+    from .environment import build_environment
+    from .grpo import sample_rollouts
+    from .rewards import Group, score_group
+    from .trainer import sample_seed
+
+    device = distributed.local_device()
+    agent = load_agent(cfg.agent, device=device)
+    builder = EpisodeBuilder(cfg.video_root, agent.encoder, FeatureCache(cfg.cache))
+    options = {"device": device} if cfg.environment == "backbone" else {}
+    environment = build_environment(cfg.environment, cfg.backbone, cfg.backbone_path, cfg.answer_from, 16, **options)
+
+    def group_rewards(index: int, sample: Sample) -> np.ndarray:
+        seed = sample_seed(cfg.seed, 0, index)
+        episode = builder.build(sample, np.random.default_rng(seed))
+        with torch.no_grad():
+            logits = agent.selector(episode.features.to(device), episode.text.to(device)) / cfg.tau
+        rollouts = sample_rollouts(logits, cfg.k, cfg.runs, "plackett-luce", torch.Generator().manual_seed(seed))
+        texts = environment.complete(episode, rollouts.selections)
+        group = Group(sample, texts, rollouts.selections, episode.timestamps, episode.target, episode.duration)
+        return score_group(group, cfg.rewards)[0]
+
+    return group_rewards
+
+
+def select_data(cfg: VarianceConfig) -> dict | None:
+    """Score this rank's share of the samples; rank 0 merges and writes the outputs."""
+    samples = read_samples(cfg.data)
+    if cfg.policy == "agent":
+        group_rewards = agent_group_rewards(cfg)
+    else:
+        from .llm_grpo import llm_group_rewards
+
+        group_rewards = llm_group_rewards(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mine = distributed.shard(list(range(len(samples))))
+    records = score_samples([samples[i] for i in mine], lambda j, s: group_rewards(mine[j], s), cfg,
+                            progress=distributed.rank() == 0)
+    part = out / f"scores.rank{distributed.rank()}.json"
+    part.write_text(json.dumps([{**r, "index": i} for r, i in zip(records, mine)]))
+    distributed.barrier()
+    if distributed.rank() != 0:
+        return None
+    merged = sorted((r for k in range(distributed.world_size())
+                     for r in json.loads((out / f"scores.rank{k}.json").read_text())), key=lambda r: r["index"])
+    write_samples([samples[r["index"]] for r in merged if r["kept"]], out / "kept.jsonl")
+    (out / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
+    summary = {**report(merged), "config": {k: getattr(cfg, k) for k in ("policy", "runs", "statistic", "threshold",
+                                                                         "rewards", "k", "tau")}}
+    (out / "report.json").write_text(json.dumps(summary, indent=1))
+    return summary
