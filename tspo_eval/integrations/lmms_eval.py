@@ -20,6 +20,9 @@ BACKBONE_OPTIONS = {
     "llava_video": ("conv_template",),
     "qwen2_5_vl": ("min_pixels", "max_pixels", "time_encoding"),
 }
+# The published evaluation scripts (evaluation/*llava_video.sh) run LLaVA-Video with
+# conv_template=chatml_direct, for uniform and TSPO alike; the backbone's own default is qwen_1_5.
+BACKBONE_DEFAULTS = {"llava_video": {"conv_template": "chatml_direct"}, "qwen2_5_vl": {}}
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
     args = ModelArgs(**{k: _coerce(v, getattr(defaults, k)) for k, v in raw.items()})
     args.pretrained = args.pretrained or flavour.pretrained
     args.method = args.method or flavour.method
+    for option, value in BACKBONE_DEFAULTS[flavour.backbone].items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
     return args
 
 
