@@ -139,7 +139,7 @@ def _loss_and_grad(objective, clip_eps=None, ref_shift=None, kl_coef=0.0, old_sh
     ref = None if ref_shift is None else logits + ref_shift
     loss, stats = policy_loss(live, Rollouts(draws, old, logits), adv, objective, clip_eps, ref, kl_coef)
     loss.backward()
-    return float(loss), live.grad, stats
+    return float(loss.detach()), live.grad, stats
 
 
 def test_equivalent_configurations_give_equal_losses():

@@ -186,8 +186,10 @@ class Episode:
         out: list[np.ndarray | None] = [None] * len(positions)
         for v in np.unique(self.source[positions]):
             where = np.flatnonzero(self.source[positions] == v)
-            for i, frame in zip(where, read_frames(self.videos[v], self.frame_numbers[positions[where]])):
-                out[i] = frame
+            numbers, back = np.unique(self.frame_numbers[positions[where]], return_inverse=True)  # sorted, once
+            decoded = read_frames(self.videos[v], numbers)
+            for i, j in zip(where, back):
+                out[i] = decoded[j]
         size = out[0].shape[:2]
         return np.stack([f if f.shape[:2] == size else _resize(f, size) for f in out])
 

@@ -102,6 +102,7 @@ class Trainer:
         self.device = device or distributed.local_device()
         init_distributed(self.device)
         self.out = Path(cfg.output_dir)
+        self.agent = agent
         self.head: TemporalHead = agent.selector.float().to(self.device)
         agent.requires_grad_(False)
         self.head.requires_grad_(True)
