@@ -160,7 +160,7 @@ def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
     adv = advantages[:, None]
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
     per_token = -surrogate - entropy_coef * entropy
-    stats = {"entropy": float((entropy * m).sum() / m.sum())}
+    stats = {"entropy": float((entropy.detach() * m).sum() / m.sum())}
     if ref_logp is not None and kl_coef > 0:
         log_ratio = ref_logp - logp
         kl = torch.exp(log_ratio) - log_ratio - 1
