@@ -144,3 +144,26 @@ def test_entry_point_import_is_cheap_and_lists_all_models():
 
     for name in ("llava_vid_tspo", "llava_vid_uniform", "qwen_2_5_vl_tspo", "qwen_2_5_vl_uniform"):
         assert get_model_manifest(name).simple_class_path.startswith("tspo_eval.integrations.lmms_eval.")
+
+
+def test_two_process_launch_shares_the_questions(checkpoints, mini_benchmarks, tmp_path):
+    """Two processes on CPU: each rank answers its share, together every question once, and one
+    results file is written.  `accelerate launch --num_processes N` starts GPU ranks through
+    torchrun's launcher with the same RANK / WORLD_SIZE / LOCAL_RANK variables; on CPU
+    accelerate only launches several processes through MPI, so the test uses torchrun."""
+    annotations, videos = mini_benchmarks["videomme"]
+    record = tmp_path / "records" / "answers.jsonl"  # its folder does not exist yet
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TSPO_VIDEOMME_ANNOTATIONS": str(annotations), "TSPO_VIDEOMME_VIDEOS": str(videos)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmms_eval",
+           "--model", "llava_vid_uniform",
+           "--model_args", f"pretrained={checkpoints['llava_vid_tspo']},k=4,record={record},dtype=float32",
+           "--tasks", TASKS["videomme"], "--include_path", str(REPO / "tasks"), "--batch_size", "1",
+           "--output_path", str(tmp_path / "out")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    shares = [[json.loads(line)["index"] for line in (tmp_path / "records" / f"answers.jsonl.rank{r}").read_text().splitlines()]
+              for r in (0, 1)]
+    assert shares[0] and shares[1] and not set(shares[0]) & set(shares[1])
+    assert len(shares[0]) + len(shares[1]) == 4  # the mini VideoMME holds 4 questions
+    assert len(list((tmp_path / "out").rglob("*_results.json"))) == 1

@@ -246,6 +246,8 @@ def answer_questions(refs: Sequence[QuestionRef], planner: FramePlanner, backbon
         first_seen.setdefault(ref.video_path, i)
     order = sorted(range(len(refs)), key=lambda i: first_seen[refs[i].video_path])
     answers: dict[int, Answer] = {}
+    if record is not None:
+        Path(record).parent.mkdir(parents=True, exist_ok=True)
     sink = open(record, "a") if record is not None else None  # noqa: SIM115 (closed below)
     bar = tqdm(total=len(refs), desc=f"answer ({backbone.name})", unit="q", disable=not progress)
     batch: list[_Prepared] = []
