@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tspo_eval.agent import TemporalAgent
 from tspo_eval.benchmarks import load_benchmark, resolve_video
-from tspo_eval.cli import main
+from tspo_eval.cli import build_parser, main
 from tspo_eval.demo import DemoConfig, make_benchmark
 
 
@@ -95,3 +96,31 @@ def test_bad_configs_fail_before_any_model_is_loaded(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a Literal field: argparse's choices
         main(["select-data", "--data", "x.jsonl", "--statistic", "variance"])
     assert "invalid choice: 'variance'" in capsys.readouterr().err
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.mark.parametrize(("preset", "command", "cls"), [
+    ("tspo_paper.yaml", "train", "TrainConfig"), ("tspo_official.yaml", "train", "TrainConfig"),
+    ("temporal_rlt_lora.yaml", "train-llm", "LLMTrainConfig"), ("select_data.yaml", "select-data", "VarianceConfig")])
+def test_presets_are_valid_configs(preset, command, cls):
+    from tspo_eval.training import config, llm_grpo, variance
+    from tspo_eval.training.cli import config_with_file
+
+    ns = build_parser().parse_args([command, "--config", str(SCRIPTS / "train_configs" / preset)])
+    cfg = config_with_file(getattr({"TrainConfig": config, "LLMTrainConfig": llm_grpo,
+                                    "VarianceConfig": variance}[cls], cls), ns)
+    assert cfg.rewards and (getattr(cfg, "rollouts", None) or cfg.runs) == 8
+
+
+def test_launch_configs():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert load_config_from_file(str(SCRIPTS / "accelerate" / "multi_gpu.yaml")).distributed_type == "MULTI_GPU"
+    assert load_config_from_file(str(SCRIPTS / "accelerate" / "deepspeed.yaml")).distributed_type == "DEEPSPEED"
+    for stage in (2, 3):
+        ds = json.loads((SCRIPTS / "deepspeed" / f"zero{stage}.json").read_text())
+        assert ds["zero_optimization"]["stage"] == stage and ds["train_micro_batch_size_per_gpu"] == 1
+    for script in ("train_agent.sh", "train_agent_accelerate.sh", "train_llm.sh"):
+        assert subprocess.run(["bash", "-n", str(SCRIPTS / script)], check=False).returncode == 0

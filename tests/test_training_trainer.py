@@ -2,6 +2,7 @@
 TensorBoard gets the metrics, export round-trips, and the toy runs learn."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -75,6 +76,30 @@ def test_clipping_and_kl_to_the_initial_head_are_inactive_where_they_must_be(ben
     assert all(torch.equal(plain[1][k], clip[1][k]) for k in plain[1])
     assert kl[0][0]["kl"] == 0 and kl[0][0]["loss"] == plain[0][0]["loss"]  # step 1: policy == reference
     assert kl[0][-1]["kl"] > 0
+
+
+def test_needle_questions_with_the_official_objective(bench, tmp_path):
+    """TSPO `specific` samples: haystacks of cached clips, R_A + R_T, the published surrogate, K for general."""
+    root, samples = bench
+    needles = [dataclasses.replace(s, needle=True, span=None) for s in samples]
+    cfg = TrainConfig(environment="synthetic", output_dir=str(tmp_path / "run"), rollouts=4, k=6, k_general=3,
+                      grad_accum=2, max_steps=2, objective="official", seed=2)
+    agent = random_agent("clip-tiny", seed=0)
+    builder = EpisodeBuilder(None, agent.encoder, FeatureCache(root / "cache"), min_candidates=1, distractors=3,
+                             clip_len=10, max_repeats=2)
+    builder.prepare(needles, progress=False)
+    trainer = Trainer(cfg, agent, needles + samples[:2], builder, SyntheticEnvironment(), torch.device("cpu"))
+    before = head_state(trainer)
+    seen = []
+    history = trainer.train(lambda step, groups, metrics: seen.extend(groups))
+    for g in seen:
+        k = 6 if g.episode.sample.needle else 3
+        assert g.rollouts.draws.shape == (4, k)
+        if g.episode.sample.needle:
+            assert len(g.episode.timestamps) in (40, 50) and g.episode.target.sum() in (10, 20)
+            assert g.per_reward["temporal_coverage"] == [float(g.episode.target[s].mean()) for s in g.rollouts.selections]
+    assert all(np.isfinite(m["loss"]) and 0 <= m["rewards/temporal_coverage"] <= 1 for m in history)
+    assert all(not torch.equal(before[k], v) for k, v in head_state(trainer).items() if "ffn_o" not in k)
 
 
 class Interrupt(Exception):

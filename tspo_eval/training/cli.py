@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..cli import add_config_args, config_from_args
 
 _UNSET = object()
@@ -55,7 +56,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from .trainer import run_training
 
     history = run_training(config_with_file(TrainConfig, ns))
-    if history:
+    if history and distributed.rank() == 0:
         last = history[-1]
         print(f"step {int(last['step'])}: reward {last['reward']:.3f}, accuracy {last['accuracy']:.3f}")
     return 0

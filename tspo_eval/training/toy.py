@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -152,7 +153,7 @@ def plot_rewards(history: list[dict], path: Path, chance: float | None = None) -
     return path
 
 
-def step_pictures(out: Path, every: int) -> callable:
+def step_pictures(out: Path, every: int) -> Callable[[int, list[StepGroup], dict], None]:
     """A trainer callback writing the first question's score timeline and rollout-0 frames."""
     def callback(step: int, groups: list[StepGroup], metrics: dict) -> None:
         if not every or step % every:
