@@ -8,7 +8,11 @@ import torch
 from tspo_eval.backbones.llava_video import random_llava_video
 from tspo_eval.synthetic import read_frame_number
 from tspo_eval.training.data import Episode, Sample
-from tspo_eval.training.environment import BackboneEnvironment, SyntheticEnvironment
+from tspo_eval.training.environment import (
+    BackboneEnvironment,
+    SyntheticEnvironment,
+    build_environment,
+)
 from tspo_eval.training.rewards import parse_span
 
 
@@ -66,3 +70,12 @@ def test_letter_from_first_token_logits_equals_greedy_decoding_of_one_token(back
     assert [a.strip() for a in from_logits] == greedy
     one_by_one = BackboneEnvironment(backbone, "logits", batch_size=1).complete(video_episode, selections)
     assert one_by_one == from_logits
+
+
+def test_a_saved_backbone_is_one_flag_away(backbone, video_episode, tmp_path):
+    backbone.save_pretrained(tmp_path / "llava")
+    env = build_environment("backbone", "llava_video", str(tmp_path / "llava"), answer_from="logits", device="cpu")
+    selections = [np.array([1, 4, 7]), np.array([2, 9, 13])]
+    assert isinstance(env, BackboneEnvironment) and env.name == "backbone llava_video (logits)"
+    assert env.complete(video_episode, selections) == BackboneEnvironment(backbone).complete(video_episode, selections)
+    assert isinstance(build_environment("synthetic"), SyntheticEnvironment)

@@ -69,7 +69,7 @@ class ToyConfig:
     duration: float = field(default=120.0, metadata={"help": "seconds per generated video"})
     begin: float = field(default=10.0, metadata={"help": "beginning: seconds of the first scene"})
     train_videos: int = field(default=8, metadata={"help": "demo: generated training videos"})
-    eval_videos: int = field(default=8, metadata={"help": "demo: held-out generated videos"})
+    eval_videos: int = field(default=10, metadata={"help": "demo: held-out generated videos"})
     plot_every: int = field(default=1, metadata={"help": "score timeline + frames every N steps (0: none)"})
     seed: int = field(default=0, metadata={"help": "seed of videos, head init and rollouts"})
 
