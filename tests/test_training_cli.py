@@ -124,3 +124,16 @@ def test_launch_configs():
         assert ds["zero_optimization"]["stage"] == stage and ds["train_micro_batch_size_per_gpu"] == 1
     for script in ("train_agent.sh", "train_agent_accelerate.sh", "train_llm.sh"):
         assert subprocess.run(["bash", "-n", str(SCRIPTS / script)], check=False).returncode == 0
+
+
+def test_every_config_field_has_help():
+    import dataclasses
+
+    from tspo_eval.training.config import TrainConfig
+    from tspo_eval.training.export import ExportConfig
+    from tspo_eval.training.llm_grpo import LLMTrainConfig
+    from tspo_eval.training.toy import ToyConfig
+    from tspo_eval.training.variance import VarianceConfig
+
+    for cls in (TrainConfig, LLMTrainConfig, VarianceConfig, ExportConfig, ToyConfig):
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls.__name__

@@ -170,3 +170,19 @@ def test_clipping_stops_the_gradient_of_rollouts_pushed_past_the_trust_region():
 def test_kl_needs_a_reference():
     with pytest.raises(ValueError, match="reference"):
         _loss_and_grad("plackett-luce", kl_coef=0.1)
+
+
+def test_one_frame_per_rollout_makes_both_objectives_the_same_loss():
+    """K = 1: the ordered draw is a single softmax draw, so PL and the published surrogate coincide."""
+    logits = torch.tensor([0.4, -0.2, 1.5, 0.0], dtype=torch.float64)
+    draws = torch.tensor([[2], [0], [2], [3]])
+    adv = torch.tensor([0.5, -1.0, 0.5, 0.0], dtype=torch.float64)
+    out = {}
+    for objective in ("plackett-luce", "official"):
+        live = logits.clone().requires_grad_(True)
+        old = plackett_luce_logprob(logits, draws) if objective == "plackett-luce" else None
+        loss, _ = policy_loss(live, Rollouts(draws, old, logits), adv, objective)
+        loss.backward()
+        out[objective] = (float(loss.detach()), live.grad)
+    assert out["plackett-luce"][0] == pytest.approx(out["official"][0])
+    torch.testing.assert_close(out["plackett-luce"][1], out["official"][1])

@@ -239,8 +239,7 @@ class EpisodeBuilder:
             gathered: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]
             dist.all_gather_object(gathered, failed)
             failed = {k: v for part in gathered for k, v in part.items()}
-        if not self.pool:
-            self.pool = [p for p in paths if p not in failed]
+        self.pool = [p for p in (self.pool or paths) if p not in failed]
         return failed
 
     def build(self, sample: Sample, rng: np.random.Generator) -> Episode:

@@ -108,8 +108,8 @@ def report(records: list[dict]) -> dict:
     return {"sources": by_source, "total": total}
 
 
-def agent_group_rewards(cfg: VarianceConfig) -> Callable[[int, Sample], np.ndarray]:
-    """N agent rollouts of a sample, answered by the environment and scored."""
+def agent_group_rewards(cfg: VarianceConfig, samples: list[Sample]) -> Callable[[int, Sample], np.ndarray]:
+    """N agent rollouts of a sample, answered by the environment and scored (features extracted first)."""
     from ..agent import load_agent
     from ..cache import FeatureCache
     from .data import EpisodeBuilder
@@ -121,6 +121,7 @@ def agent_group_rewards(cfg: VarianceConfig) -> Callable[[int, Sample], np.ndarr
     device = distributed.local_device()
     agent = load_agent(cfg.agent, device=device)
     builder = EpisodeBuilder(cfg.video_root, agent.encoder, FeatureCache(cfg.cache))
+    builder.prepare(samples, progress=distributed.rank() == 0)
     options = {"device": device} if cfg.environment == "backbone" else {}
     environment = build_environment(cfg.environment, cfg.backbone, cfg.backbone_path, cfg.answer_from, 16, **options)
 
@@ -139,9 +140,12 @@ def agent_group_rewards(cfg: VarianceConfig) -> Callable[[int, Sample], np.ndarr
 
 def select_data(cfg: VarianceConfig) -> dict | None:
     """Score this rank's share of the samples; rank 0 merges and writes the outputs."""
+    from .trainer import init_distributed
+
+    init_distributed(distributed.local_device())
     samples = read_samples(cfg.data)
     if cfg.policy == "agent":
-        group_rewards = agent_group_rewards(cfg)
+        group_rewards = agent_group_rewards(cfg, samples)
     else:
         from .llm_grpo import llm_group_rewards
 
