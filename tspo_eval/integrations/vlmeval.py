@@ -1,0 +1,406 @@
+"""VLMEvalKit adapter: `llava_vid_tspo`, `qwen_2_5_vl_tspo` and their uniform baselines as VLMEvalKit models.
+
+The same four names and model arguments as the lmms-eval adapter, on the same code path
+(`answering.answer_questions`). A VLMEvalKit model receives a message list (a video path and
+text items) and the dataset name; the adapter reads the question stem and options back from
+the dataset's prompt layout (`vlmeval_tsv.DATASETS`), finds the registry question with the
+same video, stem and options (from `questions`: the registry TSVs or annotation files), and
+so uses the registry `index`, the key of selections files: a question gets the same frames
+as in lmms-eval. Unmatched questions get frames computed now (or uniform ones).
+
+    from tspo_eval.integrations import vlmeval as tv
+    # VLMEvalKit's inference + evaluation of one model on one dataset, in this process
+    tv.run("llava_vid_tspo", "LVBench", "runs/vlmeval", model_args={"selections": "runs/selections", "k": 64})
+    # or: register the models (arguments baked in), then drive VLMEvalKit yourself (its run.py, torchrun)
+    tv.register(["llava_vid_tspo"], selections="runs/selections", questions="data/official", k=64)
+
+VLMEvalKit is not on the package registry and is imported only when a model, dataset or run
+is built; without it those raise an ImportError saying how to install it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..benchmarks import Question, get_benchmark
+from .lmms_eval import BACKBONE_OPTIONS, FLAVOURS, ModelArgs, parse_model_args
+from .vlmeval_tsv import DATASETS, QuestionIndex, load_registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..answering import AnswerConfig, FramePlanner, QuestionRef
+    from ..backbones import Backbone
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("VLMEvalKit is not installed. It is not on the package registry; install it from its repository:\n"
+                "    git clone https://github.com/open-compass/VLMEvalKit && pip install -e VLMEvalKit\n"
+                "(see docs/vlmevalkit.md for a light install that keeps your torch/transformers)")
+# Generation length per benchmark, as the lmms-eval tasks set it (SPEC section 5).
+MAX_NEW_TOKENS = {"longvideobench": 32, "mlvu": 16, "videomme": 16, "lvbench": 16}
+
+
+def require_vlmeval() -> Any:
+    """The `vlmeval` package (with the modules the adapter uses), or an ImportError telling how to install it."""
+    try:
+        import vlmeval
+        import vlmeval.config
+        import vlmeval.dataset
+        import vlmeval.inference_video
+    except ImportError as err:
+        if err.name is not None and err.name.split(".")[0] == "vlmeval":
+            raise ImportError(INSTALL_HINT) from err
+        raise ImportError(f"VLMEvalKit is installed but does not import: {err}. Install the package it names "
+                          "(docs/vlmevalkit.md lists the light set VLMEvalKit needs)") from err
+    return vlmeval
+
+
+@dataclass
+class VLMEvalArgs:
+    """Model arguments of the VLMEvalKit models beyond the lmms-eval adapter's `ModelArgs`."""
+
+    questions: str | None = field(default=None, metadata={
+        "help": "registry questions to match VLMEvalKit's against (needed to reuse selections): the dataset's "
+                "registry TSV or annotation file, or a folder holding them under their published names "
+                "(VideoMME.tsv, lvb_val.json, ...)"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "generation length (default: the lmms-eval task's, 16 for other datasets)"})
+
+
+def parse_args(model_name: str, raw: Mapping[str, Any]) -> tuple[ModelArgs, VLMEvalArgs]:
+    """Validated arguments; unknown or inapplicable keys are errors naming the valid ones."""
+    if model_name not in FLAVOURS:
+        raise ValueError(f"unknown model {model_name!r}; known: {', '.join(FLAVOURS)}")
+    ours = {f.name for f in dataclasses.fields(VLMEvalArgs)}
+    extra = VLMEvalArgs(**{k: v for k, v in raw.items() if k in ours})
+    if extra.max_new_tokens is not None:
+        extra.max_new_tokens = int(extra.max_new_tokens)
+    try:
+        args = parse_model_args(model_name, {k: v for k, v in raw.items() if k not in ours})
+    except ValueError as err:
+        raise ValueError(f"{err}, {', '.join(sorted(ours))}") from None
+    if args.selections is not None and extra.questions is None:
+        raise ValueError(f"{model_name}: selections are keyed by registry question index; pass questions=<folder or "
+                         "file of the registry TSVs / annotation files> so VLMEvalKit's questions can be matched")
+    return args, extra
+
+
+def rank_device() -> torch.device:
+    """This process's GPU (else the CPU). VLMEvalKit's run.py narrows CUDA_VISIBLE_DEVICES to each
+    rank's share under torchrun, so LOCAL_RANK wraps over the GPUs this process sees."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
+def _fallback_index(dataset: str | None, video: str, text: str) -> str:
+    """A stable id for a question the registry does not hold (record lines, logs)."""
+    return f"{dataset}:{Path(video).name}:{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
+def question_ref(message: Sequence[Mapping[str, Any]], dataset: str | None,
+                 index: QuestionIndex | None = None) -> QuestionRef:
+    """A `QuestionRef` from a VLMEvalKit message.
+
+    prompt: the non-empty text items, stripped, one per line. For a known dataset the stem is
+    read from its prompt layout and, when `index` holds the question, the registry's index and
+    stem (as the TSV holds it: what the selector encodes) are used; otherwise the index is a
+    hash and the stem the parsed one (or the whole prompt for unknown layouts).
+    """
+    from ..answering import QuestionRef
+
+    videos = [str(item["value"]) for item in message if item["type"] == "video"]
+    if not videos:
+        raise ValueError(f"{dataset}: the message holds no video; tspo-eval models answer from a video (VIDEO_LLM)")
+    texts = [str(item["value"]) for item in message if item["type"] == "text"]
+    prompt = "\n".join(text.strip() for text in texts if text.strip())
+    known = DATASETS.get(dataset or "")
+    parsed = next((p for text in reversed(texts) if (p := known.layout.parse(text)) is not None), None) \
+        if known else None
+    if parsed is None:
+        return QuestionRef(_fallback_index(dataset, videos[0], prompt), known.benchmark if known else "",
+                           videos[0], prompt, prompt)
+    stem, options = parsed
+    question: Question | None = index.find(videos[0], stem, options) if index is not None else None
+    if question is None:
+        return QuestionRef(_fallback_index(dataset, videos[0], "\n".join([stem, *options])), known.benchmark,
+                           videos[0], stem.replace("\n", " "), prompt)
+    return QuestionRef(question.index, question.benchmark, videos[0], question.question, prompt)
+
+
+class MessageAnswerer:
+    """What a VLMEvalKit model does with one message: find the question and its frames, then answer.
+
+    Holds no VLMEvalKit object, so it runs (and is tested) without VLMEvalKit.
+    """
+
+    def __init__(self, backbone: Backbone, planner: FramePlanner, answer_cfg: AnswerConfig,
+                 questions: str | Path | None = None, record: str | Path | None = None,
+                 max_new_tokens: int | None = None) -> None:
+        self.backbone, self.planner, self.answer_cfg = backbone, planner, answer_cfg
+        self.questions = Path(questions) if questions is not None else None
+        self.record, self.max_new_tokens = record, max_new_tokens
+        self._indices: dict[str, QuestionIndex | None] = {}
+
+    @classmethod
+    def from_args(cls, model_name: str, raw: Mapping[str, Any]) -> MessageAnswerer:
+        """Backbone, frame planner and settings from model arguments (as the lmms-eval adapter builds them)."""
+        from ..answering import AnswerConfig, FrameConfig, FramePlanner
+        from ..backbones import load_backbone
+        from ..cache import FeatureCache
+
+        args, extra = parse_args(model_name, raw)
+        kind = FLAVOURS[model_name].backbone
+        frames = FrameConfig(method=args.method, k=args.k, fps=args.fps, max_frames=args.max_frames,
+                             selections=args.selections, official=args.official)
+        device = rank_device()
+        options = {o: getattr(args, o) for o in BACKBONE_OPTIONS[kind] if getattr(args, o) is not None}
+        backbone = load_backbone(kind, args.pretrained, dtype=args.dtype, device=device,
+                                 attn_implementation=args.attn_implementation, **options)
+        planner = FramePlanner(frames, agent=args.agent, cache=FeatureCache(args.cache_dir), device=device,
+                               dtype=backbone.dtype)
+        answer_cfg = AnswerConfig(batch_size=1, decode_workers=args.decode_workers, prefetch=args.prefetch)
+        return cls(backbone, planner, answer_cfg, extra.questions, args.record, extra.max_new_tokens)
+
+    def index(self, benchmark: str) -> QuestionIndex | None:
+        """The registry questions of `benchmark` from `questions` (None without any)."""
+        if benchmark not in self._indices:
+            source = self._source(benchmark)
+            self._indices[benchmark] = QuestionIndex(load_registry(source, benchmark)) if source else None
+        return self._indices[benchmark]
+
+    def _source(self, benchmark: str) -> Path | None:
+        """`questions` itself when it is a file; in a folder, the benchmark's TSV or annotation file."""
+        if self.questions is None or not benchmark or not self.questions.is_dir():
+            return self.questions if benchmark else None
+        names = (get_benchmark(benchmark).tsv_file, get_benchmark(benchmark).annotation_file)
+        found = next((self.questions / n for n in names if (self.questions / n).is_file()), None)
+        if found is None:
+            log.warning("no %s questions (%s) in %s: its questions get frames computed now, not from selections",
+                        benchmark, " or ".join(names), self.questions)
+        return found
+
+    def ref(self, message: Sequence[Mapping[str, Any]], dataset: str | None) -> QuestionRef:
+        known = DATASETS.get(dataset or "")
+        ref = question_ref(message, dataset, self.index(known.benchmark) if known else None)
+        if known is not None and self.questions is not None and ref.index.startswith(f"{dataset}:"):
+            log.warning("%s question on %s is not among the registry questions: frames computed now", dataset,
+                        Path(ref.video_path).name)
+        return ref
+
+    def answer(self, message: Sequence[Mapping[str, Any]], dataset: str | None) -> str:
+        """The backbone's answer ("" when the question's video failed; the record says why)."""
+        from ..answering import answer_questions
+
+        ref = self.ref(message, dataset)
+        budget = self.max_new_tokens or MAX_NEW_TOKENS.get(ref.benchmark, 16)
+        (answer,) = answer_questions([ref], self.planner, self.backbone,
+                                     dataclasses.replace(self.answer_cfg, max_new_tokens=budget),
+                                     record=self.record, progress=False)
+        return answer.text
+
+
+@functools.cache
+def model_class(model_name: str) -> type:
+    """The VLMEvalKit model class of one of FLAVOURS (built on first use: VLMEvalKit is imported here)."""
+    if model_name not in FLAVOURS:
+        raise ValueError(f"unknown model {model_name!r}; known: {', '.join(FLAVOURS)}")
+    require_vlmeval()
+    from vlmeval.vlm.base import BaseModel
+
+    class TSPOVideoModel(BaseModel):
+        INTERLEAVE = False
+        VIDEO_LLM = True
+
+        def __init__(self, **model_args: Any) -> None:
+            super().__init__()
+            self.answerer = MessageAnswerer.from_args(model_name, model_args)
+
+        def generate_inner(self, message: list[dict[str, str]], dataset: str | None = None) -> str:
+            return self.answerer.answer(message, dataset)
+
+    TSPOVideoModel.__name__ = TSPOVideoModel.__qualname__ = "".join(p.title() for p in model_name.split("_"))
+    return TSPOVideoModel
+
+
+def register(names: Sequence[str] | Mapping[str, str] | None = None, **model_args: Any) -> dict[str, Any]:
+    """Add models to VLMEvalKit's `supported_VLM` and LVBench to its datasets, without editing VLMEvalKit.
+
+    Args:
+        names: model names (FLAVOURS; default all four), or {registered name: model name} to
+            register variants, e.g. {"llava_vid_tspo_k32": "llava_vid_tspo"}.
+        model_args: baked into every registered `functools.partial` (VLMEvalKit builds models
+            without arguments); validated now, so a typo fails before any model loads.
+
+    Returns: {registered name: the partial}.
+    """
+    require_vlmeval()
+    import vlmeval.config
+
+    from .vlmeval_lvbench import register_datasets
+
+    mapping = dict(names) if isinstance(names, Mapping) else {n: n for n in (names or FLAVOURS)}
+    for model_name in mapping.values():
+        parse_args(model_name, model_args)
+    partials = {alias: functools.partial(model_class(model_name), **model_args) for alias, model_name in mapping.items()}
+    vlmeval.config.supported_VLM.update(partials)
+    register_datasets()
+    return partials
+
+
+def build_dataset(dataset: str, data_file: str | Path | None = None, data_root: str | Path | None = None,
+                  nframe: int = 8) -> Any:
+    """A VLMEvalKit dataset: LVBench (data_file: its annotation file, data_root: its videos; default from
+    $TSPO_LVBENCH_*), a local copy of Video-MME / LongVideoBench / MLVU_MCQ (data_file: VLMEvalKit's TSV,
+    data_root: its folder), or any VLMEvalKit dataset name (VLMEvalKit fetches the data itself)."""
+    require_vlmeval()
+    from .vlmeval_lvbench import (
+        LVBENCH_NAMES,
+        local_dataset,
+        lvbench_class,
+        register_datasets,
+    )
+
+    register_datasets()
+    if dataset in LVBENCH_NAMES:
+        return lvbench_class()(dataset="LVBench", nframe=LVBENCH_NAMES[dataset], annotations=data_file,
+                               videos=data_root)
+    if data_file is not None or data_root is not None:
+        if data_file is None or data_root is None:
+            raise ValueError("a local copy needs both data_file (VLMEvalKit's TSV) and data_root (its folder)")
+        return local_dataset(dataset, data_file, data_root, nframe=nframe)
+    from vlmeval.dataset import build_dataset as vlmeval_build
+
+    built = vlmeval_build(dataset)
+    if built is None:
+        raise ValueError(f"VLMEvalKit could not build dataset {dataset!r}")
+    return built
+
+
+def run(model: str, dataset: str, work_dir: str | Path = "vlmeval_outputs", *, data_file: str | Path | None = None,
+        data_root: str | Path | None = None, nframe: int = 8, judge: str = "exact_matching",
+        model_args: Mapping[str, Any] | None = None) -> Any:
+    """VLMEvalKit's own inference (`infer_data_job_video`) and evaluation (`dataset.evaluate`) of one
+    model on one dataset, in this process.
+
+    Predictions go to `<work_dir>/<model>/<model>_<dataset>.<xlsx|PRED_FORMAT>` as run.py writes
+    them (an existing complete file is reused, as VLMEvalKit does); `judge` is VLMEvalKit's
+    answer-matching judge ("exact_matching": no API calls). On LVBench, `questions` defaults to
+    its annotation file. Returns the evaluation result.
+    """
+    built = build_dataset(dataset, data_file, data_root, nframe)
+    model_args = dict(model_args or {})
+    if hasattr(built, "annotation_file"):
+        model_args.setdefault("questions", str(built.annotation_file))
+    register([model], **model_args)
+    from vlmeval.inference_video import infer_data_job_video
+    from vlmeval.smp import get_pred_file_path
+
+    out = Path(work_dir) / model
+    out.mkdir(parents=True, exist_ok=True)
+    result_file = get_pred_file_path(str(out), model, dataset, use_env_format=True)
+    infer_data_job_video(model, work_dir=str(out), model_name=model, dataset=built, result_file=result_file)
+    return built.evaluate(result_file, model=judge, nproc=1)
+
+
+# ----------------------------------------------------------------------------- command line
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """`tspo-eval vlmeval run` and `tspo-eval vlmeval convert` (VLMEvalKit is imported only when run)."""
+    from ..cli import add_config_args
+
+    parser = subparsers.add_parser("vlmeval", help="run tspo-eval models in VLMEvalKit; convert its dataset TSVs")
+    sub = parser.add_subparsers(dest="vlmeval_command", required=True)
+
+    p = sub.add_parser("run", help="VLMEvalKit inference + evaluation of one model on one dataset, in this process")
+    p.add_argument("--model", required=True, choices=list(FLAVOURS), help="model name")
+    p.add_argument("--data", required=True, help="VLMEvalKit dataset: LVBench, or Video-MME / LongVideoBench / "
+                                                 "MLVU_MCQ with --data-file, or any VLMEvalKit name")
+    p.add_argument("--data-file", type=Path, help="LVBench: its annotation file; others: VLMEvalKit's TSV on disk")
+    p.add_argument("--data-root", type=Path, help="LVBench: its video folder; others: the folder VLMEvalKit's TSV "
+                                                  "paths are relative to")
+    p.add_argument("--nframe", type=int, default=8, help="frames VLMEvalKit decodes for a local copy's prompts "
+                                                         "(LongVideoBench needs > 0; our models pick their own k)")
+    p.add_argument("--work-dir", type=Path, default=Path("vlmeval_outputs"), help="VLMEvalKit output folder")
+    p.add_argument("--judge", default="exact_matching", help="VLMEvalKit answer judge (exact_matching: no API)")
+    add_config_args(p, ModelArgs)
+    add_config_args(p, VLMEvalArgs)
+    p.set_defaults(run=cmd_run)
+
+    p = sub.add_parser("convert", help="VLMEvalKit dataset TSV <-> registry TSV (same question, same index)")
+    p.add_argument("--dataset", required=True, choices=list(DATASETS), help="VLMEvalKit dataset")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--annotations", type=Path, help="registry annotation file -> VLMEvalKit's TSV")
+    source.add_argument("--from-vlmeval", type=Path, help="VLMEvalKit's TSV -> registry TSV (published layout)")
+    p.add_argument("--registry", type=Path, help="with --from-vlmeval: registry TSV or annotation file whose indices "
+                                                 "matched questions take")
+    p.add_argument("--out", type=Path, required=True, help="output TSV")
+    p.set_defaults(run=cmd_convert)
+
+
+def _model_args(ns: argparse.Namespace) -> dict[str, Any]:
+    """Flags given a non-default value (backbone options of the other backbone stay unset)."""
+    raw = {}
+    for cls in (ModelArgs, VLMEvalArgs):
+        for f in dataclasses.fields(cls):
+            value = getattr(ns, f.name)
+            if value != f.default:
+                raw[f.name] = value
+    return raw
+
+
+def _flat(result: Any, prefix: str = "") -> list[str]:
+    """`key/subkey: value` lines of a (nested) VLMEvalKit result, empty categories (NaN) left out."""
+    if hasattr(result, "to_dict"):
+        result = result.to_dict()
+    if not isinstance(result, Mapping):
+        return [] if str(result).lower() == "nan" else [f"{prefix}: {result}"]
+    return [line for key, value in result.items() for line in _flat(value, f"{prefix}/{key}" if prefix else str(key))]
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    result = run(ns.model, ns.data, ns.work_dir, data_file=ns.data_file, data_root=ns.data_root, nframe=ns.nframe,
+                 judge=ns.judge, model_args=_model_args(ns))
+    print(f"{ns.model} x {ns.data}:")
+    print("\n".join(f"  {line}" for line in _flat(result)))
+    return 0
+
+
+def cmd_convert(ns: argparse.Namespace) -> int:
+    from ..benchmarks import write_tsv
+    from .vlmeval_tsv import (
+        from_vlmeval,
+        get_dataset,
+        questions_frame,
+        to_vlmeval,
+        write_vlmeval_tsv,
+    )
+
+    spec = get_dataset(ns.dataset)
+    if ns.annotations is not None:
+        frame = to_vlmeval(ns.annotations, ns.dataset)
+        print(f"{len(frame)} rows in VLMEvalKit's {ns.dataset} layout -> {write_vlmeval_tsv(frame, ns.out)}")
+        return 0
+    registry = load_registry(ns.registry, spec.benchmark) if ns.registry is not None else None
+    questions = from_vlmeval(ns.from_vlmeval, ns.dataset, registry)
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    write_tsv(questions_frame(questions), ns.out)
+    if registry is not None:
+        known = {q.index for q in registry}
+        print(f"{len(questions)} questions, {sum(q.index in known for q in questions)} matched to --registry "
+              f"({len(registry)} questions) -> {ns.out}")
+    else:
+        own = sum(not q.index.startswith("vlmeval-") for q in questions)
+        print(f"{len(questions)} questions, {own} with the registry index their row holds -> {ns.out}"
+              + ("" if own == len(questions) else " (pass --registry to give the others theirs)"))
+    return 0
