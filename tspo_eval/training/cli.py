@@ -65,7 +65,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
 def cmd_train_llm(ns: argparse.Namespace) -> int:
     from .llm_grpo import LLMTrainConfig, run_llm_training
 
-    run_llm_training(config_with_file(LLMTrainConfig, ns))
+    history = run_llm_training(config_with_file(LLMTrainConfig, ns))
+    if history and distributed.rank() == 0:
+        print(f"step {history[-1]['step']}: reward {history[-1]['reward']:.3f}, loss {history[-1]['loss']:.4f}")
     return 0
 
 

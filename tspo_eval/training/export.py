@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -29,7 +30,7 @@ class ExportConfig:
     out: str = field(default="TSPO-0.4B-export", metadata={"help": "output directory (released layout)"})
     clip: str | None = field(default=None, metadata={
         "help": "CLIP ViT-L/14 or TSPO-0.4B dir / hub id the head pairs with (default: the run's agent)"})
-    dtype: str = field(default="bf16", metadata={"help": "bf16 (as released) | fp16 | fp32"})
+    dtype: Literal["bf16", "fp16", "fp32"] = field(default="bf16", metadata={"help": "weights dtype (released: bf16)"})
     tau: float = field(default=0.025, metadata={"help": "inference temperature written to the config"})
 
     def __post_init__(self) -> None:
