@@ -30,22 +30,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_extract import make_video  # noqa: E402
+from bench_extract import make_video
 
-from tspo_eval.answering import AnswerConfig, FrameConfig, FramePlanner, QuestionRef, answer_questions  # noqa: E402
-from tspo_eval.backbones import VideoQuery  # noqa: E402
-from tspo_eval.selections import Selection, SelectionSet  # noqa: E402
-from tspo_eval.video import probe, read_frames  # noqa: E402
+from tspo_eval.answering import (
+    AnswerConfig,
+    FrameConfig,
+    FramePlanner,
+    QuestionRef,
+    answer_questions,
+)
+from tspo_eval.backbones import VideoQuery
+from tspo_eval.selections import Selection, SelectionSet
+from tspo_eval.video import probe, read_frames
 
 
-def build_backbone(kind: str, size: str, device: str, dtype: torch.dtype):
+def build_backbone(kind: str, size: str, device: str, dtype: torch.dtype, attn: str | None):
     if kind == "llava_video":
         from tspo_eval.backbones.llava_video import random_llava_video
 
-        return random_llava_video(size, dtype=dtype, device=device)
+        return random_llava_video(size, dtype=dtype, device=device, attn_implementation=attn)
     from tspo_eval.backbones.qwen_vl import random_qwen_vl
 
-    return random_qwen_vl(size, dtype=dtype, device=device)
+    return random_qwen_vl(size, dtype=dtype, device=device, attn_implementation=attn)
 
 
 def make_questions(videos: list[Path], per_video: int, k: int, overlap: float, seed: int
@@ -110,7 +116,8 @@ def main() -> None:
     ap.add_argument("--per-video", type=int, default=3, help="questions per video (VideoMME: 3)")
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--overlap", type=float, default=0.5, help="share of a question's frames common on its video")
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[4], help="ours is run once per value")
+    ap.add_argument("--attn", default=None, help="attention implementation (default: the backbone's)")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_answer")
     ap.add_argument("--out", type=Path)
@@ -121,23 +128,25 @@ def main() -> None:
     refs, sset = make_questions(videos, a.per_video, a.k, a.overlap, seed=0)
     sel_path = sset.save(a.workdir / "selections.json")
     dtype = torch.bfloat16 if a.device.startswith("cuda") else torch.float32
-    backbone = build_backbone(a.backbone, a.size, a.device, dtype)
+    backbone = build_backbone(a.backbone, a.size, a.device, dtype, a.attn)
 
     warm = refs[:1]
     published(warm, sset, backbone, a.max_new_tokens)  # warm-up (kernels, allocator)
     base = published(refs, sset, backbone, a.max_new_tokens)
-    mine = ours(refs, sel_path, backbone, a.batch_size, a.max_new_tokens)
-    result = {"backbone": a.backbone, "size": a.size, "device": a.device, "dtype": str(dtype),
+    runs = {"published": base}
+    for bs in a.batch_size:
+        mine = ours(refs, sel_path, backbone, bs, a.max_new_tokens)
+        mine["speedup"] = mine["questions_per_s"] / base["questions_per_s"]
+        runs[f"ours_batch{bs}"] = mine
+    result = {"backbone": a.backbone, "size": a.size, "device": a.device, "dtype": str(dtype), "attn": a.attn,
               "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor(),
               "videos": a.videos, "minutes": a.minutes, "questions_per_video": a.per_video, "k": a.k,
-              "overlap": a.overlap, "batch_size": a.batch_size, "max_new_tokens": a.max_new_tokens,
-              "published": base, "ours": mine, "speedup": mine["questions_per_s"] / base["questions_per_s"],
+              "overlap": a.overlap, "max_new_tokens": a.max_new_tokens, "runs": runs,
               "command": " ".join(sys.argv)}
-    for name in ("published", "ours"):
-        r = result[name]
+    for name, r in runs.items():
         phases = "  ".join(f"{k} {v:.3f}" for k, v in sorted(r["phase_s_per_question"].items()))
-        print(f"{name:10s} {r['s_per_question']:.3f} s/question  ({phases})")
-    print(f"speedup (questions/s): {result['speedup']:.2f}x")
+        ratio = f"  {r['speedup']:.2f}x" if "speedup" in r else ""
+        print(f"{name:14s} {r['s_per_question']:.3f} s/question{ratio}  ({phases})")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=1))

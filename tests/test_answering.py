@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from tspo_eval.answering import AnswerConfig, FrameConfig, FramePlanner, QuestionRef, answer_questions
+from tspo_eval.answering import (
+    AnswerConfig,
+    FrameConfig,
+    FramePlanner,
+    QuestionRef,
+    answer_questions,
+)
 from tspo_eval.backbones import Backbone, VideoQuery
 from tspo_eval.selections import Selection, SelectionSet
 from tspo_eval.synthetic import read_frame_number
@@ -125,7 +131,7 @@ def test_missing_and_corrupt_videos_are_recorded_and_the_run_finishes(videos, tm
 
 
 def test_questions_on_one_video_decode_each_frame_once(videos, monkeypatch):
-    import tspo_eval.answering as answering
+    from tspo_eval import answering
 
     decoded: list[int] = []
     real = answering.read_frames

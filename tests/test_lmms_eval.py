@@ -39,9 +39,9 @@ def selections(mini_benchmarks, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("selections")
     agent = random_agent("clip-tiny")
-    for benchmark, (annotations, videos) in mini_benchmarks.items():
-        questions = (load_benchmark(benchmark, annotations) if annotations.suffix == ".tsv"
-                     else load_benchmark(benchmark, annotation_path=annotations))
+    for benchmark, (annotation_file, videos) in mini_benchmarks.items():
+        questions = (load_benchmark(benchmark, annotation_file) if annotation_file.suffix == ".tsv"
+                     else load_benchmark(benchmark, annotation_path=annotation_file))
         result = select_benchmark(questions, videos, agent.encoder, FeatureCache(folder / "cache"),
                                   SelectConfig(method="tspo", k=4), agent=agent, progress=False)
         assert not result.failed
@@ -56,13 +56,13 @@ def run_lmms_eval(model: str, model_args: str, tasks: list[str], out: Path, env_
     cmd = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args,
            "--tasks", ",".join(tasks), "--include_path", str(REPO / "tasks"), "--batch_size", "2",
            "--output_path", str(out), "--device", "cpu"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
 def _env(mini_benchmarks) -> dict[str, str]:
     env = {}
-    for benchmark, (annotations, videos) in mini_benchmarks.items():
-        env[f"TSPO_{benchmark.upper()}_ANNOTATIONS"] = str(annotations)
+    for benchmark, (annotation_file, videos) in mini_benchmarks.items():
+        env[f"TSPO_{benchmark.upper()}_ANNOTATIONS"] = str(annotation_file)
         env[f"TSPO_{benchmark.upper()}_VIDEOS"] = str(videos)
     return env
 
@@ -100,7 +100,7 @@ def test_missing_video_is_recorded_and_the_run_finishes(checkpoints, mini_benchm
     annotations, videos = mini_benchmarks["lvbench"]
     partial = tmp_path / "videos"
     shutil.copytree(videos, partial)
-    gone = sorted(partial.glob("*.mp4"))[0]
+    gone = min(partial.glob("*.mp4"))
     gone.unlink()
     record = tmp_path / "answers.jsonl"
     env = {"TSPO_LVBENCH_ANNOTATIONS": str(annotations), "TSPO_LVBENCH_VIDEOS": str(partial)}
@@ -123,7 +123,7 @@ def test_unknown_model_arg_names_the_valid_ones(checkpoints, mini_benchmarks, tm
 
 
 def test_model_args_are_validated_per_backbone():
-    from tspo_eval.integrations.lmms_eval import parse_model_args
+    from tspo_eval.integrations.models import parse_model_args
 
     args = parse_model_args("qwen_2_5_vl_uniform", {"k": "32", "max_pixels": 1000, "official": "true"})
     assert (args.k, args.max_pixels, args.official, args.method) == (32, 1000, True, "uniform")
@@ -160,7 +160,7 @@ def test_two_process_launch_shares_the_questions(checkpoints, mini_benchmarks, t
            "--model_args", f"pretrained={checkpoints['llava_vid_tspo']},k=4,record={record},dtype=float32",
            "--tasks", TASKS["videomme"], "--include_path", str(REPO / "tasks"), "--batch_size", "1",
            "--output_path", str(tmp_path / "out")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     shares = [[json.loads(line)["index"] for line in (tmp_path / "records" / f"answers.jsonl.rank{r}").read_text().splitlines()]
               for r in (0, 1)]

@@ -6,7 +6,6 @@ VLMEvalKit's messages and TSVs are written here as its code writes them (`build_
 published annotation records; truths are the records' own ids and the published TSVs."""
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import subprocess
@@ -296,7 +295,6 @@ def test_convert_command_writes_both_layouts(official_dir, tmp_path):
     from tspo_eval.cli import build_parser
 
     parser = build_parser()
-    tv.add_commands(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)))
     ns = parser.parse_args(["vlmeval", "convert", "--dataset", "Video-MME", "--annotations",
                             str(official_dir / "videomme.json"), "--out", str(tmp_path / "Video-MME.tsv")])
     assert ns.run(ns) == 0

@@ -1,4 +1,4 @@
-"""`tspo-eval` command line: extract, select, inspect, quality, evaluate, demo.
+"""`tspo-eval` command line: extract, select, inspect, quality, evaluate, demo, training and VLMEvalKit.
 
 Options come from the stage config dataclasses (their field help is the flag's help), so a
 typo or a bad value fails before any video is decoded.
@@ -262,8 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline: generated benchmark -> extract -> select -> quality table + plots")
     add_config_args(p, DemoConfig)
     p.set_defaults(run=cmd_demo)
-    from .training.cli import add_commands
-    add_commands(sub)
+
+    from .integrations.vlmeval import add_commands as add_vlmeval_commands
+    from .training.cli import add_commands as add_training_commands
+
+    add_training_commands(sub)
+    add_vlmeval_commands(sub)
     return parser
 
 

@@ -13,86 +13,9 @@ changes the frame method, so a comparison differs in nothing but frame choice.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from typing import Any
 
-BACKBONE_OPTIONS = {
-    "llava_video": ("conv_template",),
-    "qwen2_5_vl": ("min_pixels", "max_pixels", "time_encoding"),
-}
-# The published evaluation scripts (evaluation/*llava_video.sh) run LLaVA-Video with
-# conv_template=chatml_direct, for uniform and TSPO alike; the backbone's own default is qwen_1_5.
-BACKBONE_DEFAULTS = {"llava_video": {"conv_template": "chatml_direct"}, "qwen2_5_vl": {}}
-
-
-@dataclass(frozen=True)
-class Flavour:
-    """What distinguishes one registered model name: its backbone and default frame method."""
-
-    backbone: str
-    pretrained: str
-    method: str
-
-
-FLAVOURS = {
-    "llava_vid_tspo": Flavour("llava_video", "lmms-lab/LLaVA-Video-7B-Qwen2", "tspo"),
-    "llava_vid_uniform": Flavour("llava_video", "lmms-lab/LLaVA-Video-7B-Qwen2", "uniform"),
-    "qwen_2_5_vl_tspo": Flavour("qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct", "tspo"),
-    "qwen_2_5_vl_uniform": Flavour("qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct", "uniform"),
-}
-
-
-@dataclass
-class ModelArgs:
-    """`--model_args` of every tspo-eval model (backbone options only where they apply)."""
-
-    pretrained: str | None = field(default=None, metadata={"help": "backbone directory or hub id"})
-    agent: str = field(default="hzf666/TSPO-0.4B", metadata={"help": "TSPO-0.4B directory / hub id / random:<config>"})
-    method: str | None = field(default=None, metadata={"help": "frame method (default: the model name's)"})
-    k: int = field(default=64, metadata={"help": "frames per question"})
-    fps: float = field(default=1.0, metadata={"help": "candidate fps for computed selections"})
-    max_frames: int | None = field(default=None, metadata={"help": "candidate cap"})
-    selections: str | None = field(default=None, metadata={"help": "selections file or published frame_idx JSON"})
-    official: bool = field(default=False, metadata={"help": "published short-video fallback"})
-    cache_dir: str = field(default="feature_cache", metadata={"help": "feature cache root"})
-    dtype: str = field(default="bfloat16", metadata={"help": "backbone dtype"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa (default) / flash_attention_2"})
-    record: str | None = field(default=None, metadata={"help": "JSONL of every answer with its frames"})
-    decode_workers: int = field(default=4, metadata={"help": "frame decoding threads"})
-    prefetch: int = field(default=8, metadata={"help": "questions decoded ahead"})
-    conv_template: str | None = field(default=None, metadata={"help": "LLaVA-Video: qwen_1_5 / chatml_direct"})
-    min_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL min pixels per frame"})
-    max_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL max pixels per frame"})
-    time_encoding: str | None = field(default=None, metadata={"help": "Qwen2.5-VL: real / mean / none"})
-
-
-def _coerce(value: Any, default: Any) -> Any:
-    """lmms-eval passes `--model_args` values as parsed scalars; None-defaulted ones stay as given."""
-    if isinstance(default, bool) and isinstance(value, str):
-        return value.lower() in ("1", "true", "yes")
-    if isinstance(default, int) and not isinstance(default, bool) and value is not None:
-        return int(value)
-    if isinstance(default, float) and value is not None:
-        return float(value)
-    return value
-
-
-def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
-    """Validated `ModelArgs`; an unknown or inapplicable key is an error naming the valid ones."""
-    flavour = FLAVOURS[model_name]
-    foreign = {o for kind, opts in BACKBONE_OPTIONS.items() if kind != flavour.backbone for o in opts}
-    valid = sorted(f.name for f in fields(ModelArgs) if f.name not in foreign)
-    unknown = sorted(set(raw) - set(valid))
-    if unknown:
-        raise ValueError(f"{model_name}: unknown model_args {', '.join(unknown)}; valid: {', '.join(valid)}")
-    defaults = ModelArgs()
-    args = ModelArgs(**{k: _coerce(v, getattr(defaults, k)) for k, v in raw.items()})
-    args.pretrained = args.pretrained or flavour.pretrained
-    args.method = args.method or flavour.method
-    for option, value in BACKBONE_DEFAULTS[flavour.backbone].items():
-        if getattr(args, option) is None:
-            setattr(args, option, value)
-    return args
+from .models import FLAVOURS, parse_model_args
 
 
 def question_ref(doc: dict, context: str, doc_to_visual, fallback_index: str):
@@ -123,27 +46,15 @@ def model_class(model_name: str) -> type:
             super().__init__()
             import torch
 
-            from ..answering import AnswerConfig, FrameConfig, FramePlanner
-            from ..backbones import load_backbone
-            from ..cache import FeatureCache
             from ..distributed import local_device
+            from .models import build_answering
 
             self.args = parse_model_args(model_name, model_args)
             # lmms-eval passes cuda:0 by default; each rank takes its own GPU (CPU when there is none)
             self._device = torch.device(device) if device == "cpu" else local_device()
             self.batch_size_per_gpu = int(batch_size) if str(batch_size) != "auto" else 1
-            options = {o: getattr(self.args, o) for o in BACKBONE_OPTIONS[FLAVOURS[model_name].backbone]
-                       if getattr(self.args, o) is not None}
-            self.backbone = load_backbone(FLAVOURS[model_name].backbone, self.args.pretrained,
-                                          dtype=self.args.dtype, device=self._device,
-                                          attn_implementation=self.args.attn_implementation, **options)
-            frames = FrameConfig(method=self.args.method, k=self.args.k, fps=self.args.fps,
-                                 max_frames=self.args.max_frames, selections=self.args.selections,
-                                 official=self.args.official)
-            self.planner = FramePlanner(frames, agent=self.args.agent, cache=FeatureCache(self.args.cache_dir),
-                                        device=self._device, dtype=self.backbone.dtype)
-            self.answer_cfg = AnswerConfig(batch_size=self.batch_size_per_gpu, decode_workers=self.args.decode_workers,
-                                           prefetch=self.args.prefetch)
+            self.backbone, self.planner, self.answer_cfg = build_answering(model_name, self.args, self._device,
+                                                                           self.batch_size_per_gpu)
 
         @property
         def device(self):

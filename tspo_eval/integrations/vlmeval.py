@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..benchmarks import Question, get_benchmark
-from .lmms_eval import BACKBONE_OPTIONS, FLAVOURS, ModelArgs, parse_model_args
+from .models import FLAVOURS, ModelArgs, build_answering, parse_model_args
 from .vlmeval_tsv import DATASETS, QuestionIndex, load_registry
 
 if TYPE_CHECKING:
@@ -156,21 +156,8 @@ class MessageAnswerer:
     @classmethod
     def from_args(cls, model_name: str, raw: Mapping[str, Any]) -> MessageAnswerer:
         """Backbone, frame planner and settings from model arguments (as the lmms-eval adapter builds them)."""
-        from ..answering import AnswerConfig, FrameConfig, FramePlanner
-        from ..backbones import load_backbone
-        from ..cache import FeatureCache
-
         args, extra = parse_args(model_name, raw)
-        kind = FLAVOURS[model_name].backbone
-        frames = FrameConfig(method=args.method, k=args.k, fps=args.fps, max_frames=args.max_frames,
-                             selections=args.selections, official=args.official)
-        device = rank_device()
-        options = {o: getattr(args, o) for o in BACKBONE_OPTIONS[kind] if getattr(args, o) is not None}
-        backbone = load_backbone(kind, args.pretrained, dtype=args.dtype, device=device,
-                                 attn_implementation=args.attn_implementation, **options)
-        planner = FramePlanner(frames, agent=args.agent, cache=FeatureCache(args.cache_dir), device=device,
-                               dtype=backbone.dtype)
-        answer_cfg = AnswerConfig(batch_size=1, decode_workers=args.decode_workers, prefetch=args.prefetch)
+        backbone, planner, answer_cfg = build_answering(model_name, args, rank_device())
         return cls(backbone, planner, answer_cfg, extra.questions, args.record, extra.max_new_tokens)
 
     def index(self, benchmark: str) -> QuestionIndex | None:

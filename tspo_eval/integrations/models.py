@@ -1,0 +1,105 @@
+"""The model names both framework adapters expose, their arguments, and how they are built.
+
+A name fixes the backbone and the default frame method (`*_uniform` models differ from
+`*_tspo` only in the frames); everything else is a validated `ModelArgs` field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+BACKBONE_OPTIONS = {
+    "llava_video": ("conv_template",),
+    "qwen2_5_vl": ("min_pixels", "max_pixels", "time_encoding"),
+}
+# The published evaluation scripts (evaluation/*llava_video.sh) run LLaVA-Video with
+# conv_template=chatml_direct, for uniform and TSPO alike; the backbone's own default is qwen_1_5.
+BACKBONE_DEFAULTS = {"llava_video": {"conv_template": "chatml_direct"}, "qwen2_5_vl": {}}
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """What distinguishes one registered model name: its backbone and default frame method."""
+
+    backbone: str
+    pretrained: str
+    method: str
+
+
+FLAVOURS = {
+    "llava_vid_tspo": Flavour("llava_video", "lmms-lab/LLaVA-Video-7B-Qwen2", "tspo"),
+    "llava_vid_uniform": Flavour("llava_video", "lmms-lab/LLaVA-Video-7B-Qwen2", "uniform"),
+    "qwen_2_5_vl_tspo": Flavour("qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct", "tspo"),
+    "qwen_2_5_vl_uniform": Flavour("qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct", "uniform"),
+}
+
+
+@dataclass
+class ModelArgs:
+    """`--model_args` of every tspo-eval model (backbone options only where they apply)."""
+
+    pretrained: str | None = field(default=None, metadata={"help": "backbone directory or hub id"})
+    agent: str = field(default="hzf666/TSPO-0.4B", metadata={"help": "TSPO-0.4B directory / hub id / random:<config>"})
+    method: str | None = field(default=None, metadata={"help": "frame method (default: the model name's)"})
+    k: int = field(default=64, metadata={"help": "frames per question"})
+    fps: float = field(default=1.0, metadata={"help": "candidate fps for computed selections"})
+    max_frames: int | None = field(default=None, metadata={"help": "candidate cap"})
+    selections: str | None = field(default=None, metadata={"help": "selections file or published frame_idx JSON"})
+    official: bool = field(default=False, metadata={"help": "published short-video fallback"})
+    cache_dir: str = field(default="feature_cache", metadata={"help": "feature cache root"})
+    dtype: str = field(default="bfloat16", metadata={"help": "backbone dtype"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa (default) / flash_attention_2"})
+    record: str | None = field(default=None, metadata={"help": "JSONL of every answer with its frames"})
+    decode_workers: int = field(default=4, metadata={"help": "frame decoding threads"})
+    prefetch: int = field(default=8, metadata={"help": "questions decoded ahead"})
+    conv_template: str | None = field(default=None, metadata={"help": "LLaVA-Video: qwen_1_5 / chatml_direct"})
+    min_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL min pixels per frame"})
+    max_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL max pixels per frame"})
+    time_encoding: str | None = field(default=None, metadata={"help": "Qwen2.5-VL: real / mean / none"})
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    """lmms-eval passes `--model_args` values as parsed scalars; None-defaulted ones stay as given."""
+    if isinstance(default, bool) and isinstance(value, str):
+        return value.lower() in ("1", "true", "yes")
+    if isinstance(default, int) and not isinstance(default, bool) and value is not None:
+        return int(value)
+    if isinstance(default, float) and value is not None:
+        return float(value)
+    return value
+
+
+def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
+    """Validated `ModelArgs`; an unknown or inapplicable key is an error naming the valid ones."""
+    flavour = FLAVOURS[model_name]
+    foreign = {o for kind, opts in BACKBONE_OPTIONS.items() if kind != flavour.backbone for o in opts}
+    valid = sorted(f.name for f in fields(ModelArgs) if f.name not in foreign)
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ValueError(f"{model_name}: unknown model_args {', '.join(unknown)}; valid: {', '.join(valid)}")
+    defaults = ModelArgs()
+    args = ModelArgs(**{k: _coerce(v, getattr(defaults, k)) for k, v in raw.items()})
+    args.pretrained = args.pretrained or flavour.pretrained
+    args.method = args.method or flavour.method
+    for option, value in BACKBONE_DEFAULTS[flavour.backbone].items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
+    return args
+
+
+def build_answering(model_name: str, args: ModelArgs, device, batch_size: int = 1):
+    """(backbone, frame planner, answer settings) for one model name: the whole answering pipeline."""
+    from ..answering import AnswerConfig, FrameConfig, FramePlanner
+    from ..backbones import load_backbone
+    from ..cache import FeatureCache
+
+    kind = FLAVOURS[model_name].backbone
+    options = {o: getattr(args, o) for o in BACKBONE_OPTIONS[kind] if getattr(args, o) is not None}
+    backbone = load_backbone(kind, args.pretrained, dtype=args.dtype, device=device,
+                             attn_implementation=args.attn_implementation, **options)
+    frames = FrameConfig(method=args.method, k=args.k, fps=args.fps, max_frames=args.max_frames,
+                         selections=args.selections, official=args.official)
+    planner = FramePlanner(frames, agent=args.agent, cache=FeatureCache(args.cache_dir), device=device,
+                           dtype=backbone.dtype)
+    answer_cfg = AnswerConfig(batch_size=batch_size, decode_workers=args.decode_workers, prefetch=args.prefetch)
+    return backbone, planner, answer_cfg
