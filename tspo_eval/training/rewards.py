@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import scoring
 from .data import Sample
 
 
@@ -66,12 +67,11 @@ def answer_content(text: str) -> str:
 def parse_option_letter(text: str, num_options: int = 5) -> str | None:
     """The first option letter standing alone (not inside a word) in the answer, upper case.
 
-    "B", "(B)", "B. cat", "The answer is B" -> "B"; letters past the option count are
-    skipped (with the published default of five options, A-E).
+    "B", "(B)", "B. cat", "The answer is b" -> "B"; letters past the option count are
+    skipped (with the published default of five options, A-E). Case-insensitive, since
+    TSPO-10K solutions are lower case; otherwise `scoring.parse_option_letter`.
     """
-    letters = string.ascii_lowercase[:max(1, num_options)]
-    match = re.search(rf"(?<![a-z])[{letters}](?![a-z])", answer_content(text).lower())
-    return match.group(0).upper() if match else None
+    return scoring.parse_option_letter(answer_content(text).upper(), max(1, num_options))
 
 
 def normalize_answer(text: str) -> str:
