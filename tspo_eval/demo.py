@@ -45,6 +45,9 @@ class DemoConfig:
     needle: float = field(default=3.0, metadata={"help": "seconds the asked-about segment lasts"})
     k: int = field(default=16, metadata={"help": "frames per question (TSPO demos: 16)"})
     seed: int = field(default=0, metadata={"help": "random seed of the generated benchmark"})
+    trained_agent: str = field(default="toy_out/agent", metadata={
+        "help": "an agent trained by `tspo-eval toy --task demo`; when the folder exists its selections "
+                "join the table as `tspo-trained`"})
 
 
 def _video_frames(rng: np.random.Generator, n_frames: int, fps: float, needle: tuple[int, int],
@@ -121,6 +124,13 @@ def run_demo(cfg: DemoConfig) -> pd.DataFrame:
                                         SelectConfig(method=method, k=cfg.k, params=params),
                                         extract_cfg, agent=agent, progress=False)
         runs[method].save(out / "selections" / f"{method}.json")
+    if Path(cfg.trained_agent).is_dir():
+        trained = load_agent(cfg.trained_agent)
+        print(f"adding the trained agent in {cfg.trained_agent} as tspo-trained")
+        runs["tspo-trained"] = select_benchmark(questions, videos, trained.encoder, cache,
+                                                SelectConfig(method="tspo", k=cfg.k), extract_cfg, agent=trained,
+                                                progress=False)
+        runs["tspo-trained"].save(out / "selections" / "tspo-trained.json")
     table = quality_table(runs, questions)
     (out / "quality.txt").write_text(table.to_string(float_format=lambda x: f"{x:.3f}") + "\n")
     table.to_csv(out / "quality.csv")
