@@ -45,8 +45,8 @@ class DemoConfig:
     needle: float = field(default=3.0, metadata={"help": "seconds the asked-about segment lasts"})
     k: int = field(default=16, metadata={"help": "frames per question (TSPO demos: 16)"})
     seed: int = field(default=0, metadata={"help": "random seed of the generated benchmark"})
-    trained_agent: str = field(default="toy_out/agent", metadata={
-        "help": "an agent trained by `tspo-eval toy --task demo`; when the folder exists its selections "
+    trained_agent: str = field(default="toy_demo/agent", metadata={
+        "help": "an agent trained by `tspo-eval toy --task demo --out toy_demo`; when the folder exists its selections "
                 "join the table as `tspo-trained`"})
 
 
