@@ -5,7 +5,8 @@ documents, prompts and scoring live in `benchmarks.docs` and `scoring`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def task_hooks(benchmark: str, random_fallback_seed: int = 0) -> dict[str, Callable[..., Any]]:
