@@ -1,18 +1,29 @@
 """Speed of feature extraction: ours against the published pipeline, in one run.
 
-Measures, on generated videos of several lengths (CLIP ViT-L/14 at full size, random
-weights):
-  decode   candidate frames/s: our streamed, threaded decord batches vs one single-threaded
-           get_batch of every candidate (the published loader)
-  encode   frames/s: the bare model on ready pixels (the ceiling), our path (uint8 frames ->
-           torch preprocessing on the device -> model), and the published path (per-frame
-           PIL + CLIPProcessor -> model)
-  extract  end to end, video-seconds per wall-second: `extract_videos` (prefetching decode
-           threads, per-video cache) vs the published loop (decode all candidates, PIL +
-           CLIPProcessor, one batch, a pickled cache file per question)
-  memory   peak RSS and peak GPU memory of each end-to-end run, per video length, each in a
-           fresh process (flat in video length = streaming works)
-Prints a table and writes JSON (medians of --repeats runs; e2e runs once per video).
+Measures, on generated videos (CLIP ViT-L/14 at full size, random weights):
+  decode    candidate frames/s of the extraction's decoder per [backend:]segments x threads,
+            with and without scaling in the decoder, vs one single-threaded get_batch of
+            every candidate (the published loader), on the shortest video and on a 720p
+            one; and k single-threaded readers as threads vs as processes (does it scale?)
+  encode    frames/s of the bare model on ready pixels under execution variants (--variants:
+            eager sdpa, cuDNN attention first, torch.compile with a dynamic batch (what the
+            encoder uses) or static with/without CUDA graphs, max-autotune), and of the full
+            uint8 -> features paths: ours (pinned batches, GPU preprocessing, eager and
+            compiled) and the published one (a PIL image per frame + CLIPImageProcessor,
+            one get_image_features call)
+  accuracy  relative feature error against an fp32 model fed the published preprocessing:
+            bf16, compiled, decode-time resize
+  extract   end to end in two warm processes (model loaded and run once on a short video
+            first, as in a real benchmark run; that start-up, the compile included, is
+            reported apart): ours = decode + encode + cache write once per video (+ one text
+            encoding per question), as three passes: compiled, compiled + decode_resize,
+            eager (the default); published = for EVERY question: decode all candidates
+            single-threaded, PIL + CLIPProcessor, one batch, text features, a pickled file
+            per question. Ratios are given at each benchmark's real questions per video
+            (from the published TSVs), per video and for all videos in one run.
+  memory    peak RSS and GPU memory per video length (flat in length = streaming works)
+
+Prints a table and writes JSON (medians of --repeats runs).
 
     python scripts/bench_extract.py --device cuda --minutes 10 30 --out benchmarks/extract_h200.json
 """
@@ -28,41 +39,57 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 from tspo_eval.agent import random_agent  # noqa: E402
 from tspo_eval.cache import FeatureCache  # noqa: E402
-from tspo_eval.extract import ExtractConfig, extract_videos  # noqa: E402
+from tspo_eval.encoders import HFClipEncoder, clip_resize_shape, compile_batched  # noqa: E402
+from tspo_eval.extract import ExtractConfig, _Decoder, extract_videos  # noqa: E402
 from tspo_eval.synthetic import write_video  # noqa: E402
-from tspo_eval.video import iter_frames, sample_candidates  # noqa: E402
+from tspo_eval.video import iter_frames, probe, sample_candidates  # noqa: E402
+
+QUESTION = "What is the man in the red jacket holding when the crowd starts to cheer?"
+BENCHMARKS = ("LongVideoBench", "MLVU", "VideoMME", "LVBench")
+OFFICIAL = REPO.parent / "shared" / "data" / "official"
+
+
+def texture(n: int, size: tuple[int, int], seed: int = 0) -> Callable[[int], np.ndarray]:
+    """Frame i of a drifting texture with a new base colour every `n` frames (cheap to make,
+    costs real decoding): frames are slices of one array."""
+    h, w = size
+    period = 107
+    yy, xx = np.mgrid[0:h, 0:w + period]
+    pattern = ((np.sin(2 * np.pi * xx / period) + np.cos(yy / 23.0)) * 40).astype(np.int16)
+    rng = np.random.default_rng(seed)
+    state: dict = {}
+
+    def frame(i: int) -> np.ndarray:
+        if i // n != state.get("scene"):
+            state["scene"] = i // n
+            state["img"] = np.clip(rng.integers(40, 215, size=3).astype(np.int16) + pattern[..., None],
+                                   0, 255).astype(np.uint8)
+        shift = (i * 2) % period
+        return np.ascontiguousarray(state["img"][:, shift:shift + w])
+
+    return frame
 
 
 def make_video(path: Path, minutes: float, fps: float = 25.0, size: tuple[int, int] = (270, 480)) -> Path:
-    """A textured video (a drifting pattern, scene changes every ~10 s) that costs real decoding."""
-    if path.exists():
-        return path
-    h, w = size
-    period = 107  # the pattern repeats every `period` px horizontally: frames are slices of one array
-    yy, xx = np.mgrid[0:h, 0:w + period]
-    pattern = ((np.sin(2 * np.pi * xx / period) + np.cos(yy / 23.0)) * 40).astype(np.int16)
-    rng = np.random.default_rng(0)
-
-    def frames():
-        for i in range(int(minutes * 60 * fps)):
-            if i % int(10 * fps) == 0:
-                base = rng.integers(40, 215, size=3).astype(np.int16)
-                textured = np.clip(base + pattern[..., None], 0, 255).astype(np.uint8)
-            shift = (i * 2) % period
-            yield np.ascontiguousarray(textured[:, shift:shift + w])
-
-    return write_video(path, frames(), fps, crf=23)
+    """A textured video, a scene change every 10 s."""
+    if not path.exists():
+        frame = texture(int(10 * fps), size)
+        write_video(path, (frame(i) for i in range(int(minutes * 60 * fps))), fps, crf=23)
+    return path
 
 
-def timed(fn, repeats: int, sync: bool) -> float:
+def timed(fn: Callable[[], object], repeats: int, sync: bool) -> float:
     """Median seconds of `repeats` calls (after one warm-up)."""
     fn()
     times = []
@@ -77,91 +104,353 @@ def timed(fn, repeats: int, sync: bool) -> float:
     return statistics.median(times)
 
 
-def naive_encode(agent, processor, frames: np.ndarray) -> torch.Tensor:
-    """The published path: a PIL image per frame, CLIPProcessor, one get_image_features call."""
-    from PIL import Image
-
-    images = [Image.fromarray(f) for f in frames]
-    pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(agent.device, agent.dtype)
-    with torch.no_grad():
-        out = agent.get_image_features(pixel_values=pixels)
+def pooled(out: object) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def naive_extract(agent, processor, path: Path, cache_dir: Path, questions: int = 1) -> None:
-    """Published pipeline for one video: whole-video decode, one batch, per-question pickles."""
+# ------------------------------------------------------------------------------------ published
+def published_frames(path: Path) -> np.ndarray:
+    """The published `load_video`: one single-threaded reader, every round(avg_fps)-th frame, one get_batch."""
     import decord
 
-    cands = sample_candidates(path, backend="decord")
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    frames = vr.get_batch(cands.frame_numbers.tolist()).asnumpy()
-    features = naive_encode(agent, processor, frames)
-    for q in range(questions):
-        torch.save({"image": features.cpu(), "sampled_idx": cands.frame_numbers}, cache_dir / f"{path.stem}_{q}.pth")
+    step = round(vr.get_avg_fps() / 1)
+    return vr.get_batch(list(range(0, len(vr), step))).asnumpy()
 
 
-def measure_encode(args: argparse.Namespace, video: Path, cands: np.ndarray, device: torch.device,
-                   dtype: torch.dtype) -> dict:
-    """Frames/s of the bare model, our encode path and the published PIL + CLIPProcessor path."""
+def published_image_features(agent, processor, frames: np.ndarray) -> torch.Tensor:
+    """The published `extract_feature` image half: a PIL image per frame, CLIPProcessor, one batch."""
+    from PIL import Image
+
+    pixels = processor(images=[Image.fromarray(f) for f in frames], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        return pooled(agent.get_image_features(pixel_values=pixels.to(agent.device, agent.dtype)))
+
+
+def published_question(agent, processor, path: Path, cache_dir: Path, index: int) -> None:
+    """What the published pipeline does for ONE question: everything, then a pickle per question."""
+    frames = published_frames(path)
+    tokens = agent.tokenizer([QUESTION], padding=True, truncation=True, return_tensors="pt").to(agent.device)
+    with torch.no_grad():
+        text = pooled(agent.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
+    image = published_image_features(agent, processor, frames)
+    scores = torch.nn.functional.cosine_similarity(text, image, dim=-1)
+    torch.save({"image": image.cpu(), "text": text.cpu(), "clip_scores": scores.cpu(),
+                "sampled_idx": torch.arange(len(frames))}, cache_dir / f"{index}.pth")
+
+
+# ------------------------------------------------------------------------------------ decode
+def measure_decode(args: argparse.Namespace, video: Path, image_size: int) -> dict:
+    """Candidates/s of the extraction decoder per (backend, segments, threads, decode_resize) and of
+    the published loader."""
+    rows = []
+    for backend, segments, threads in args.decode_configs:
+        for resize in (False, True):
+            cfg = ExtractConfig(batch_size=args.batch_size, segments=segments, decode_threads=threads,
+                                backend=backend)
+            count: list[int] = []
+
+            def run() -> None:
+                items = _Decoder(str(video), cfg, image_size if resize else None).items()
+                next(items)
+                count.append(sum(len(b) for b in items))
+
+            seconds = timed(run, args.repeats, False)
+            rows.append({"backend": backend, "segments": segments, "decode_threads": threads,
+                         "decode_resize": resize, "fps": count[-1] / seconds})
+            print("decode", video.name, rows[-1], flush=True)
+    n = len(published_frames(video))
+    published = timed(lambda: published_frames(video), args.repeats, False)
+    return {"video": video.name, "candidates": n, "published_fps": n / published, "ours": rows}
+
+
+def _decode_share(path: str, frame_numbers: np.ndarray) -> int:
+    return sum(len(b) for b in iter_frames(path, frame_numbers, 64, "decord", 1))
+
+
+def decode_scaling(video: Path, repeats: int = 1) -> dict:
+    """Candidates/s of k single-threaded decord readers on k shares, as threads of one process
+    and as k processes: whether decoding scales with readers, and what stops it."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    frames = sample_candidates(video).frame_numbers
+    out = {}
+    for k in (4, 8, 16):
+        shares = np.array_split(frames, k)
+        for kind, pool in (("threads", ThreadPoolExecutor), ("processes", ProcessPoolExecutor)):
+            with pool(k) as ex:
+                list(ex.map(int, range(k)))  # start the workers before timing
+                seconds = timed(lambda: list(ex.map(_decode_share, [str(video)] * k, shares)), repeats, False)
+            out[f"{kind}x{k}"] = len(frames) / seconds
+    print("decode scaling", video.name, out, flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------ encode
+def measure_attention(device: torch.device, batch: int, repeats: int) -> dict:
+    """One ViT-L attention call, (batch, 16 heads, 257 tokens, 64) bf16, per sdpa backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(batch, 16, 257, 64, device=device, dtype=torch.bfloat16) for _ in range(3))
+    out = {}
+    for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        try:
+            with sdpa_kernel(getattr(SDPBackend, name)):
+                out[name] = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                                  repeats, True) * 1e3
+        except RuntimeError as err:
+            out[name] = f"unavailable: {str(err)[:80]}"
+    return {"ms_per_call": out, "shape": [batch, 16, 257, 64]}
+
+
+def bare_variants(args: argparse.Namespace, agent, device: torch.device, dtype: torch.dtype,
+                  names: list[str]) -> dict:
+    """Frames/s of the bare model on ready pixels under each execution variant, and the seconds
+    its first call took (the compile)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cudnn_first = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                   SDPBackend.MATH]
+
+    def model(px: torch.Tensor) -> torch.Tensor:
+        return pooled(agent.get_image_features(pixel_values=px))
+
+    def with_cudnn(fn: Callable) -> Callable:
+        def run(px: torch.Tensor) -> torch.Tensor:
+            with sdpa_kernel(cudnn_first, set_priority=True):
+                return fn(px)
+        return run
+
+    makers: dict[str, Callable[[], Callable]] = {
+        "eager": lambda: model,
+        "eager+cudnn-attention": lambda: with_cudnn(model),
+        "compile-dynamic-batch": lambda: compile_batched(model),  # what HFClipEncoder.compile uses
+        "compile-static": lambda: torch.compile(model, fullgraph=True, dynamic=False),
+        "compile-static+cudagraphs": lambda: torch.compile(model, mode="reduce-overhead", fullgraph=True,
+                                                           dynamic=False),
+        "compile-static+cudnn-attention": lambda: with_cudnn(torch.compile(model, fullgraph=True, dynamic=False)),
+        "compile-max-autotune": lambda: torch.compile(model, mode="max-autotune-no-cudagraphs", fullgraph=True,
+                                                      dynamic=False),
+    }
+    cuda = device.type == "cuda"
+    gflop = 162.0 if args.clip == "clip-vit-l-14" else float("nan")
+    out = {}
+    for spec in names:  # NAME@BATCH,BATCH,...
+        name, _, sizes = spec.partition("@")
+        torch._dynamo.reset()  # each variant compiles afresh (the on-disk caches stay)
+        fn = makers[name]()
+        for batch in map(int, (sizes or str(args.batch_size)).split(",")):
+            pixels = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
+            steps = max(1, args.encode_frames // batch)
+            try:
+                with torch.no_grad():
+                    t0 = time.perf_counter()
+                    fn(pixels)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    first = time.perf_counter() - t0
+
+                    def run() -> None:
+                        for _ in range(steps):
+                            fn(pixels)
+
+                    per_frame = timed(run, args.repeats, cuda) / (steps * batch)
+                out[f"{name}@{batch}"] = {"fps": 1 / per_frame, "tflops": gflop / 1000 / per_frame,
+                                          "first_call_s": first}
+            except Exception as err:  # a variant this torch cannot run is a result too
+                out[f"{name}@{batch}"] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+            print("bare", name, batch, out[f"{name}@{batch}"], flush=True)
+    return out
+
+
+def measure_encode(args: argparse.Namespace, agent, encoders: dict[str, HFClipEncoder],
+                   device: torch.device) -> dict:
+    """uint8 frames -> features on our path, eager and compiled (pinned batches, GPU preprocessing)."""
+    cuda = device.type == "cuda"
+    frame = texture(250, (270, 480))
+    frames = np.stack([frame(25 * i) for i in range(args.encode_frames)])
+    batches = [torch.from_numpy(frames[i:i + args.batch_size]) for i in range(0, len(frames), args.batch_size)]
+    if cuda:
+        batches = [b.pin_memory() for b in batches]  # as the extraction's decoder threads hand them over
+    n = len(frames)
+    results: dict = {"frames": n, "frame_size": [270, 480]}
+    for name, enc in encoders.items():
+        t0 = time.perf_counter()
+        enc.encode_frames(batches[0]).cpu()
+        first = time.perf_counter() - t0
+        seconds = timed(lambda: torch.cat([enc.encode_frames(b) for b in batches]).cpu(), args.repeats, cuda)
+        results[f"ours_{name}"] = {"fps": n / seconds, "first_call_s": first}
+        print("encode", name, results[f"ours_{name}"], flush=True)
+    if cuda:
+        results["attention"] = measure_attention(device, args.batch_size, args.repeats)
+    return results
+
+
+def measure_published_encode(args: argparse.Namespace, agent, device: torch.device) -> float:
+    """Frames/s of the published image path (run with the CPU cores free: it is CPU-bound)."""
     from transformers import CLIPImageProcessor
 
-    cuda = device.type == "cuda"
-    agent = random_agent(args.clip, torch_dtype=dtype, device=device)
-    frames = next(iter_frames(video, cands[: args.encode_frames], args.encode_frames, "decord"))
-    n = len(frames)
-    pixels = torch.randn(args.batch_size, 3, 224, 224, device=device, dtype=dtype)
-    steps = max(1, n // args.batch_size)
-
-    def bare():
-        with torch.no_grad():
-            for _ in range(steps):
-                agent.get_image_features(pixel_values=pixels)
-
-    bare_s = timed(bare, args.repeats, cuda) / (steps * args.batch_size)
-    ours_s = timed(lambda: [agent.encode_frames(frames[i:i + args.batch_size]) for i in range(0, n, args.batch_size)],
-                   args.repeats, cuda) / n
+    frame = texture(250, (270, 480))
+    frames = np.stack([frame(25 * i) for i in range(args.encode_frames)])
     processor = CLIPImageProcessor()
-    naive_s = timed(lambda: naive_encode(agent, processor, frames), max(1, args.repeats - 1), cuda) / n
-    gflop = 162.0 if args.clip == "clip-vit-l-14" else float("nan")
-    return {"frames": n, "bare_model_fps": 1 / bare_s, "ours_fps": 1 / ours_s, "published_fps": 1 / naive_s,
-            "ratio": naive_s / ours_s, "bare_tflops": gflop / 1000 / bare_s}
+    seconds = timed(lambda: published_image_features(agent, processor, frames), max(1, args.repeats - 1),
+                    device.type == "cuda")
+    print("encode published", len(frames) / seconds, flush=True)
+    return len(frames) / seconds
+
+
+def measure_accuracy(args: argparse.Namespace, agent, encoders: dict[str, HFClipEncoder], workdir: Path,
+                     device: torch.device) -> dict:
+    """Max relative L2 error of frame features against fp32 + the published preprocessing, on a
+    clip of distinct textured frames (one candidate each)."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    frame = texture(1, (270, 480), seed=1)
+    video = write_video(workdir / "accuracy.mp4", (frame(25 * i) for i in range(args.accuracy_frames)), 1.0, crf=23)
+    wanted = sample_candidates(video).frame_numbers
+    full = np.concatenate(list(iter_frames(video, wanted, 64)))
+    small = np.concatenate(list(iter_frames(video, wanted, 64, size=clip_resize_shape(270, 480, 224))))
+    fp32 = agent if agent.dtype == torch.float32 else random_agent(args.clip, torch_dtype=torch.float32, device=device)
+    pixels = CLIPImageProcessor()(images=[Image.fromarray(f) for f in full], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref = pooled(fp32.get_image_features(pixel_values=pixels.to(device))).float()
+    exact32 = HFClipEncoder(fp32, fp32.tokenizer)
+
+    def err(x: torch.Tensor, y: torch.Tensor = ref) -> float:
+        return float(((x.float() - y).norm(dim=-1) / y.norm(dim=-1)).max())
+
+    eager, compiled = encoders["eager"], encoders["compiled"]
+    out = {"frames": len(wanted), "neighbour_frames_min": err(ref[1:], ref[:-1]),
+           "fp32_ours_full": err(exact32.encode_frames(full)),
+           "fp32_ours_decode_resize": err(exact32.encode_frames(small)),
+           f"{agent.dtype}_eager_full": err(eager.encode_frames(full)),
+           f"{agent.dtype}_compiled_full": err(compiled.encode_frames(full)),
+           f"{agent.dtype}_compiled_decode_resize": err(compiled.encode_frames(small)),
+           "compiled_vs_eager": err(compiled.encode_frames(full), eager.encode_frames(full).float())}
+    print("accuracy (max relative L2 error vs fp32 + published preprocessing)", out, flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------ end to end
+def peaks(device: torch.device) -> dict:
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0}
 
 
 def e2e_child(args: argparse.Namespace) -> None:
-    """One end-to-end run in this (fresh) process; prints a JSON line with time and peaks."""
+    """All end-to-end runs of one method in this (fresh, then warm) process; prints one JSON line."""
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    t0 = time.perf_counter()
     agent = random_agent(args.clip, torch_dtype=dtype, device=device)
-    path = Path(args.child_video)
+    out: dict = {"model_load_s": time.perf_counter() - t0, "rss_after_load_mb": peaks(device)["peak_rss_mb"]}
+    videos = [Path(v) for v in args.child_videos]
+    warmup = Path(args.warmup_video)
+
+    def clock(fn: Callable[[], object]) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
     with tempfile.TemporaryDirectory() as tmp:
-        if args.child == "ours":
-            fn = lambda: extract_videos([path], agent.encoder, FeatureCache(tmp), ExtractConfig(  # noqa: E731
-                batch_size=args.batch_size, decode_threads=args.decode_threads, segments=args.segments),
-                progress=False)
-        else:
+        if args.child == "published":
             from transformers import CLIPImageProcessor
 
             processor = CLIPImageProcessor()
-            fn = lambda: naive_extract(agent, processor, path, Path(tmp))  # noqa: E731
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "rss_before_mb": rss0 / 1024,
-                      "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0}))
+            out["warmup_s"] = clock(lambda: published_question(agent, processor, warmup, Path(tmp), -1))
+            for video in videos:
+                times = [clock(lambda: published_question(agent, processor, video, Path(tmp), q))
+                         for q in range(args.published_questions)]
+                out[video.name] = {"per_question_s": times, "median_question_s": statistics.median(times),
+                                   **peaks(device)}
+                print(video.name, out[video.name], file=sys.stderr, flush=True)
+        else:
+            base = dict(batch_size=args.batch_size, segments=args.segments, decode_threads=args.decode_threads,
+                        prefetch=args.prefetch, backend=args.backend)
+            compiled = ExtractConfig(**base, compile=True)
+            passes = [("compiled", agent.encoder, compiled),
+                      ("compiled+decode_resize", agent.encoder, replace(compiled, decode_resize=True)),
+                      ("eager", HFClipEncoder(agent, agent.tokenizer), ExtractConfig(**base))]
+            for name, encoder, cfg in passes:
+                fresh = iter(range(10**6))  # a new cache directory per run: every run extracts
+
+                def extract(paths: list[Path]) -> float:
+                    cache = FeatureCache(Path(tmp) / f"{name}{next(fresh)}")
+                    return clock(lambda: extract_videos(paths, encoder, cache, cfg, progress=False))
+
+                row: dict = {"warmup_s": extract([warmup])}  # the compile, for a compiled encoder
+                for video in videos:
+                    times = [extract([video]) for _ in range(args.repeats)]
+                    row[video.name] = {"seconds": statistics.median(times), "runs_s": times, **peaks(device)}
+                row["all_videos_s"] = statistics.median([extract(videos) for _ in range(args.repeats)])
+                out[name] = row
+                print(name, row, file=sys.stderr, flush=True)
+            with torch.no_grad():
+                out["text_per_question_s"] = timed(lambda: agent.encoder.encode_text([QUESTION]), 20, cuda)
+    print(json.dumps(out))
 
 
-def run_child(args: argparse.Namespace, method: str, video: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, "--child-video", str(video), "--device", args.device,
-           "--clip", args.clip, "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
-           "--segments", str(args.segments)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return json.loads(out)
+def run_child(args: argparse.Namespace, method: str, videos: list[Path], warmup: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--child-videos", *map(str, videos),
+           "--warmup-video", str(warmup), "--device", args.device, "--clip", args.clip,
+           "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
+           "--backend", args.backend,
+           "--segments", str(args.segments), "--prefetch", str(args.prefetch),
+           "--published-questions", str(args.published_questions), "--repeats", str(args.repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stderr.write(proc.stderr[-3000:])
+    proc.check_returncode()
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def questions_per_video(spec: list[str]) -> dict[str, float]:
+    """NAME=Q pairs, or computed from the published TSVs beside the checkout (questions / videos)."""
+    if spec:
+        return {name: float(q) for name, q in (item.split("=") for item in spec)}
+    import pandas as pd
+
+    out = {}
+    for name in BENCHMARKS:
+        table = pd.read_csv(OFFICIAL / f"{name}.tsv", sep="\t")
+        out[name] = round(len(table) / table["video_name"].nunique(), 2)
+    return out
+
+
+def summarise(extract: dict, videos: list[Path], durations: dict[str, float], qpv: dict[str, float]) -> dict:
+    """Video-seconds per wall-second and ours/published ratios at each benchmark's questions per video."""
+    ours, pub = extract["ours"], extract["published"]
+    text_s = ours["text_per_question_s"]
+    rows = {}
+    for name, q in {"1 question": 1.0, **qpv}.items():
+        per_video = {}
+        for mode in ("compiled", "compiled+decode_resize", "eager"):
+            for v in videos:
+                ours_s = ours[mode][v.name]["seconds"] + q * text_s
+                pub_s = q * pub[v.name]["median_question_s"]
+                per_video[f"{mode}:{v.name}"] = {"ours_video_s_per_s": durations[v.name] / ours_s,
+                                                 "published_video_s_per_s": durations[v.name] / pub_s,
+                                                 "ratio": pub_s / ours_s}
+            ours_all = ours[mode]["all_videos_s"] + q * text_s * len(videos)
+            pub_all = sum(q * pub[v.name]["median_question_s"] for v in videos)
+            per_video[f"{mode}:all"] = {"ours_video_s_per_s": sum(durations.values()) / ours_all,
+                                        "published_video_s_per_s": sum(durations.values()) / pub_all,
+                                        "ratio": pub_all / ours_all}
+        rows[f"{name} (q={q:g})"] = per_video
+    return rows
+
+
+def decode_config(text: str) -> tuple[str, int, int]:
+    """'[BACKEND:]SEGMENTSxTHREADS' -> (backend, segments, threads)."""
+    backend, _, sizes = text.rpartition(":")
+    segments, threads = map(int, sizes.split("x"))
+    return backend or "decord", segments, threads
 
 
 def main() -> None:
@@ -169,15 +458,34 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--clip", default="clip-vit-l-14", help="agent config (configs/*.json)")
     p.add_argument("--minutes", type=float, nargs="+", default=[10, 30])
+    p.add_argument("--hd-minutes", type=float, default=1.0, help="a 1280x720 video for the decode test (0: none)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--decode-threads", type=int, default=8)
-    p.add_argument("--segments", type=int, default=4, help="readers per video (ours)")
+    p.add_argument("--backend", default=None, choices=["decord", "pyav"],
+                   help="decoder for ours end to end (default: the fastest in the decode test)")
+    p.add_argument("--decode-threads", type=int, default=None, help="(ours; default: the fastest in the decode test)")
+    p.add_argument("--segments", type=int, default=None, help="readers per video (ours; default: likewise)")
+    p.add_argument("--prefetch", type=int, default=2, help="videos decoded ahead (ours)")
+    p.add_argument("--decode-configs", type=decode_config, nargs="+",
+                   default=[decode_config(c) for c in ("4x4", "8x1", "8x2", "16x1", "pyav:8x2", "pyav:16x1")],
+                   help="[BACKEND:]SEGMENTSxTHREADS to time (backend decord unless given)")
+    p.add_argument("--variants", nargs="*", default=[
+        "eager@128,256", "eager+cudnn-attention", "compile-dynamic-batch@64,128,256", "compile-static",
+        "compile-static+cudagraphs", "compile-static+cudnn-attention"],
+        help="bare-model variants, NAME[@BATCH,...] (a static compile recompiles per batch size); "
+             "also compile-max-autotune")
+    p.add_argument("--sections", nargs="+", default=["encode", "extract"], choices=["encode", "extract"],
+                   help="encode: encoder paths, variants, accuracy; extract: decode and end to end")
     p.add_argument("--encode-frames", type=int, default=1024, help="frames per encode measurement")
+    p.add_argument("--accuracy-frames", type=int, default=32)
+    p.add_argument("--published-questions", type=int, default=2, help="questions timed per video (published)")
+    p.add_argument("--questions-per-video", nargs="*", default=[],
+                   help="NAME=Q (default: computed from ../shared/data/official/*.tsv)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--videos", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_videos")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--child-video", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-videos", nargs="*", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--warmup-video", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return e2e_child(args)
@@ -185,49 +493,71 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
+    qpv = questions_per_video(args.questions_per_video)
     args.videos.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    videos = [make_video(args.videos / f"bench_{m:g}min.mp4", m) for m in args.minutes]
-    print(f"videos ready in {time.perf_counter() - t0:.0f}s: {[v.name for v in videos]}", flush=True)
     results: dict = {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
                      "cpu_cores": os.cpu_count(), "torch": torch.__version__, "clip": args.clip,
                      "dtype": str(dtype), "batch_size": args.batch_size, "repeats": args.repeats,
-                     "command": " ".join(sys.argv)}
+                     "questions_per_video": qpv, "command": " ".join(sys.argv)}
 
-    # decode ---------------------------------------------------------------------------------
-    import decord
+    def save() -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
 
-    short = videos[0]
-    cands = sample_candidates(short, backend="decord").frame_numbers
-    ours_s = timed(lambda: sum(len(b) for b in iter_frames(short, cands, 64, "decord", args.decode_threads)),
-                   args.repeats, False)
-    naive_s = timed(lambda: decord.VideoReader(str(short), num_threads=1).get_batch(cands.tolist()).asnumpy(),
-                    args.repeats, False)
-    results["decode"] = {"video": short.name, "candidates": len(cands), "ours_fps": len(cands) / ours_s,
-                         "published_fps": len(cands) / naive_s, "ratio": naive_s / ours_s}
-    print("decode", results["decode"], flush=True)
+    # videos are made in a background process while the (GPU-bound) encoder paths are measured
+    specs = [("bench_warmup.mp4", 0.5, (270, 480))] + [(f"bench_{m:g}min.mp4", m, (270, 480)) for m in args.minutes]
+    if args.hd_minutes:
+        specs.append((f"bench_720p_{args.hd_minutes:g}min.mp4", args.hd_minutes, (720, 1280)))
+    maker = subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, %r); from bench_extract import make_video; from pathlib import Path\n"
+        "for name, m, size in %r: make_video(Path(%r) / name, m, size=tuple(size))")
+        % (str(Path(__file__).parent), specs, str(args.videos))]) if "extract" in args.sections else None
 
-    results["encode"] = measure_encode(args, short, cands, device, dtype)
-    print("encode", results["encode"], flush=True)
-    if cuda:
-        torch.cuda.empty_cache()
+    def videos_ready() -> None:
+        t0 = time.perf_counter()
+        if maker is not None and maker.wait() != 0:
+            raise SystemExit("making the videos failed")
+        print(f"videos ready (waited {time.perf_counter() - t0:.0f}s)", flush=True)
 
-    # end to end + memory (fresh process each) ------------------------------------------------
-    results["extract"] = []
-    for video in videos:
-        seconds_of_video = sample_candidates(video, backend="decord").info.duration
-        row = {"video": video.name, "video_seconds": seconds_of_video}
-        for method in ("ours", "published"):
-            r = run_child(args, method, video)
-            row[method] = {**r, "video_s_per_s": seconds_of_video / r["seconds"]}
-            print(video.name, method, row[method], flush=True)
-        row["ratio"] = row["published"]["seconds"] / row["ours"]["seconds"]
-        results["extract"].append(row)
-
-    print(json.dumps(results, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+    if "encode" in args.sections:
+        agent = random_agent(args.clip, torch_dtype=dtype, device=device)
+        encoders = {"eager": HFClipEncoder(agent, agent.tokenizer),
+                    "compiled": HFClipEncoder(agent, agent.tokenizer).compile()}
+        results["encode"] = measure_encode(args, agent, encoders, device)
+        results["accuracy"] = measure_accuracy(args, agent, encoders, args.videos, device)
+        save()
+        results["encode"]["bare"] = bare_variants(args, agent, device, dtype, args.variants)
+        save()
+        videos_ready()  # the published path is CPU-bound: measured with the cores free
+        published_fps = measure_published_encode(args, agent, device)
+        results["encode"].update(published_fps=published_fps,
+                                 ratio=results["encode"]["ours_compiled"]["fps"] / published_fps)
+        save()
+        del agent, encoders
+        if cuda:
+            torch.cuda.empty_cache()
+    if "extract" not in args.sections:
+        return
+    videos_ready()
+    warmup, *videos = [args.videos / name for name, *_ in specs]
+    hd = videos.pop() if args.hd_minutes else None
+    results["decode"] = [measure_decode(args, v, 224) for v in [videos[0]] + ([hd] if hd else [])]
+    results["decode_scaling"] = decode_scaling(videos[0])
+    best = max((r for r in results["decode"][0]["ours"] if not r["decode_resize"]), key=lambda r: r["fps"])
+    for key in ("backend", "segments", "decode_threads"):
+        if getattr(args, key) is None:
+            setattr(args, key, best[key])
+    save()
+    durations = {v.name: probe(v).duration for v in videos}
+    results["extract_config"] = {"backend": args.backend, "segments": args.segments,
+                                 "decode_threads": args.decode_threads, "prefetch": args.prefetch,
+                                 "batch_size": args.batch_size}
+    results["extract"] = {m: run_child(args, m, videos, warmup) for m in ("ours", "published")}
+    results["video_seconds"] = durations
+    results["summary"] = summarise(results["extract"], videos, durations, qpv)
+    save()
+    print(json.dumps(results["summary"], indent=1))
 
 
 if __name__ == "__main__":

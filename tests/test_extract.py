@@ -15,8 +15,13 @@ class CountingEncoder:
     """Wraps a real encoder and records every batch it is given."""
 
     def __init__(self, inner):
-        self.inner, self.identity, self.dim = inner, inner.identity, inner.dim
+        self.inner, self.identity, self.dim, self.image_size = inner, inner.identity, inner.dim, inner.image_size
+        self.device = inner.device
         self.batches: list[int] = []
+
+    def compile(self):
+        self.inner.compile()
+        return self
 
     def encode_frames(self, frames):
         self.batches.append(len(frames))
@@ -52,7 +57,8 @@ def test_extract_caches_the_candidates_features_and_records_failures(videos, enc
     assert set(report.failed) == {str(corrupt), str(missing)}
     for path, message in report.failed.items():
         assert path in message
-    assert max(counting.batches) <= 4  # memory bounded by the batch, never the whole video
+    # memory bounded by the batch, never the whole video (good_a: 10 candidates, good_b: 4)
+    assert max(counting.batches) <= 4 and sum(counting.batches) == 14
 
     a = load_features(good_a, encoder.identity, cache, cfg)
     np.testing.assert_array_equal(a.frame_numbers, np.arange(0, 300, 30))
@@ -94,3 +100,38 @@ def test_changing_sampling_never_returns_stale_features(videos, encoder, tmp_pat
 def test_single_video_errors_name_the_file(videos, encoder, tmp_path):
     with pytest.raises(VideoError, match="missing.mp4"):
         video_features(videos[3], encoder, FeatureCache(tmp_path))
+
+
+def test_decode_resize_is_cached_apart_and_close_to_the_reference(numbered_video_factory, encoder, tmp_path):
+    """Scaling in the decoder changes features a little (tolerance: tests/test_video.py), so they
+    get their own cache entry; they stay close to the reference-resize features."""
+    path = numbered_video_factory(num_frames=90, height=180, width=320)
+    cache = FeatureCache(tmp_path)
+    exact = video_features(path, encoder, cache, ExtractConfig(batch_size=2))
+    resized = video_features(path, encoder, cache, ExtractConfig(batch_size=2, decode_resize=True))
+    assert exact.encoder == encoder.identity and resized.encoder == encoder.identity + "+decode-resize"
+    assert len(list((tmp_path / "videos").rglob("*.safetensors"))) == 2
+    np.testing.assert_array_equal(exact.frame_numbers, resized.frame_numbers)
+    rel = (resized.features - exact.features).norm(dim=-1) / exact.features.norm(dim=-1)
+    assert 0 < rel.max() < 0.02
+
+
+class CompileProbe:
+    """Records whether the extraction compiled it; pretends to live on `device`."""
+
+    def __init__(self, device: str):
+        self.device, self.compiled = torch.device(device), False
+
+    def compile(self):
+        self.compiled = True
+        return self
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("compile_", [False, True])
+def test_compile_is_opt_in_and_cuda_batches_are_pinned(device, compile_):
+    from tspo_eval.extract import _prepare
+
+    probe = CompileProbe(device)
+    assert _prepare(probe, ExtractConfig(compile=compile_)) == (device == "cuda")
+    assert probe.compiled == compile_

@@ -287,3 +287,33 @@ def test_write_video_rejects_bad_frames_and_cleans_up(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="frame 1"):
         write_video(tmp_path / "mixed.mp4", shapes, 10.0)
     assert list(tmp_path.iterdir()) == []  # no half-written files left behind
+
+
+@pytest.fixture(scope="module")
+def textured_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """360 x 640 frames of a drifting luminance texture on a coloured base (like the speed benchmark's)."""
+    yy, xx = np.mgrid[0:360, 0:640]
+    frames = (np.clip(np.array([120, 100, 80]) + ((np.sin(2 * np.pi * (xx + 3 * i) / 40) + np.cos(yy / 23.0))
+                                                   * 40)[..., None], 0, 255).astype(np.uint8) for i in range(30))
+    return write_video(tmp_path_factory.mktemp("textured") / "textured.mp4", frames, 30.0, crf=18)
+
+
+def test_decode_time_resize_is_the_same_on_both_backends_and_close_to_the_reference(textured_video: Path) -> None:
+    """Scaling inside the decoder: identical sizes, pixels equal between the backends (both use
+    swscale's bilinear filter), and within the stated tolerance of the reference CLIP resize
+    (torch bicubic antialias from the full-size frames): mean < 1 grey level, max <= 4."""
+    torch = pytest.importorskip("torch")
+    from tspo_eval.encoders import OPENAI_CLIP_STD, clip_preprocess, clip_resize_shape
+
+    wanted = np.arange(0, 30, 7)
+    size = clip_resize_shape(360, 640, 224)
+    assert size == (224, 398)
+    small = {b: np.concatenate(list(iter_frames(textured_video, wanted, 3, b, size=size))) for b in ("decord", "pyav")}
+    assert small["decord"].shape == (len(wanted), 224, 398, 3)
+    assert np.abs(small["decord"].astype(int) - small["pyav"]).max() <= 2  # swscale versions may round apart
+    reference = clip_preprocess(torch.from_numpy(read_frames(textured_video, wanted)))
+    ours = clip_preprocess(torch.from_numpy(small["pyav"]))
+    grey_levels = (reference - ours).abs() * torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1) * 255
+    assert grey_levels.mean() < 1.0 and grey_levels.max() <= 4.01
+    with pytest.raises(ValueError, match="size"):
+        iter_frames(textured_video, wanted, size=(0, 10))

@@ -1,13 +1,17 @@
 """Frame and text encoders: one interface, two implementations (transformers CLIP, open_clip).
 
-The extraction stage only needs `encode_frames`, `encode_text`, `dim` and `identity` (the
-string that keys the feature cache, so features of one encoder are never served for
-another).  Preprocessing runs in torch on the encoder's device: resizing a batch of
-decoded frames on the GPU is what lets encoding keep up with decoding (the published
-per-frame PIL + CLIPProcessor path is ten times slower than the ViT itself).
+The extraction stage only needs `encode_frames`, `encode_text`, `dim`, `image_size`,
+`device`, `compile` and `identity` (the string that keys the feature cache, so features of
+one encoder are never served for another).  Preprocessing runs in torch on the encoder's
+device: resizing a batch of decoded frames on the GPU is what lets encoding keep up with
+decoding (the published per-frame PIL + CLIPProcessor path is ten times slower than the ViT
+itself).  `encode_frames` returns features on the encoder's device without waiting for the
+GPU, so a caller that collects a video's batches and copies them back once keeps the GPU
+queue full.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -33,8 +37,16 @@ class Encoder(Protocol):
 
     identity: str
     dim: int
+    image_size: int  # input side: frames may be decoded at this scale already (ExtractConfig.decode_resize)
 
-    def encode_frames(self, frames: Frames) -> torch.Tensor:  # (N, dim)
+    @property
+    def device(self) -> torch.device:
+        ...
+
+    def compile(self) -> "Encoder":  # torch.compile the image path; returns self
+        ...
+
+    def encode_frames(self, frames: Frames) -> torch.Tensor:  # (N, dim), on `device`
         ...
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:  # (N, dim)
@@ -56,6 +68,23 @@ def as_uint8_batch(frames: Frames) -> torch.Tensor:
     return batch
 
 
+def clip_resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(H, W) with the shortest side scaled to `size` and the long side int(size * long / short),
+    as CLIPImageProcessor rounds it."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+@functools.lru_cache(maxsize=16)
+def _norm_constants(mean: tuple[float, ...], std: tuple[float, ...],
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std on `device` in 0-255 units, made once: building them per batch is a
+    host-to-device copy each time."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255,
+            torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
+
+
 def clip_preprocess(
     frames: torch.Tensor,
     size: int = 224,
@@ -64,23 +93,39 @@ def clip_preprocess(
 ) -> torch.Tensor:
     """Standard CLIP preprocessing on a uint8 (N, H, W, 3) batch -> float (N, 3, size, size).
 
-    Shortest side to `size` (bicubic, antialiased, long side int(size * long / short) as
-    CLIPImageProcessor computes it), centre crop, scale to [0, 1], normalise.
+    Shortest side to `size` (bicubic, antialiased, long side as `clip_resize_shape`; skipped
+    when the frames already have that shape, e.g. decoded at that scale), centre crop,
+    scale to [0, 1], normalise.
     """
     x = frames.permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
-    if (h, w) != (size, size):
-        short, long = (h, w) if h <= w else (w, h)
-        new_long = int(size * long / short)
-        new_hw = (size, new_long) if h <= w else (new_long, size)
+    new_hw = clip_resize_shape(x.shape[-2], x.shape[-1], size)
+    if new_hw != tuple(x.shape[-2:]):
         x = F.interpolate(x, size=new_hw, mode="bicubic", antialias=True, align_corners=False)
         x = x.clamp_(0, 255).round_()
-        top = (x.shape[-2] - size) // 2
-        left = (x.shape[-1] - size) // 2
-        x = x[..., top : top + size, left : left + size]
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1) * 255
+    top = (x.shape[-2] - size) // 2
+    left = (x.shape[-1] - size) // 2
+    x = x[..., top : top + size, left : left + size]
+    mean_t, std_t = _norm_constants(tuple(mean), tuple(std), x.device)
     return (x - mean_t) / std_t
+
+
+def compile_batched(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`torch.compile(fn)` for (N, ...) batches with N dynamic, so one compile serves every batch
+    size (a video's last batch is short) and nothing is padded to a fixed size.
+
+    A batch of one is run as two copies: torch specialises size-1 dimensions, which would
+    cost a second compile of the whole model in the middle of a run.
+    """
+    compiled = torch.compile(fn, fullgraph=True)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n == 1:
+            x = torch.cat([x, x])
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        return compiled(x)[:n]
+
+    return run
 
 
 def _pooled(out: torch.Tensor | object) -> torch.Tensor:
@@ -115,6 +160,8 @@ class HFClipEncoder:
         self.dim = int(model.config.projection_dim)
         self.image_size = int(model.config.vision_config.image_size)
         self.identity = f"hf:{name}:{self.image_size}:{weights_fingerprint(model)}"
+        self._image_features: Callable[[torch.Tensor], torch.Tensor] = self._project_images
+        self.compiled = False
 
     @property
     def device(self) -> torch.device:
@@ -124,10 +171,22 @@ class HFClipEncoder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def _project_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _pooled(self.model.get_image_features(pixel_values=pixels))
+
+    def compile(self) -> "HFClipEncoder":
+        """Run the vision tower + projection through `torch.compile` from now on (see
+        `compile_batched`): on the H200 it fuses CLIP's quick-GELU, layer norms and residual
+        adds that run as separate memory-bound kernels in eager mode. Same features within
+        floating-point rounding; the first batch pays the compile."""
+        if not self.compiled:
+            self._image_features, self.compiled = compile_batched(self._project_images), True
+        return self
+
     @torch.no_grad()
     def encode_frames(self, frames: Frames) -> torch.Tensor:
-        pixels = clip_preprocess(as_uint8_batch(frames).to(self.device), self.image_size)
-        return _pooled(self.model.get_image_features(pixel_values=pixels.to(self.dtype)))
+        batch = as_uint8_batch(frames).to(self.device, non_blocking=True)  # async when pinned
+        return self._image_features(clip_preprocess(batch, self.image_size).to(self.dtype))
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
@@ -152,15 +211,24 @@ class OpenClipEncoder:
         self.std = tuple(cfg.get("std", OPENAI_CLIP_STD))
         self.dim = int(self.model.encode_text(self.tokenizer(["x"]).to(device)).shape[-1])
         self.identity = f"open_clip:{model_name}:{self.image_size}:{weights_fingerprint(self.model)}"
+        self._image_features: Callable[[torch.Tensor], torch.Tensor] = self.model.encode_image
+        self.compiled = False
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def compile(self) -> "OpenClipEncoder":
+        """Run `encode_image` through `torch.compile` from now on (see `compile_batched`)."""
+        if not self.compiled:
+            self._image_features, self.compiled = compile_batched(self.model.encode_image), True
+        return self
+
     @torch.no_grad()
     def encode_frames(self, frames: Frames) -> torch.Tensor:
-        pixels = clip_preprocess(as_uint8_batch(frames).to(self.device), self.image_size, self.mean, self.std)
-        return self.model.encode_image(pixels.to(next(self.model.parameters()).dtype))
+        batch = as_uint8_batch(frames).to(self.device, non_blocking=True)  # async when pinned
+        pixels = clip_preprocess(batch, self.image_size, self.mean, self.std)
+        return self._image_features(pixels.to(next(self.model.parameters()).dtype))
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

@@ -1,10 +1,18 @@
 """Feature extraction: videos -> candidate frames -> encoder -> per-video cache.
 
 Decoding runs on background threads, `prefetch` videos ahead of the encoder and
-`segments` readers per video, each into a bounded queue of frame batches: memory stays flat in video length, the encoder (GPU) is
-never idle waiting for one decoder, and a broken video is recorded as failed while the
-run goes on.  Finished videos are in the cache, so an interrupted run resumes where it
-stopped.
+`segments` readers per video, each into a bounded queue of frame batches: memory stays
+flat in video length, the encoder (GPU) is never idle waiting for one decoder, and a
+broken video is recorded as failed while the run goes on.  Finished videos are in the
+cache, so an interrupted run resumes where it stopped.
+
+For a CUDA encoder the decoder threads hand over pinned batches and the encoder's batches
+are queued without waiting for the GPU (one copy back per video).  `compile` runs the
+image path through `torch.compile` (+23% encoder throughput on the H200, 10-30 s to compile
+once per process; off by default because extraction there is bound by decoding, see
+BENCHMARKS.md).  `decode_resize` scales frames to the encoder's input scale inside the
+decoder: less to convert, copy and resize, with pixels within a few grey levels of the
+reference resize (so it is part of the cache key).
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import FeatureCache, VideoFeatures, video_fingerprint
-from .encoders import Encoder
+from .encoders import Encoder, clip_resize_shape
 from .video import Candidates, VideoError, iter_frames, sample_candidates
 
 
@@ -37,10 +45,20 @@ class ExtractConfig:
     decode_threads: int = field(default=2, metadata={"help": "decoder threads per reader (0: FFmpeg decides)"})
     segments: int = field(default=2, metadata={"help": "readers per video, each decoding a contiguous share"})
     prefetch: int = field(default=2, metadata={"help": "videos decoded concurrently ahead of the encoder"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the encoder's image path: faster encoding when decoding keeps up, "
+                "10-30 s start-up per process"})
+    decode_resize: bool = field(default=False, metadata={
+        "help": "scale frames to the encoder's input size while decoding (faster for large videos; "
+                "features within tolerance of the reference resize, cached under their own key)"})
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or min(self.batch_size, self.prefetch, self.segments) < 1:
             raise ValueError("fps must be > 0; batch_size, prefetch and segments >= 1")
+
+    def cache_identity(self, encoder_identity: str) -> str:
+        """The encoder identity the cache is keyed on: decode-time scaling changes the features."""
+        return encoder_identity + ("+decode-resize" if self.decode_resize else "")
 
 
 @dataclass
@@ -70,10 +88,16 @@ _END = object()
 class _Decoder:
     """Decodes one video's candidates on `segments` threads, each a contiguous share of the
     candidates with its own reader and bounded queue, so one long video uses several cores
-    (a reader seeks to its share's first keyframe); batches come out in time order."""
+    (a reader seeks to its share's first keyframe); batches come out in time order.
 
-    def __init__(self, path: str, cfg: ExtractConfig) -> None:
-        self.path, self.cfg = path, cfg
+    Decoding, not the GPU, bounds the throughput, so shares are even (each reader's last
+    batch is short): the compiled encoder runs any batch size at full speed. `image_size`
+    set: frames are scaled in the decoder to the encoder's input scale; `pin`: batches are
+    pinned tensors, which the encoder's device copy does not wait for.
+    """
+
+    def __init__(self, path: str, cfg: ExtractConfig, image_size: int | None = None, pin: bool = False) -> None:
+        self.path, self.cfg, self.image_size, self.pin = path, cfg, image_size, pin
         self.cancelled = threading.Event()
         self.head: queue.Queue = queue.Queue(maxsize=1)  # the Candidates, or the error probing raised
         self.queues: list[queue.Queue] = []
@@ -94,16 +118,18 @@ class _Decoder:
             self._put(self.head, err)
             return
         shares = [s for s in np.array_split(cands.frame_numbers, self.cfg.segments) if len(s)]
+        size = None if self.image_size is None else clip_resize_shape(
+            cands.info.height, cands.info.width, self.image_size)
         self.queues = [queue.Queue(maxsize=2) for _ in shares]
         for share, q in zip(shares, self.queues):
-            threading.Thread(target=self._decode, args=(share, q), daemon=True).start()
+            threading.Thread(target=self._decode, args=(share, q, size), daemon=True).start()
         self._put(self.head, cands)
 
-    def _decode(self, frame_numbers: np.ndarray, q: queue.Queue) -> None:
+    def _decode(self, frame_numbers: np.ndarray, q: queue.Queue, size: tuple[int, int] | None) -> None:
         try:
             for batch in iter_frames(self.path, frame_numbers, self.cfg.batch_size, self.cfg.backend,
-                                     self.cfg.decode_threads):
-                self._put(q, batch)
+                                     self.cfg.decode_threads, size):
+                self._put(q, torch.from_numpy(batch).pin_memory() if self.pin else batch)
         except Exception as err:
             self._put(q, err)
         self._put(q, _END)
@@ -124,23 +150,31 @@ class _Decoder:
         self.cancelled.set()
 
 
-def _encode(decoder: _Decoder, encoder: Encoder, fingerprint: str) -> VideoFeatures:
+def _encode(decoder: _Decoder, encoder: Encoder, fingerprint: str, identity: str) -> VideoFeatures:
     items = decoder.items()
     cands: Candidates = next(items)
-    chunks = [encoder.encode_frames(batch).cpu() for batch in items]
-    features = torch.cat(chunks)
+    # batches stay on the encoder's device until the video is done: one wait for the GPU per video
+    features = torch.cat([encoder.encode_frames(batch) for batch in items]).cpu()
     if features.shape[0] != len(cands.frame_numbers):
         raise VideoError(f"{decoder.path}: decoded {features.shape[0]} of {len(cands.frame_numbers)} "
                          "candidate frames; the file is probably truncated: re-download or re-encode it")
     return VideoFeatures(features=features, frame_numbers=cands.frame_numbers, timestamps=cands.timestamps,
-                         fps=cands.info.fps, num_frames=cands.info.num_frames, encoder=encoder.identity,
+                         fps=cands.info.fps, num_frames=cands.info.num_frames, encoder=identity,
                          fingerprint=fingerprint, video=str(decoder.path))
+
+
+def _prepare(encoder: Encoder, cfg: ExtractConfig) -> bool:
+    """Compile the encoder if `cfg.compile`; True when it runs on CUDA (then batches are pinned)."""
+    if cfg.compile:
+        encoder.compile()
+    return encoder.device.type == "cuda"
 
 
 def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: FeatureCache,
                    cfg: ExtractConfig | None = None, progress: bool = True) -> ExtractReport:
     """Cache features for every video in `paths` (skipping cached ones); never raises per video."""
     cfg = cfg or ExtractConfig()
+    identity = cfg.cache_identity(encoder.identity)
     report = ExtractReport()
     todo: list[tuple[str, str, str]] = []  # (path, fingerprint, key)
     for path in dict.fromkeys(str(p) for p in paths):
@@ -149,19 +183,21 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
         except OSError as err:
             report.failed[path] = f"{path}: cannot read the file ({err.strerror or err}); check the video root"
             continue
-        key = cache.video_key(fingerprint, encoder.identity, cfg.fps, cfg.max_frames)
+        key = cache.video_key(fingerprint, identity, cfg.fps, cfg.max_frames)
         if cache.get_video(key) is not None:
             report.cached.append(path)
         else:
             todo.append((path, fingerprint, key))
 
+    pin = _prepare(encoder, cfg) if todo else False
+    image_size = encoder.image_size if cfg.decode_resize else None
     bar = tqdm(total=len(todo), desc="extract", unit="video", disable=not progress)
     pending = iter(todo)
     window: deque[tuple[tuple[str, str, str], _Decoder]] = deque()  # videos decoding ahead of the encoder
 
     def refill() -> None:
         while len(window) < cfg.prefetch and (job := next(pending, None)) is not None:
-            window.append((job, _Decoder(job[0], cfg)))
+            window.append((job, _Decoder(job[0], cfg, image_size, pin)))
 
     refill()
     try:
@@ -169,7 +205,7 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
             (path, fingerprint, key), decoder = window.popleft()
             refill()
             try:
-                cache.put_video(key, _encode(decoder, encoder, fingerprint))
+                cache.put_video(key, _encode(decoder, encoder, fingerprint, identity))
                 report.encoded.append(path)
             except (VideoError, ValueError, OSError) as err:
                 decoder.cancel()
@@ -186,7 +222,7 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
 def load_features(path: str | Path, encoder_identity: str, cache: FeatureCache,
                   cfg: ExtractConfig) -> VideoFeatures | None:
     """The cached features of one video under this encoder and sampling, or None."""
-    key = cache.video_key(video_fingerprint(path), encoder_identity, cfg.fps, cfg.max_frames)
+    key = cache.video_key(video_fingerprint(path), cfg.cache_identity(encoder_identity), cfg.fps, cfg.max_frames)
     return cache.get_video(key)
 
 

@@ -15,6 +15,10 @@ average frame rate (decord `get_avg_fps()` == PyAV `stream.average_rate`).
 Every call opens its own reader, so the functions are safe to call from several
 threads or processes at once; one file's decoding is parallelised by the decoder's
 own threads (`num_threads`, 0 = let FFmpeg choose).
+
+`iter_frames(..., size=(h, w))` scales frames inside the decoder (FFmpeg's swscale,
+bilinear, fused with the YUV -> RGB conversion; both backends give identical pixels), so
+a 1080p source never exists as full-size RGB: the CLIP stage then only crops.
 """
 from __future__ import annotations
 
@@ -111,24 +115,28 @@ def sample_candidates(path: str | os.PathLike, fps: float = 1.0, max_frames: int
 
 
 def iter_frames(path: str | os.PathLike, frame_numbers: Sequence[int] | np.ndarray,
-                batch_size: int = 32, backend: Backend = "auto",
-                num_threads: int = 0) -> Iterator[np.ndarray]:
+                batch_size: int = 32, backend: Backend = "auto", num_threads: int = 0,
+                size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Stream the requested frames as RGB uint8 batches (B, H, W, 3), B <= batch_size.
 
     Frames come in the order of `frame_numbers`, which must be ascending (repeats
     allowed) integers in [0, num_frames). Only one batch is held at a time, never
     the whole video. The file is opened and the frame numbers are checked at call
     time, so a bad file or bad numbers raise here rather than at the first batch.
+    `size` = (H, W) scales every frame while decoding (bilinear); None keeps the
+    stored size.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if size is not None and min(size) < 1:
+        raise ValueError(f"size must be a positive (height, width), got {size}")
     path = _existing(path, backend)
-    vr = _decord_for(path, backend, num_threads)
+    vr = _decord_for(path, backend, num_threads, size)
     if vr is not None:
         wanted = _checked_frame_numbers(frame_numbers, len(vr), path)
         return (_decord_batch(vr, wanted[i:i + batch_size].tolist(), path)
                 for i in range(0, len(wanted), batch_size))
-    reader = _PyAVReader(path, num_threads)
+    reader = _PyAVReader(path, num_threads, size)
     try:
         wanted = _checked_frame_numbers(frame_numbers, reader.num_frames, path)
     except ValueError:
@@ -210,27 +218,30 @@ def _checked_frame_numbers(frame_numbers: Sequence[int] | np.ndarray, num_frames
 # --------------------------------------------------------------------------- decord
 
 
-def _decord_for(path: str, backend: str, num_threads: int) -> decord.VideoReader | None:
+def _decord_for(path: str, backend: str, num_threads: int,
+                size: tuple[int, int] | None = None) -> decord.VideoReader | None:
     """The decord reader to use, or None to use PyAV ("pyav", or "auto" when decord fails)."""
     if backend == "pyav":
         return None
     try:
-        return _open_decord(path, num_threads)
+        return _open_decord(path, num_threads, size)
     except VideoError:
         if backend == "decord":
             raise
         return None
 
 
-def _open_decord(path: str, num_threads: int) -> decord.VideoReader:
-    """A decord reader on the CPU, or VideoError when decord is missing or fails."""
+def _open_decord(path: str, num_threads: int, size: tuple[int, int] | None = None) -> decord.VideoReader:
+    """A decord reader on the CPU (scaling to `size` = (H, W) when given), or VideoError when
+    decord is missing or fails."""
     try:
         import decord
     except ImportError as err:
         raise VideoError(f"{path}: the decord backend is not installed ({err}); "
                          "pip install decord, or use backend='pyav'") from err
     try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+        height, width = size or (-1, -1)
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads, width=width, height=height)
     except (RuntimeError, decord.DECORDError) as err:
         raise VideoError(f"{path}: decord cannot open it ({str(err).strip()[:200]}); the file is "
                          "corrupt, truncated or not a video: re-download or re-encode it") from err
@@ -266,8 +277,11 @@ def _decord_batch(vr: decord.VideoReader, frame_numbers: list[int], path: str) -
 class _PyAVReader:
     """One open file for PyAV: a packet index for exact frame numbers, and a decoder."""
 
-    def __init__(self, path: str, num_threads: int) -> None:
+    def __init__(self, path: str, num_threads: int, size: tuple[int, int] | None = None) -> None:
         self.path = path
+        # decord scales with swscale's bilinear filter: the same here gives identical pixels
+        self._rgb = {"format": "rgb24"} if size is None else {
+            "format": "rgb24", "height": size[0], "width": size[1], "interpolation": "BILINEAR"}
         try:
             self._container = av.open(path)
         except av.FFmpegError as err:
@@ -353,7 +367,7 @@ class _PyAVReader:
                     raise VideoError(f"{self.path}: frame {target} of {self.num_frames} was not "
                                      f"decoded (got frame {current}); the file is corrupt: "
                                      "re-encode it, or try backend='decord'")
-                image = frame.to_ndarray(format="rgb24")
+                image = frame.to_ndarray(**self._rgb)
                 yield image
         except av.FFmpegError as err:
             raise VideoError(f"{self.path}: decoding failed ({err}); the file is corrupt or "
