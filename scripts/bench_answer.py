@@ -76,8 +76,17 @@ def make_questions(videos: list[Path], per_video: int, k: int, overlap: float, s
     return refs, SelectionSet({"benchmark": "bench", "method": "tspo", "k": k}, chosen)
 
 
+def stock_vision_attention(backbone, stock: bool) -> None:
+    """Qwen2.5-VL: transformers' own per-window attention loop (as the published wrapper runs) or ours."""
+    if backbone.name == "qwen2_5_vl":
+        from tspo_eval.backbones.qwen_vision import set_grouped_vision_attention
+
+        set_grouped_vision_attention(backbone.model, not stock)
+
+
 def published(refs: list[QuestionRef], sset: SelectionSet, backbone, max_new_tokens: int) -> dict:
-    """Batch 1, decode per question, vision recomputed (no video identity -> no reuse)."""
+    """Batch 1, decode per question, vision recomputed (no video identity -> no reuse), stock attention."""
+    stock_vision_attention(backbone, True)
     backbone.timings.reset()
     start = time.perf_counter()
     for ref in refs:
@@ -91,6 +100,7 @@ def published(refs: list[QuestionRef], sset: SelectionSet, backbone, max_new_tok
 
 
 def ours(refs: list[QuestionRef], sel_path: Path, backbone, batch_size: int, max_new_tokens: int) -> dict:
+    stock_vision_attention(backbone, False)
     backbone.timings.reset()
     planner = FramePlanner(FrameConfig(k=len(next(iter(SelectionSet.load(sel_path).selections.values()))
                                              .frame_numbers), selections=str(sel_path)))

@@ -255,3 +255,32 @@ def test_options_are_checked_when_built(tiny: QwenVL) -> None:
         QwenVL(tiny.model, tiny.processor, min_pixels=10, max_pixels=5)
     with pytest.raises(ValueError, match="time order"):
         temporal_positions([1.0, 0.5], "real", tokens_per_second=2)
+
+
+def test_grouped_vision_attention_equals_the_per_window_loop(tiny):
+    """Frames whose patch grid is no multiple of the 112-px window give windows of several
+    lengths; grouping them into batched calls must not change the vision features."""
+    from tspo_eval.backbones.qwen_vision import set_grouped_vision_attention
+
+    query = VideoQuery(frames(6, seed=3, height=200, width=300), [0.0, 0.7, 1.1, 2.0, 4.5, 4.6], "What?")
+    calls = []
+    hook = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return hook(*args, **kwargs)
+
+    results = {}
+    for grouped in (False, True):
+        set_grouped_vision_attention(tiny.model, grouped)
+        tiny._vision_cache.clear()
+        calls.clear()
+        torch.nn.functional.scaled_dot_product_attention = counting
+        try:
+            results[grouped] = tiny.encode([query]).inputs_embeds
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = hook
+        results[f"calls{grouped}"] = len(calls)
+    set_grouped_vision_attention(tiny.model, True)
+    torch.testing.assert_close(results[True], results[False], atol=1e-5, rtol=1e-5)
+    assert results["callsTrue"] < results["callsFalse"] / 4  # few batched calls instead of one per window

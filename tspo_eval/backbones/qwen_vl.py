@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from .base import Backbone, VideoQuery, register_backbone
+from .qwen_vision import set_grouped_vision_attention
 from .tokenizers import QWEN_CHAT_TEMPLATE, tiny_qwen_tokenizer
 
 TimeEncoding = Literal["real", "mean", "none"]
@@ -182,6 +183,7 @@ class QwenVL(Backbone):
             raise ValueError(f"need max_frames >= 1 and vision_cache_size >= 0, got {max_frames}, {vision_cache_size}")
         self.model, self.processor, self.tokenizer = model, processor, processor.tokenizer
         self.device, self.dtype = model.device, model.dtype
+        set_grouped_vision_attention(model, True)  # no-op under flash-attn; see qwen_vision
         self.min_pixels, self.max_pixels, self.max_frames = min_pixels, max_pixels, max_frames
         self.time_encoding, self.system_prompt = time_encoding, system_prompt
         self.vision_cache_size = vision_cache_size
