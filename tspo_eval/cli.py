@@ -155,7 +155,7 @@ def cmd_select(ns: argparse.Namespace) -> int:
     from .selections import SelectConfig, select_benchmark
 
     cfg = config_from_args(SelectConfig, ns)
-    extract_cfg = ExtractConfig(fps=ns.fps, max_frames=ns.max_frames)
+    extract_cfg = config_from_args(ExtractConfig, ns)
     agent, encoder = _models(ns)
     result = select_benchmark(_questions(ns), ns.video_root, encoder, FeatureCache(ns.cache), cfg, extract_cfg, agent)
     out = ns.out or Path(f"selections/{cfg.method}_{ns.benchmark}.json")
@@ -181,7 +181,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     agent, encoder = _models(ns)
     sel, timeline, grid = inspect_question(
         questions[ns.question], ns.video_root, encoder, FeatureCache(ns.cache), config_from_args(SelectConfig, ns),
-        ns.out / ns.question, ExtractConfig(fps=ns.fps, max_frames=ns.max_frames), agent)
+        ns.out / ns.question, config_from_args(ExtractConfig, ns), agent)
     print(f"{len(sel.frame_numbers)} of {sel.num_candidates} candidates chosen -> {timeline}, {grid}")
     return 0
 
@@ -239,8 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_benchmark_args(p, annotations=True)
         _add_model_args(p)
         add_config_args(p, SelectConfig)
-        p.add_argument("--fps", type=float, default=1.0, help="candidate fps (as extracted)")
-        p.add_argument("--max-frames", type=int, default=None, help="candidate cap (as extracted)")
+        add_config_args(p, ExtractConfig)  # the sampling the cache was filled with (its key)
         p.set_defaults(run=func)
         if name == "select":
             p.add_argument("--out", type=Path, help="selections file (default selections/<method>_<benchmark>.json)")
