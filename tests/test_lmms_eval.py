@@ -167,3 +167,27 @@ def test_two_process_launch_shares_the_questions(checkpoints, mini_benchmarks, t
     assert shares[0] and shares[1] and not set(shares[0]) & set(shares[1])
     assert len(shares[0]) + len(shares[1]) == 4  # the mini VideoMME holds 4 questions
     assert len(list((tmp_path / "out").rglob("*_results.json"))) == 1
+
+
+def test_evaluate_command_selects_then_runs_lmms_eval_per_method(checkpoints, mini_benchmarks, tmp_path):
+    annotations, videos = mini_benchmarks["lvbench"]
+    out = tmp_path / "runs"
+    cmd = ["tspo-eval", "evaluate", "--benchmark", "lvbench", "--annotations", str(annotations), "--videos",
+           str(videos), "--pretrained", str(checkpoints["llava_vid_tspo"]), "--agent", "random:clip-tiny",
+           "--k", "4", "--out", str(out), "--cache", str(tmp_path / "cache"), "--model-args", "dtype=float32"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((out / "summary_lvbench.json").read_text())
+    assert set(summary) == {"uniform", "tspo"} and "lvbench_acc" in summary["tspo"]
+    from tspo_eval.selections import SelectionSet
+
+    chosen = SelectionSet.load(out / "selections" / "tspo_lvbench.json").selections  # selected first
+    records = [json.loads(line) for line in (out / "answers" / "llava_vid_tspo_tspo_lvbench.jsonl").read_text()
+               .splitlines()]
+    assert {r["index"]: r["frame_numbers"] for r in records} == {k: v.frame_numbers for k, v in chosen.items()}
+    uniform = [json.loads(line) for line in (out / "answers" / "llava_vid_uniform_uniform_lvbench.jsonl")
+               .read_text().splitlines()]
+    assert len(uniform) == len(records) and all(len(r["frame_numbers"]) == 4 for r in uniform)
+    header = next(line for line in done.stdout.splitlines() if line.startswith("|") and "uniform" in line)
+    assert "tspo" in header  # the side-by-side table
