@@ -167,3 +167,21 @@ def test_questions_missing_from_the_file_are_selected_now_with_the_agent(videos,
     # b.mp4: 150 frames at 29.97 fps -> candidates every round(29.97) = 30th frame: 0, 30, ..., 120
     assert len(second.frame_numbers) == 3 and set(second.frame_numbers) <= {0, 30, 60, 90, 120}
     assert [int(x) for x in second.text.split()] == second.frame_numbers
+
+
+def test_frames_selected_on_the_fly_equal_the_select_stage(mini_benchmarks, tmp_path):
+    """Answering without a selections file picks, per question, exactly what `select` writes."""
+    from tspo_eval.agent import random_agent
+    from tspo_eval.benchmarks import load_benchmark, resolve_video
+    from tspo_eval.cache import FeatureCache
+    from tspo_eval.selections import SelectConfig, select_benchmark
+
+    annotations, videos = mini_benchmarks["lvbench"]
+    questions = load_benchmark("lvbench", annotation_path=annotations)
+    agent, cache = random_agent("clip-tiny"), FeatureCache(tmp_path / "cache")
+    selected = select_benchmark(questions, videos, agent.encoder, cache, SelectConfig(method="tspo", k=4),
+                                agent=agent, progress=False).selections
+    planner = FramePlanner(FrameConfig(method="tspo", k=4), agent=agent, cache=cache)
+    for q in questions:
+        ref = QuestionRef(q.index, "lvbench", str(resolve_video(videos, q.video_name, "lvbench")), q.question, "p")
+        assert planner.plan(ref).frame_numbers == selected[q.index].frame_numbers
