@@ -198,7 +198,9 @@ def test_each_rank_takes_its_own_gpu_among_those_it_sees(visible, expected, monk
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
-    assert tv.rank_device() == torch.device("cuda", expected)
+    from tspo_eval.distributed import local_device
+
+    assert local_device() == torch.device("cuda", expected)
 
 
 class PixelReadingBackbone(Backbone):

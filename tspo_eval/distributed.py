@@ -6,7 +6,8 @@ shard work.  A process group is created only when a barrier is asked for.
 from __future__ import annotations
 
 import os
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -23,9 +24,13 @@ def world_size() -> int:
 
 
 def local_device() -> torch.device:
-    """This process's GPU (LOCAL_RANK) when CUDA is present, else the CPU."""
+    """This process's GPU (LOCAL_RANK) when CUDA is present, else the CPU.
+
+    LOCAL_RANK wraps over the GPUs this process sees: launchers that narrow
+    CUDA_VISIBLE_DEVICES to one GPU per rank (VLMEvalKit's run.py) leave it cuda:0.
+    """
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
 
 

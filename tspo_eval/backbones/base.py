@@ -11,6 +11,7 @@ questions on the same video that share frames do not recompute them.
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -78,6 +79,28 @@ class Backbone(ABC):
     @abstractmethod
     def next_token_logits(self, queries: Sequence[VideoQuery]) -> torch.Tensor:
         """(B, vocab) logits of the first answer token; greedy decoding of one token is their argmax."""
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """"bfloat16" / torch.bfloat16 -> torch.bfloat16; an unknown name is an error."""
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype):
+        raise TypeError(f"unknown dtype {dtype!r}")
+    return resolved
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The given device, else CUDA when present, else the CPU."""
+    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def default_attention(requested: str | None, device: torch.device, dtype: torch.dtype) -> str:
+    """The requested implementation, else flash_attention_2 where flash_attn is installed and usable
+    (CUDA, 16-bit), else PyTorch sdpa."""
+    if requested is not None:
+        return requested
+    usable = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    return "flash_attention_2" if usable and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {}

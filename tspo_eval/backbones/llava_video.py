@@ -24,7 +24,6 @@ tower ignores them (it always drops the last layer and keeps every patch).
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -40,7 +39,14 @@ import torch
 from torch import nn
 
 from ..encoders import as_uint8_batch
-from .base import Backbone, VideoQuery, register_backbone
+from .base import (
+    Backbone,
+    VideoQuery,
+    default_attention,
+    register_backbone,
+    resolve_device,
+    resolve_dtype,
+)
 from .llava_layout import (
     VisualLayout,
     place_newlines,
@@ -509,25 +515,6 @@ class LlavaVideo(Backbone):
         return directory
 
 
-def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-    if not isinstance(resolved, torch.dtype):
-        raise TypeError(f"unknown dtype {dtype!r}")
-    return resolved
-
-
-def _as_device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _attention(requested: str | None, device: torch.device, dtype: torch.dtype) -> str:
-    """sdpa, or flash_attention_2 where flash_attn is installed and usable (CUDA, 16-bit)."""
-    if requested is not None:
-        return requested
-    usable = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    return "flash_attention_2" if usable and importlib.util.find_spec("flash_attn") else "sdpa"
-
-
 def _checkpoint_dir(path_or_hub_id: str | Path) -> Path:
     if Path(path_or_hub_id).is_dir():
         return Path(path_or_hub_id)
@@ -551,10 +538,10 @@ def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "b
     config = json.loads((directory / "config.json").read_text())
     if "mm_vision_tower" not in config:
         raise ValueError(f"{directory}/config.json has no mm_vision_tower: not a LLaVA checkpoint")
-    device, dtype = _as_device(device), _as_dtype(dtype)
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     tower = siglip_tower_config(config["mm_vision_tower"], directory)
     layout = VisualLayout.from_config(config, int(tower["image_size"]) // int(tower["patch_size"]))
-    net = _build_net(config, tower, layout, _attention(attn_implementation, device, dtype))
+    net = _build_net(config, tower, layout, default_attention(attn_implementation, device, dtype))
     _load_weights(net, directory, device, dtype)
     return LlavaVideo(net, AutoTokenizer.from_pretrained(str(directory)), config, tower,
                       conv_template=conv_template, vision_cache_frames=vision_cache_frames)
@@ -576,10 +563,10 @@ def random_llava_video(size: Literal["tiny", "7b"] = "tiny", seed: int = 0, dtyp
     preset = json.loads((CONFIG_DIR / f"llava-video-{size}.json").read_text())
     config = preset["config"]
     tower = preset.get("vision_tower") or siglip_tower_config(config["mm_vision_tower"])
-    device = _as_device(device)
-    dtype = _as_dtype(dtype if dtype is not None else ("float32" if size == "tiny" else "bfloat16"))
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype if dtype is not None else ("float32" if size == "tiny" else "bfloat16"))
     layout = VisualLayout.from_config(config, int(tower["image_size"]) // int(tower["patch_size"]))
-    net = _build_net(config, tower, layout, _attention(attn_implementation, device, dtype))
+    net = _build_net(config, tower, layout, default_attention(attn_implementation, device, dtype))
     _randomize(net, seed, device, dtype)
     tokenizer = tiny_qwen_tokenizer()
     if len(tokenizer) > int(config["vocab_size"]):

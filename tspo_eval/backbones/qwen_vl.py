@@ -45,7 +45,6 @@ Supported transformers: >= 4.56 (the `dtype` loading argument, the video process
 from __future__ import annotations
 
 import copy
-import importlib.util
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -55,7 +54,14 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
-from .base import Backbone, VideoQuery, register_backbone
+from .base import (
+    Backbone,
+    VideoQuery,
+    default_attention,
+    register_backbone,
+    resolve_device,
+    resolve_dtype,
+)
 from .qwen_vision import set_grouped_vision_attention
 from .tokenizers import QWEN_CHAT_TEMPLATE, tiny_qwen_tokenizer
 
@@ -346,21 +352,6 @@ class QwenVL(Backbone):
         return list(zip(torch.split(merged, sizes), grid.cpu()))
 
 
-def _dtype(dtype: str | torch.dtype) -> torch.dtype:
-    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _attention(attn_implementation: str | None, device: torch.device) -> str:
-    """flash_attention_2 on CUDA when flash_attn is installed, else PyTorch sdpa."""
-    if attn_implementation is not None:
-        return attn_implementation
-    return "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
-
-
 @register_backbone("qwen2_5_vl")
 def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "bfloat16",
                     device: str | torch.device | None = None, attn_implementation: str | None = None,
@@ -380,9 +371,10 @@ def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "b
     """
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    where = _device(device)
+    where, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        str(path_or_hub_id), dtype=_dtype(dtype), attn_implementation=_attention(attn_implementation, where),
+        str(path_or_hub_id), dtype=torch_dtype,
+        attn_implementation=default_attention(attn_implementation, where, torch_dtype),
         device_map=str(where))
     processor = AutoProcessor.from_pretrained(str(path_or_hub_id))
     return QwenVL(model.eval(), processor, min_pixels=min_pixels, max_pixels=max_pixels, max_frames=max_frames,
@@ -414,12 +406,12 @@ def random_qwen_vl(size: Literal["tiny", "7b"] = "tiny", seed: int = 0, dtype: s
                                                         "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
                                                         "<|video_pad|>"])))
     config = Qwen2_5_VLConfig(**{"vocab_size": len(tokenizer), **copy.deepcopy(ARCHITECTURES[size]), **special})
-    where = _device(device)
+    where = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype or ("float32" if size == "tiny" else "bfloat16"))
     torch.manual_seed(seed)
     with torch.device(where):
         model = Qwen2_5_VLForConditionalGeneration._from_config(
-            config, dtype=_dtype(dtype or ("float32" if size == "tiny" else "bfloat16")),
-            attn_implementation=_attention(attn_implementation, where))
+            config, dtype=torch_dtype, attn_implementation=default_attention(attn_implementation, where, torch_dtype))
     model.generation_config.eos_token_id = [special["eos_token_id"], special["bos_token_id"]]
     model.generation_config.pad_token_id = special["bos_token_id"]
     pixels = {"min_pixels": options.get("min_pixels", MIN_PIXELS), "max_pixels": options.get("max_pixels", MAX_PIXELS)}

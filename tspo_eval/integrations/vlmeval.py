@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,6 @@ from .models import FLAVOURS, ModelArgs, build_answering, parse_model_args
 from .vlmeval_tsv import DATASETS, QuestionIndex, load_registry
 
 if TYPE_CHECKING:
-    import torch
 
     from ..answering import AnswerConfig, FramePlanner, QuestionRef
     from ..backbones import Backbone
@@ -94,16 +92,6 @@ def parse_args(model_name: str, raw: Mapping[str, Any]) -> tuple[ModelArgs, VLME
     return args, extra
 
 
-def rank_device() -> torch.device:
-    """This process's GPU (else the CPU). VLMEvalKit's run.py narrows CUDA_VISIBLE_DEVICES to each
-    rank's share under torchrun, so LOCAL_RANK wraps over the GPUs this process sees."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-
-
 def _fallback_index(dataset: str | None, video: str, text: str) -> str:
     """A stable id for a question the registry does not hold (record lines, logs)."""
     return f"{dataset}:{Path(video).name}:{hashlib.sha1(text.encode()).hexdigest()[:12]}"
@@ -157,7 +145,9 @@ class MessageAnswerer:
     def from_args(cls, model_name: str, raw: Mapping[str, Any]) -> MessageAnswerer:
         """Backbone, frame planner and settings from model arguments (as the lmms-eval adapter builds them)."""
         args, extra = parse_args(model_name, raw)
-        backbone, planner, answer_cfg = build_answering(model_name, args, rank_device())
+        from ..distributed import local_device
+
+        backbone, planner, answer_cfg = build_answering(model_name, args, local_device())
         return cls(backbone, planner, answer_cfg, extra.questions, args.record, extra.max_new_tokens)
 
     def index(self, benchmark: str) -> QuestionIndex | None:
