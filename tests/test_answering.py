@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -130,21 +132,47 @@ def test_missing_and_corrupt_videos_are_recorded_and_the_run_finishes(videos, tm
     assert len(record.read_text().splitlines()) == 4
 
 
-def test_questions_on_one_video_decode_each_frame_once(videos, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 4])
+def test_questions_on_one_video_decode_each_frame_once(videos, monkeypatch, workers):
+    """Also while several threads prepare questions of the same video at once."""
     from tspo_eval import answering
 
     decoded: list[int] = []
     real = answering.read_frames
 
-    def counting(path, frame_numbers, *a, **k):
+    def slow_counting(path, frame_numbers, *a, **k):
         decoded.extend(frame_numbers)
+        time.sleep(0.3)  # the other threads ask for the same frames meanwhile
         return real(path, frame_numbers, *a, **k)
 
-    monkeypatch.setattr(answering, "read_frames", counting)
+    monkeypatch.setattr(answering, "read_frames", slow_counting)
     refs = [r for r in _refs(videos) if r.video_path.endswith("a.mp4")]
-    answer_questions(refs, FramePlanner(FrameConfig(method="uniform", k=8)), PixelReadingBackbone(),
-                     AnswerConfig(decode_workers=1), progress=False)
+    backbone = PixelReadingBackbone()
+    answers = answer_questions(refs, FramePlanner(FrameConfig(method="uniform", k=8)), backbone,
+                               AnswerConfig(decode_workers=workers), progress=False)
     assert sorted(decoded) == [0, 42, 85, 128, 170, 213, 256, 299]  # three questions, one decode
+    assert [a.text for a in answers] == ["0 42 85 128 170 213 256 299"] * 3
+
+
+def test_a_decoding_error_reaches_every_question_waiting_for_those_frames(videos, monkeypatch):
+    from tspo_eval import answering
+
+    def failing(path, frame_numbers, *a, **k):
+        time.sleep(0.3)
+        raise answering.VideoError(f"{path}: corrupt at frame {frame_numbers[0]}")
+
+    monkeypatch.setattr(answering, "read_frames", failing)
+    refs = [r for r in _refs(videos) if r.video_path.endswith("a.mp4")]
+    answers = answer_questions(refs, FramePlanner(FrameConfig(method="uniform", k=8)), PixelReadingBackbone(),
+                               AnswerConfig(decode_workers=4), progress=False)
+    assert [a.error for a in answers] == [f"{refs[0].video_path}: {refs[0].video_path}: corrupt at frame 0"] * 3
+    # The memo itself, shared by three threads: all see the error, none keeps a stale claim.
+    memo = answering._FrameMemo()
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = [f.exception() for f in [pool.submit(memo.read, "v.mp4", [0, 42]) for _ in range(3)]]
+    assert all(isinstance(e, answering.VideoError) for e in outcomes)
+    monkeypatch.setattr(answering, "read_frames", lambda path, numbers: np.zeros((len(numbers), 2, 2, 3), np.uint8))
+    assert memo.read("v.mp4", [42, 0, 42]).shape == (3, 2, 2, 3)
 
 
 def test_frame_config_rejects_unknown_methods():

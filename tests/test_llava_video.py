@@ -417,3 +417,66 @@ def test_vision_features_are_reused_and_bounded(model, video_frames):
         model.clear_vision_cache()
     with pytest.raises(ValueError, match="frame_numbers"):
         model.next_token_logits([VideoQuery(frames[:2], [0.0, 1.0], "?", video="v", frame_numbers=[0])])
+
+
+def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_answers(model, video_frames):
+    path, frames = video_frames
+    numbers = [0, 30, 60, 90]
+
+    def query(prompt: str, count: int = 4, first: int = 0) -> VideoQuery:
+        return VideoQuery(frames[first:first + count], [float(n) / 30 for n in numbers[first:first + count]], prompt,
+                          video=str(path), frame_numbers=numbers[first:first + count])
+
+    def ids(prompt: str) -> tuple[list[int], list[int]]:
+        before, after = model.prompt_text(prompt).split("<image>")
+        return model.tokenizer(before).input_ids, model.tokenizer(after).input_ids
+
+    runs = [query("Which number is shown first?"), query("What colour is the background?"),
+            query("Which number is shown first?", count=3), query("Which number is shown first?", first=1)]
+    try:
+        model.prefix_reuse = False
+        model.clear_vision_cache()
+        fresh = [model.generate_ids([q], max_new_tokens=6) for q in runs]
+        assert model._kept is None
+        model.prefix_reuse = True
+        model.clear_vision_cache()
+        model.timings.reset()
+        reused = []
+        for q in runs:
+            before = model.timings.counts["prefix_tokens_reused"]
+            reused.append(model.generate_ids([q], max_new_tokens=6))
+            reused[-1].append(model.timings.counts["prefix_tokens_reused"] - before)
+        assert [r[:-1] for r in reused] == fresh
+
+        # Same frames, another question: the template, all 4 frames and the common text are reused.
+        (b1, a1), (_, a2) = ids(runs[0].prompt), ids(runs[1].prompt)
+        common = next(i for i, (x, y) in enumerate(zip(a1, a2)) if x != y)
+        assert reused[0][-1] == 0
+        assert reused[1][-1] == len(b1) + model.visual_token_count(4) + common
+        # The first 3 of the same frames (frames are self-contained in the grid layout): reused up to them.
+        assert model.layout.newline_position == "grid"
+        assert reused[2][-1] == len(b1) + model.visual_token_count(3)
+        # Starting at another frame: nothing shared beyond the template, below half -> a fresh prefill.
+        assert reused[3][-1] == 0
+        assert model.timings.counts["prompt_tokens"] == sum(
+            len(ids(q.prompt)[0]) + model.visual_token_count(len(q.frames)) + len(ids(q.prompt)[1]) for q in runs)
+
+        model.generate_ids(runs[:2], max_new_tokens=2)  # batches are prefilled whole and not kept
+        assert model._kept is None
+        model.generate_ids(runs[:1], max_new_tokens=2)
+        model.clear_vision_cache()
+        assert model._kept is None
+    finally:
+        model.prefix_reuse = True
+        model.clear_vision_cache()
+
+
+def test_compiled_vision_tower_gives_the_eager_features(video_frames):
+    _, frames = video_frames
+    eager = random_llava_video("tiny", seed=0, device="cpu")
+    compiled = random_llava_video("tiny", seed=0, device="cpu", compile_vision=True)
+    assert compiled._tower is not compiled.net.model.vision_tower
+    for count in (3, 1):  # a second batch size reuses the dynamic-batch graph
+        queries = [VideoQuery(frames[:count], [0.0] * count, "?")]
+        torch.testing.assert_close(compiled.frame_features(queries)[0], eager.frame_features(queries)[0],
+                                   rtol=1e-4, atol=1e-4)

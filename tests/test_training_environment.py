@@ -1,6 +1,8 @@
 """Answerers: the synthetic environment's rule, and a real (tiny, random) LLaVA-Video asked per rollout."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,18 @@ def test_one_query_per_rollout_with_the_right_frames_and_vision_computed_once(ba
         assert q.timestamps == (sel * 2.0).tolist() and q.prompt == video_episode.sample.prompt
     env.complete(video_episode, selections)
     assert sum(encoded) == 6  # the union of the three rollouts' frames, each encoded once
+
+
+def test_preloaded_candidates_are_the_pixels_decoding_on_demand_gives(video_episode):
+    fresh = dataclasses.replace(video_episode, pixels=None)
+    assert not fresh.preload(max_bytes=20 * 48 * 64 * 3 - 1)  # over the budget: stays on demand
+    assert fresh.pixels is None
+    chosen = np.array([0, 3, 3, 19])
+    on_demand = fresh.frames(chosen)
+    assert fresh.preload()
+    assert fresh.pixels.shape[0] == 20
+    np.testing.assert_array_equal(fresh.frames(chosen), on_demand)
+    assert [read_frame_number(f) for f in fresh.pixels] == list(range(0, 300, 15))
 
 
 def test_letter_from_first_token_logits_equals_greedy_decoding_of_one_token(backbone, video_episode):

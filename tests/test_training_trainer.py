@@ -17,6 +17,7 @@ from tspo_eval.agent import TemporalAgent, random_agent
 from tspo_eval.benchmarks import load_benchmark, resolve_video
 from tspo_eval.cache import FeatureCache
 from tspo_eval.demo import DemoConfig, make_benchmark
+from tspo_eval.synthetic import read_frame_number
 from tspo_eval.training.config import TrainConfig
 from tspo_eval.training.data import EpisodeBuilder, sample_from_question
 from tspo_eval.training.environment import SyntheticEnvironment
@@ -36,14 +37,14 @@ def bench(tmp_path_factory):
     return root, samples
 
 
-def make_trainer(bench, tmp_path, **overrides) -> Trainer:
+def make_trainer(bench, tmp_path, environment=None, **overrides) -> Trainer:
     root, samples = bench
     cfg = TrainConfig(**{"environment": "synthetic", "output_dir": str(tmp_path / "run"), "rollouts": 6, "k": 4,
                          "grad_accum": 2, "epochs": 2, "max_steps": 3, "lr": 1e-3, "seed": 1, **overrides})
     agent = random_agent("clip-tiny", seed=0)
     builder = EpisodeBuilder(None, agent.encoder, FeatureCache(root / "cache"), min_candidates=1)
     builder.prepare(samples, progress=False)
-    return Trainer(cfg, agent, samples, builder, SyntheticEnvironment(), torch.device("cpu"))
+    return Trainer(cfg, agent, samples, builder, environment or SyntheticEnvironment(), torch.device("cpu"))
 
 
 def head_state(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -124,6 +125,31 @@ def test_resume_continues_exactly_where_the_run_stopped(bench, tmp_path):
     assert [m["loss"] for m in rest] == [m["loss"] for m in full[2:]]
     final, expected = head_state(resumed), head_state(straight)
     assert all(torch.equal(final[k], expected[k]) for k in final)
+
+
+class PixelReadingEnvironment(SyntheticEnvironment):
+    """The synthetic rule, reading each rollout's pixels as a backbone does; notes where they came from."""
+
+    needs_pixels = True
+
+    def __init__(self) -> None:
+        self.preloaded: list[bool] = []
+        self.seen: list[list[int]] = []
+
+    def complete(self, episode, selections):
+        self.preloaded.append(episode.pixels is not None)
+        self.seen += [[read_frame_number(f) for f in episode.frames(sel)] for sel in selections]
+        return super().complete(episode, selections)
+
+
+def test_questions_prepared_ahead_with_their_pixels_change_nothing(bench, tmp_path):
+    envs = {ahead: PixelReadingEnvironment() for ahead in (0, 2)}
+    runs = {ahead: make_trainer(bench, tmp_path / str(ahead), env, prefetch=ahead) for ahead, env in envs.items()}
+    history = {ahead: trainer.train() for ahead, trainer in runs.items()}
+    assert history[0] == history[2]
+    assert all(torch.equal(head_state(runs[0])[k], v) for k, v in head_state(runs[2]).items())
+    assert envs[0].seen == envs[2].seen and len(envs[0].seen) == 3 * 2 * 6  # steps x questions x rollouts
+    assert envs[0].preloaded == [False] * 6 and envs[2].preloaded == [True] * 6
 
 
 def test_tensorboard_and_metrics_file(bench, tmp_path):

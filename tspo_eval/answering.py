@@ -21,8 +21,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from .benchmarks import read_frame_idx
 from .cache import FeatureCache
 from .encoders import Encoder
 from .extract import ExtractConfig, video_features
+from .prefetch import prefetched
 from .selections import SelectConfig, Selection, SelectionSet, select_for_question
 from .video import VideoError, probe, read_frames
 
@@ -160,26 +161,56 @@ class FramePlanner:
 
 
 class _FrameMemo:
-    """Decoded frames of the most recent videos, so questions on one video decode each frame once."""
+    """Decoded frames of the most recent videos, so questions on one video decode each frame once.
+
+    Frames another thread is decoding right now are waited for, not decoded again: the
+    prefetch threads often work on questions of the same video at once.
+    """
 
     def __init__(self, max_frames: int = 4096) -> None:
         self.max_frames = max_frames
         self._frames: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._pending: dict[tuple[str, int], Future] = {}
         self._lock = threading.Lock()
 
     def read(self, path: str, frame_numbers: Sequence[int]) -> np.ndarray:
+        have: dict[int, np.ndarray] = {}
+        waits: dict[int, Future] = {}
+        mine: list[int] = []
         with self._lock:
-            have = {f: self._frames[(path, f)] for f in frame_numbers if (path, f) in self._frames}
-        missing = sorted({int(f) for f in frame_numbers} - have.keys())
-        if missing:
-            decoded = read_frames(path, missing)
-            with self._lock:
-                for f, frame in zip(missing, decoded):
-                    have[f] = frame
-                    self._frames[(path, f)] = frame
-                while len(self._frames) > self.max_frames:
-                    self._frames.popitem(last=False)
+            for f in sorted({int(f) for f in frame_numbers}):
+                key = (path, f)
+                if key in self._frames:
+                    have[f] = self._frames[key]
+                elif key in self._pending:
+                    waits[f] = self._pending[key]
+                else:
+                    mine.append(f)
+            job: Future = Future()
+            for f in mine:
+                self._pending[(path, f)] = job
+        if mine:
+            try:
+                decoded = dict(zip(mine, read_frames(path, mine)))
+            except BaseException as err:
+                self._settle(path, mine)
+                job.set_exception(err)
+                raise
+            self._settle(path, mine, decoded)
+            job.set_result(decoded)
+            have.update(decoded)
+        for f, other in waits.items():
+            have[f] = other.result()[f]  # re-raises the decoding thread's error
         return np.stack([have[int(f)] for f in frame_numbers])
+
+    def _settle(self, path: str, numbers: list[int], decoded: dict[int, np.ndarray] | None = None) -> None:
+        with self._lock:
+            for f in numbers:
+                del self._pending[(path, f)]
+                if decoded is not None:
+                    self._frames[(path, f)] = decoded[f]
+            while len(self._frames) > self.max_frames:
+                self._frames.popitem(last=False)
 
 
 @dataclass
@@ -197,22 +228,6 @@ def _prepare(slot: int, ref: QuestionRef, planner: FramePlanner, memo: _FrameMem
         return _Prepared(slot, ref, selection, memo.read(ref.video_path, selection.frame_numbers), None)
     except (VideoError, ValueError, FileNotFoundError, RuntimeError) as err:
         return _Prepared(slot, ref, None, None, f"{ref.video_path}: {err}")
-
-
-def _prepared_in_order(work: Sequence[tuple[int, QuestionRef]], planner: FramePlanner, workers: int,
-                       ahead: int) -> Iterator[_Prepared]:
-    """`_prepare` for every (slot, ref), on `workers` threads, at most `ahead` questions in flight."""
-    memo = _FrameMemo()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tspo-decode") as pool:
-        todo = iter(work)
-        pending: list[Future] = [pool.submit(_prepare, *item, planner, memo)
-                                 for _, item in zip(range(ahead), todo)]
-        while pending:
-            done = pending.pop(0).result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(_prepare, *nxt, planner, memo))
-            yield done
 
 
 @dataclass
@@ -270,7 +285,9 @@ def answer_questions(refs: Sequence[QuestionRef], planner: FramePlanner, backbon
         bar.update(1)
 
     try:
-        stream = _prepared_in_order([(i, refs[i]) for i in order], planner, cfg.decode_workers, cfg.prefetch)
+        memo = _FrameMemo()
+        stream = prefetched(lambda i: _prepare(i, refs[i], planner, memo), order, cfg.decode_workers, cfg.prefetch,
+                            name="tspo-decode")
         while True:
             waited = time.perf_counter()
             p = next(stream, None)

@@ -40,10 +40,12 @@ class VideoQuery:
 
 
 class PhaseTimer:
-    """Accumulates wall seconds per phase (vision, prefill, decode_tokens), CUDA-synchronised."""
+    """Accumulates wall seconds per phase (vision, prefill, decode_tokens), CUDA-synchronised,
+    and event counts (e.g. prompt tokens whose KV was reused)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -59,6 +61,7 @@ class PhaseTimer:
 
     def reset(self) -> None:
         self.seconds.clear()
+        self.counts.clear()
 
 
 class Backbone(ABC):
@@ -79,6 +82,9 @@ class Backbone(ABC):
     @abstractmethod
     def next_token_logits(self, queries: Sequence[VideoQuery]) -> torch.Tensor:
         """(B, vocab) logits of the first answer token; greedy decoding of one token is their argmax."""
+
+    def clear_vision_cache(self) -> None:
+        """Forget vision work kept for reuse (after changing weights); nothing kept, nothing to do."""
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -304,6 +304,10 @@ class QwenVL(Backbone):
             frames, times = frames[torch.as_tensor(keep)], times[keep]
         return frames.permute(0, 3, 1, 2), times, key
 
+    def clear_vision_cache(self) -> None:
+        """Forget every cached frame set (e.g. after changing weights)."""
+        self._vision_cache.clear()
+
     def _prompt_ids(self, prompt: str, num_video_tokens: int) -> list[int]:
         """Chat-template token ids with the single video placeholder expanded, as the processor does."""
         messages = [{"role": "system", "content": self.system_prompt},

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 BACKBONE_OPTIONS = {
-    "llava_video": ("conv_template",),
+    "llava_video": ("conv_template", "compile_vision"),
     "qwen2_5_vl": ("min_pixels", "max_pixels", "time_encoding"),
 }
 # The published evaluation scripts (evaluation/*llava_video.sh) run LLaVA-Video with
@@ -53,6 +53,8 @@ class ModelArgs:
     decode_workers: int = field(default=4, metadata={"help": "frame decoding threads"})
     prefetch: int = field(default=8, metadata={"help": "questions decoded ahead"})
     conv_template: str | None = field(default=None, metadata={"help": "LLaVA-Video: qwen_1_5 / chatml_direct"})
+    compile_vision: bool | None = field(default=None, metadata={
+        "help": "LLaVA-Video: torch.compile the vision tower (~20% faster vision on an H200 after a ~45 s first call)"})
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL min pixels per frame"})
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL max pixels per frame"})
     time_encoding: str | None = field(default=None, metadata={"help": "Qwen2.5-VL: real / mean / none"})

@@ -39,7 +39,7 @@ from ..benchmarks import Question
 from ..cache import FeatureCache, VideoFeatures
 from ..encoders import Encoder
 from ..extract import ExtractConfig, extract_videos, video_features
-from ..video import read_frames
+from ..video import probe, read_frames
 
 Kind = Literal["multiple_choice", "grounding", "grounded_qa", "open"]
 KINDS = ("multiple_choice", "grounding", "grounded_qa", "open")
@@ -164,6 +164,9 @@ def write_samples(samples: Iterable[Sample], path: str | Path) -> Path:
     return path
 
 
+PRELOAD_MAX_BYTES = 2**30  # candidate pixels kept per prefetched episode (128 frames of 1080p fit)
+
+
 @dataclass
 class Episode:
     """One question ready for rollouts: its candidates' features and where they come from."""
@@ -178,11 +181,23 @@ class Episode:
     source: np.ndarray  # (T,) index into `videos`
     frame_numbers: np.ndarray  # (T,) frame number in its source video
     key: str  # identity of this candidate set (vision-feature reuse inside a backbone)
+    pixels: np.ndarray | None = None  # (T, H, W, 3) every candidate, once `preload` has run
+
+    def preload(self, max_bytes: int = PRELOAD_MAX_BYTES) -> bool:
+        """Decode every candidate now (on a prefetch thread, while the GPU works on the previous
+        question), unless they would take more than `max_bytes`; then `frames` decodes on demand."""
+        info = probe(self.videos[0])
+        if len(self.source) * info.height * info.width * 3 > max_bytes:
+            return False
+        self.pixels = self.frames(np.arange(len(self.source)))
+        return True
 
     def frames(self, positions: Sequence[int]) -> np.ndarray:
-        """uint8 (n, H, W, 3) pixels of the given candidates, decoded now; frames of other
-        videos (needle distractors) are resized to the sample video's size."""
+        """uint8 (n, H, W, 3) pixels of the given candidates (decoded now unless preloaded);
+        frames of other videos (needle distractors) are resized to the sample video's size."""
         positions = np.asarray(positions, dtype=np.int64)
+        if self.pixels is not None:
+            return self.pixels[positions]
         out: list[np.ndarray | None] = [None] * len(positions)
         for v in np.unique(self.source[positions]):
             where = np.flatnonzero(self.source[positions] == v)

@@ -29,6 +29,7 @@ class Environment(ABC):
     """Answers one question from each rollout's chosen candidates."""
 
     name: str
+    needs_pixels: bool = False  # whether `complete` reads the candidates' frames
 
     @abstractmethod
     def complete(self, episode: Episode, selections: Sequence[np.ndarray]) -> list[str]:
@@ -66,6 +67,8 @@ class SyntheticEnvironment(Environment):
 
 class BackboneEnvironment(Environment):
     """A frozen video LLM asked once per rollout, the group batched."""
+
+    needs_pixels = True
 
     def __init__(self, backbone: Backbone, answer_from: Literal["logits", "generate"] = "logits",
                  max_new_tokens: int = 16, batch_size: int | None = None) -> None:

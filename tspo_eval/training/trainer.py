@@ -2,7 +2,8 @@
 
 Per optimiser step, every rank takes `grad_accum` questions; per question:
 
-    episode  = builder.build(sample)                 # cached CLIP features, once per question
+    episode  = builder.build(sample)                 # cached CLIP features (+ the candidates' pixels for
+                                                     # a backbone answerer), `prefetch` questions ahead
     logits   = head(features, text) / tau            # one forward, no grad: the rollout policy
     rollouts = sample_rollouts(logits, K, G)         # Gumbel-top-k, G ordered draws
     texts    = environment.complete(episode, ...)    # the frozen answerer, G answers batched
@@ -24,7 +25,7 @@ import copy
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..agent import TemporalAgent, TemporalHead
+from ..prefetch import prefetched
 from .config import TrainConfig
 from .data import Episode, EpisodeBuilder, Sample
 from .environment import Environment
@@ -117,11 +119,29 @@ class Trainer:
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ one question
-    def rollout_group(self, epoch: int, index: int, tau: float) -> StepGroup:
+    def episode(self, epoch: int, index: int, preload: bool = False) -> Episode:
+        """The question's episode (needle clips drawn from its seed); with `preload` its
+        candidates' pixels too, when the environment reads them."""
+        episode = self.builder.build(self.samples[index],
+                                     np.random.default_rng(sample_seed(self.cfg.seed, epoch, index)))
+        if preload and self.environment.needs_pixels:
+            episode.preload()
+        return episode
+
+    def episodes(self, first_step: int) -> Iterator[Episode]:
+        """Episodes of every step from `first_step` on, in order, `prefetch` questions ahead."""
+        work = [item for step in range(first_step, self.steps)
+                for item in step_samples(self.cfg, step, len(self.samples), self.rank, self.world)]
+        if self.cfg.prefetch == 0:
+            return (self.episode(*item) for item in work)
+        return prefetched(lambda item: self.episode(*item, preload=True), work, self.cfg.prefetch, self.cfg.prefetch,
+                          name="tspo-episode")
+
+    def rollout_group(self, epoch: int, index: int, tau: float, episode: Episode | None = None) -> StepGroup:
         """Episode -> G rollouts -> answers -> rewards -> advantages, all without grad."""
         seed = sample_seed(self.cfg.seed, epoch, index)
         sample = self.samples[index]
-        episode = self.builder.build(sample, np.random.default_rng(seed))
+        episode = self.episode(epoch, index) if episode is None else episode
         k = self.cfg.k if sample.needle else self.cfg.k_for_general
         with torch.no_grad():
             logits = self.head(episode.features.to(self.device), episode.text.to(self.device)) / tau
@@ -171,10 +191,11 @@ class Trainer:
         writer = self._writer()
         bar = tqdm(range(self.start_step, self.steps), desc="train", unit="step", disable=self.rank != 0,
                    initial=self.start_step, total=self.steps)
+        episodes = self.episodes(self.start_step)
         for step in bar:
             tau = tau_at(step, self.steps, self.cfg.tau_start, self.cfg.tau_end)
             lr = self.scheduler.get_last_lr()[0]
-            groups = [self.rollout_group(epoch, index, tau)
+            groups = [self.rollout_group(epoch, index, tau, next(episodes))
                       for epoch, index in step_samples(self.cfg, step, len(self.samples), self.rank, self.world)]
             metrics = self.reduce({**self.group_metrics(groups), **self.update(groups, tau)})
             metrics.update(step=step + 1, tau=tau, lr=lr)
