@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..encoders import as_uint8_batch
 from .base import (
@@ -300,7 +301,9 @@ class LlavaVideo(Backbone):
     short videos whose candidates are all chosen) prefills only what follows the shared part.
     Reuse needs the shared part to be at least half the prompt: the rest then runs as a
     masked attention over the cache, which costs more per token than a fresh causal prefill
-    (H200: `benchmarks/kernels_h200.json`).  `compile_vision` runs the SigLIP tower through
+    (H200: `benchmarks/kernels_h200.json`).  That masked part keeps off cuDNN attention, which
+    builds an execution plan for every new masked shape (0.6-1 s each on the H200, and each
+    question's remainder has its own length) where flash / memory-efficient need none.  `compile_vision` runs the SigLIP tower through
     `torch.compile` (about 20% faster on an H200 after a ~45 s first call).
     """
 
@@ -488,7 +491,8 @@ class LlavaVideo(Backbone):
             cache = self._kept[1]
             cache.crop(shared - cache.get_seq_length())  # negative = tokens to drop (transformers 4.5x and 5.x)
             self.timings.counts["prefix_tokens_reused"] += shared
-            logits, cache = self._step(embeds[:, shared:], mask, positions[:, shared:], cache)
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+                logits, cache = self._step(embeds[:, shared:], mask, positions[:, shared:], cache)
         else:
             self._kept = None  # free the old cache before building a new one
             logits, cache = self._step(embeds, mask, positions)
