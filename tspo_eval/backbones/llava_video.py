@@ -303,8 +303,9 @@ class LlavaVideo(Backbone):
     masked attention over the cache, which costs more per token than a fresh causal prefill
     (H200: `benchmarks/kernels_h200.json`).  That masked part keeps off cuDNN attention, which
     builds an execution plan for every new masked shape (0.6-1 s each on the H200, and each
-    question's remainder has its own length) where flash / memory-efficient need none.  `compile_vision` runs the SigLIP tower through
-    `torch.compile` (about 20% faster on an H200 after a ~45 s first call).
+    question's remainder has its own length) where flash / memory-efficient need none.
+    `compile_vision` runs the SigLIP tower through `torch.compile` (about 20% faster on an H200
+    after a ~45 s first call).
     """
 
     name = "llava_video"
