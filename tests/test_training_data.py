@@ -131,6 +131,11 @@ def test_needle_haystack_from_cached_distractor_features(builder, videos):
     assert pixels.shape[1:3] == (48, 64)  # distractors of another size resized to the target's
     same_size = [i for i in range(t) if ep.videos[ep.source[i]] != str(others[2])]
     assert [read_frame_number(pixels[i]) for i in same_size] == ep.frame_numbers[same_size].tolist()
+    odd = [i for i in range(t) if i not in same_size]
+    assert odd  # a request of only the other-size distractor's frames still gets the target's size
+    np.testing.assert_array_equal(ep.frames(odd), pixels[odd])
+    assert ep.preload()
+    np.testing.assert_array_equal(ep.frames(odd), pixels[odd])
     again = builder.build(s, np.random.default_rng(3))
     np.testing.assert_array_equal(again.frame_numbers, ep.frame_numbers)  # reproducible from the step's seed
 

@@ -183,11 +183,17 @@ class Episode:
     key: str  # identity of this candidate set (vision-feature reuse inside a backbone)
     pixels: np.ndarray | None = None  # (T, H, W, 3) every candidate, once `preload` has run
 
+    @functools.cached_property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of the sample's own video: the size every candidate's pixels are given in."""
+        info = probe(self.videos[0])
+        return info.height, info.width
+
     def preload(self, max_bytes: int = PRELOAD_MAX_BYTES) -> bool:
         """Decode every candidate now (on a prefetch thread, while the GPU works on the previous
         question), unless they would take more than `max_bytes`; then `frames` decodes on demand."""
-        info = probe(self.videos[0])
-        if len(self.source) * info.height * info.width * 3 > max_bytes:
+        height, width = self.frame_size
+        if len(self.source) * height * width * 3 > max_bytes:
             return False
         self.pixels = self.frames(np.arange(len(self.source)))
         return True
@@ -205,8 +211,9 @@ class Episode:
             decoded = read_frames(self.videos[v], numbers)
             for i, j in zip(where, back):
                 out[i] = decoded[j]
-        size = out[0].shape[:2]
-        return np.stack([f if f.shape[:2] == size else _resize(f, size) for f in out])
+        if len(self.videos) == 1:
+            return np.stack(out)
+        return np.stack([f if f.shape[:2] == self.frame_size else _resize(f, self.frame_size) for f in out])
 
 
 def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -137,11 +137,10 @@ class Trainer:
         return prefetched(lambda item: self.episode(*item, preload=True), work, self.cfg.prefetch, self.cfg.prefetch,
                           name="tspo-episode")
 
-    def rollout_group(self, epoch: int, index: int, tau: float, episode: Episode | None = None) -> StepGroup:
+    def rollout_group(self, epoch: int, index: int, tau: float, episode: Episode) -> StepGroup:
         """Episode -> G rollouts -> answers -> rewards -> advantages, all without grad."""
         seed = sample_seed(self.cfg.seed, epoch, index)
         sample = self.samples[index]
-        episode = self.episode(epoch, index) if episode is None else episode
         k = self.cfg.k if sample.needle else self.cfg.k_for_general
         with torch.no_grad():
             logits = self.head(episode.features.to(self.device), episode.text.to(self.device)) / tau
