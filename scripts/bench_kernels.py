@@ -8,6 +8,10 @@ Measures on the full-size random-weight LLaVA-Video-7B (bf16), in one process:
   vision    the SigLIP tower on 32 frames, eager and `torch.compile`d
   suffix    the forward of the last n tokens over a cached prefix (what reusing a shared
             visual prefix costs) against the full prefill
+  shapes    the first and a repeated call of a prefill, and of a one-token decode step, at
+            prompt lengths not seen before (real questions differ in length), per backend
+            priority: what a backend's per-shape set-up (cuDNN builds a plan per shape) costs
+  batches   the SigLIP tower's time per frame at 16 / 32 / 48 / 64 frames a call
 
 Prints medians and writes JSON; the figures decide the defaults (see BENCHMARKS.md).
 
@@ -22,6 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,11 +61,52 @@ def backend(order: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if backends is None else sdpa_kernel(backends, set_priority=True)
 
 
+@torch.inference_mode()
+def new_shapes(lm: torch.nn.Module, hidden: int, prompt: int, dtype: torch.dtype, device: str,
+               sync: Callable[[], None], lengths: int = 4) -> dict:
+    """Per backend priority: prefill and one decode step at `lengths` prompt lengths never run
+    before in this process (first call, then the same shape again), as real questions give."""
+    def once(fn: Callable[[], object]) -> tuple[float, object]:
+        sync()
+        start = time.perf_counter()
+        value = fn()
+        sync()
+        return time.perf_counter() - start, value
+
+    out: dict = {}
+    for n, order in enumerate(ORDERS):
+        rows = []
+        for j in range(lengths):
+            length = prompt + 1 + 97 * n + 13 * j  # distinct across orders: nothing cached yet
+            embeds = torch.randn(1, length + 1, hidden, device=device, dtype=dtype)
+            mask = torch.ones(1, length + 1, dtype=torch.long, device=device)
+            positions = torch.arange(length + 1, device=device)[None]
+            prefill = partial(lm, inputs_embeds=embeds[:, :length], attention_mask=mask[:, :length],
+                              position_ids=positions[:, :length], use_cache=True)
+            step = partial(lm, inputs_embeds=embeds[:, length:], attention_mask=mask,
+                           position_ids=positions[:, length:], use_cache=True)
+            with backend(order):
+                first, _ = once(prefill)
+                again, out_prefill = once(prefill)
+                cache = out_prefill.past_key_values
+                step_first, _ = once(partial(step, past_key_values=cache))
+                cache.crop(-1)  # back to the prompt (negative: tokens to drop, 4.5x and 5.x)
+                step_again, _ = once(partial(step, past_key_values=cache))
+            rows.append({"length": length, "prefill_first": first, "prefill_again": again,
+                         "step_first": step_first, "step_again": step_again})
+            print(f"{order:12s} length {length}: prefill first {first:.3f} s, again {again:.3f} s; "
+                  f"decode step first {step_first:.4f} s, again {step_again:.4f} s")
+        out[order] = rows
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=["tiny", "7b"], default="7b")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sections", nargs="+", default=["prefill", "vision", "suffix", "shapes", "batches"],
+                    choices=["prefill", "vision", "suffix", "shapes", "batches"])
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
@@ -70,7 +116,8 @@ def main() -> None:
     rollouts = bb.visual_token_count(16) + 80
     result: dict = {"size": a.size, "device": a.device, "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
-                    "prompt_tokens": prompt, "rollout_tokens": rollouts, "prefill": {}, "vision": {}, "suffix": {}}
+                    "prompt_tokens": prompt, "rollout_tokens": rollouts, "prefill": {}, "vision": {}, "suffix": {},
+                    "shapes": {}, "batches": {}}
 
     @torch.inference_mode()
     def forward(batch: int, length: int, use_cache: bool) -> Callable[[], object]:
@@ -79,7 +126,7 @@ def main() -> None:
         positions = torch.arange(length, device=a.device).expand(batch, -1)
         return lambda: lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache)
 
-    for order in ORDERS:
+    for order in ORDERS if "prefill" in a.sections else ():
         with backend(order), torch.inference_mode():
             for name, batch, length in (("answer_64_frames", 1, prompt), ("train_8x16_frames", 8, rollouts)):
                 try:
@@ -93,24 +140,33 @@ def main() -> None:
     pixels = torch.randn(32, 3, bb.image_size, bb.image_size, device=a.device, dtype=bb.dtype)
     tower = bb.net.model.vision_tower
     with torch.inference_mode():
-        for order in ORDERS:
+        for order in ORDERS if "vision" in a.sections else ():
             with backend(order):
                 result["vision"][f"eager_{order}"] = timed(lambda: tower(pixels), a.repeats, sync)
-        compiled = torch.compile(tower, dynamic=True)
-        start = time.perf_counter()
-        compiled(pixels)
-        sync()
-        result["vision"]["compile_first_call_s"] = time.perf_counter() - start
-        result["vision"]["compiled"] = timed(lambda: compiled(pixels), a.repeats, sync)
+        if "vision" in a.sections:
+            compiled = torch.compile(tower, dynamic=True)
+            start = time.perf_counter()
+            compiled(pixels)
+            sync()
+            result["vision"]["compile_first_call_s"] = time.perf_counter() - start
+            result["vision"]["compiled"] = timed(lambda: compiled(pixels), a.repeats, sync)
+        for frames in (16, 32, 48, 64) if "batches" in a.sections else ():
+            batch = torch.randn(frames, 3, bb.image_size, bb.image_size, device=a.device, dtype=bb.dtype)
+            result["batches"][str(frames)] = timed(lambda batch=batch: tower(batch), a.repeats, sync) / frames
+            print(f"vision {frames:2d} frames a call: {1000 * result['batches'][str(frames)]:.3f} ms per frame")
     for name, seconds in result["vision"].items():
         print(f"vision 32 frames {name:22s} {seconds:.4f} s")
 
+    if "shapes" in a.sections:
+        result["shapes"] = new_shapes(lm, hidden, prompt, bb.dtype, a.device, sync)
+
     # Suffix over a cached prefix: the question's tokens after a reused visual prefix.
-    with torch.inference_mode():
+    with torch.inference_mode() if "suffix" in a.sections else contextlib.nullcontext():
         embeds = torch.randn(1, prompt, hidden, device=a.device, dtype=bb.dtype)
         mask = torch.ones(1, prompt, dtype=torch.long, device=a.device)
         positions = torch.arange(prompt, device=a.device)[None]
-        for suffix in sorted({min(80, prompt // 2), prompt // 4, prompt // 2, prompt - 1}):
+        for suffix in sorted({min(80, prompt // 2), prompt // 4, prompt // 2, prompt - 1}) if "suffix" in a.sections \
+                else ():
             cut = prompt - suffix
             cache = lm(inputs_embeds=embeds[:, :cut], attention_mask=mask[:, :cut], position_ids=positions[:, :cut],
                        use_cache=True).past_key_values

@@ -108,3 +108,19 @@ def mini_benchmarks(tmp_path_factory: pytest.TempPathFactory, official_dir: Path
             write_video(folder / "videos" / name, (number_frame(i, 48, 64) for i in range(100)), 10)
         made[benchmark] = (annotation, folder / "videos")
     return made
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """(query length, cuDNN attention allowed) of every PyTorch sdpa call while the test runs."""
+    import torch
+
+    calls: list[tuple[int, bool]] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, *args, **kwargs):
+        calls.append((query.shape[-2], torch.backends.cuda.cudnn_sdp_enabled()))
+        return real(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls

@@ -419,6 +419,29 @@ def test_vision_features_are_reused_and_bounded(model, video_frames):
         model.next_token_logits([VideoQuery(frames[:2], [0.0, 1.0], "?", video="v", frame_numbers=[0])])
 
 
+def test_only_the_full_prompt_may_use_cudnn_attention(model, video_frames, sdpa_calls):
+    """cuDNN plans every new shape: decode steps and a remainder over a kept prefix avoid it."""
+    path, frames = video_frames
+    layers = model.net.config.num_hidden_layers
+    query = VideoQuery(frames[:4], [0.0, 1.0, 2.0, 3.0], "Which number is shown first?", video=str(path),
+                       frame_numbers=[0, 30, 60, 90])
+    try:
+        model.clear_vision_cache()
+        model.eos_token_ids, eos = set(), model.eos_token_ids  # exactly 4 tokens: 3 decode steps
+        assert len(model.generate_ids([query], max_new_tokens=4)[0]) == 4
+        full = [(n, cudnn) for n, cudnn in sdpa_calls if n > 1 and n != 729]  # 729: the tower's patches
+        assert len(full) == layers and all(cudnn for _, cudnn in full)  # the prompt: PyTorch's choice
+        assert [cudnn for n, cudnn in sdpa_calls if n == 1] == [False] * (3 * layers)
+        sdpa_calls.clear()
+        model.generate_ids([VideoQuery(query.frames, query.timestamps, "Which number is shown last?",
+                                       video=str(path), frame_numbers=[0, 30, 60, 90])], max_new_tokens=1)
+        assert model.timings.counts["prefix_tokens_reused"] > 0
+        assert len(sdpa_calls) == layers and not any(cudnn for _, cudnn in sdpa_calls)  # the remainder
+    finally:
+        model.eos_token_ids = eos
+        model.clear_vision_cache()
+
+
 def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_answers(model, video_frames):
     path, frames = video_frames
     numbers = [0, 30, 60, 90]

@@ -175,6 +175,20 @@ def video_queries(numbered_video_factory) -> list[VideoQuery]:
     return queries
 
 
+def test_decode_steps_never_use_cudnn_attention(tiny: QwenVL, sdpa_calls) -> None:
+    """cuDNN plans every new shape, and every generated token has a new key length."""
+    query = VideoQuery(frames(4, seed=2), [0.0, 0.5, 1.0, 1.5], "Describe the scene in detail.")
+    eos, tiny.eos_token_ids = tiny.eos_token_ids, []  # exactly 5 tokens: 4 decode steps
+    try:
+        assert len(tiny.generate_ids([query], max_new_tokens=5)[0]) == 5
+    finally:
+        tiny.eos_token_ids = eos
+    layers = tiny.model.config.get_text_config().num_hidden_layers
+    assert [cudnn for n, cudnn in sdpa_calls if n == 1] == [False] * (4 * layers)
+    assert [cudnn for n, cudnn in sdpa_calls if n > 1]  # the prompt (and vision): PyTorch's choice
+    assert all(cudnn for n, cudnn in sdpa_calls if n > 1)
+
+
 def test_generation_on_decoded_video_frames_batch_equals_each_alone(tiny: QwenVL, video_queries) -> None:
     backbone = variant(tiny, vision_cache_size=0)
     together = backbone.generate(video_queries, max_new_tokens=6)

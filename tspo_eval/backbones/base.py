@@ -11,6 +11,7 @@ questions on the same video that share frames do not recompute them.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 from abc import ABC, abstractmethod
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass
@@ -107,6 +109,19 @@ def default_attention(requested: str | None, device: torch.device, dtype: torch.
         return requested
     usable = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     return "flash_attention_2" if usable and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def without_cudnn_attention() -> contextlib.AbstractContextManager:
+    """PyTorch sdpa limited to flash / memory-efficient / math attention, for shapes met once.
+
+    PyTorch >= 2.5 tries cuDNN attention first on Hopper, and cuDNN builds an execution plan
+    for every new shape: on the H200 a decode step at a key length not seen before took
+    0.06-0.13 s against 0.02 s once planned (`benchmarks/kernels_shapes_h200.json`), and
+    every generated token has a new key length.  Flash and efficient attention plan nothing
+    and are as fast for one query token.  Full prompts keep cuDNN (faster there, and its
+    per-length plan costs no more than flash's slower kernel).  No effect with flash_attention_2.
+    """
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {}

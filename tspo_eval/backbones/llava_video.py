@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..encoders import as_uint8_batch
 from .base import (
@@ -47,6 +46,7 @@ from .base import (
     register_backbone,
     resolve_device,
     resolve_dtype,
+    without_cudnn_attention,
 )
 from .llava_layout import (
     VisualLayout,
@@ -492,7 +492,7 @@ class LlavaVideo(Backbone):
             cache = self._kept[1]
             cache.crop(shared - cache.get_seq_length())  # negative = tokens to drop (transformers 4.5x and 5.x)
             self.timings.counts["prefix_tokens_reused"] += shared
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            with without_cudnn_attention():  # a remainder length is rarely seen twice
                 logits, cache = self._step(embeds[:, shared:], mask, positions[:, shared:], cache)
         else:
             self._kept = None  # free the old cache before building a new one
@@ -516,7 +516,7 @@ class LlavaVideo(Backbone):
         done = torch.zeros(len(queries), dtype=torch.bool, device=self.device)
         next_positions = positions[:, -1:] + 1
         steps = []
-        with self.timings("decode_tokens"):
+        with self.timings("decode_tokens"), without_cudnn_attention():
             for step in range(max_new_tokens):
                 token = logits.argmax(-1).masked_fill(done, pad)
                 steps.append(token)

@@ -61,6 +61,7 @@ from .base import (
     register_backbone,
     resolve_device,
     resolve_dtype,
+    without_cudnn_attention,
 )
 from .qwen_vision import set_grouped_vision_attention
 from .tokenizers import QWEN_CHAT_TEMPLATE, tiny_qwen_tokenizer
@@ -221,7 +222,7 @@ class QwenVL(Backbone):
         answers: list[list[int]] = [[] for _ in queries]
         done = torch.zeros(len(queries), dtype=torch.bool, device=self.device)
         mask = batch.attention_mask
-        with self.timings("decode_tokens"):
+        with self.timings("decode_tokens"), without_cudnn_attention():
             for step in range(max_new_tokens):
                 token = out.logits[:, -1].argmax(-1)  # (B,)
                 done |= torch.isin(token, eos)
