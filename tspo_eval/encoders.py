@@ -68,6 +68,27 @@ def as_uint8_batch(frames: Frames) -> torch.Tensor:
     return batch
 
 
+@functools.cache
+def _copy_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
+def upload(frames: Frames, device: torch.device) -> torch.Tensor:
+    """uint8 frames on `device`.  A pinned batch is copied to a GPU on a side stream that the
+    compute stream then waits for: a copy queued on the compute stream would wait for the
+    previous batch's encoding and delay the next (100 MB for 256 frames of 480x270, a few
+    percent of their encoding), while from the side stream it runs during that encoding."""
+    batch = as_uint8_batch(frames)
+    if device.type != "cuda" or not batch.is_pinned():
+        return batch.to(device)
+    compute, copy = torch.cuda.current_stream(device), _copy_stream(device)
+    with torch.cuda.stream(copy):
+        on_device = batch.to(device, non_blocking=True)
+    compute.wait_stream(copy)
+    on_device.record_stream(compute)  # its memory is not reused before the compute stream is done
+    return on_device
+
+
 def clip_resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
     """(H, W) with the shortest side scaled to `size` and the long side int(size * long / short),
     as CLIPImageProcessor rounds it."""
@@ -185,8 +206,8 @@ class HFClipEncoder:
 
     @torch.no_grad()
     def encode_frames(self, frames: Frames) -> torch.Tensor:
-        batch = as_uint8_batch(frames).to(self.device, non_blocking=True)  # async when pinned
-        return self._image_features(clip_preprocess(batch, self.image_size).to(self.dtype))
+        pixels = clip_preprocess(upload(frames, self.device), self.image_size)
+        return self._image_features(pixels.to(self.dtype))
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
@@ -226,8 +247,7 @@ class OpenClipEncoder:
 
     @torch.no_grad()
     def encode_frames(self, frames: Frames) -> torch.Tensor:
-        batch = as_uint8_batch(frames).to(self.device, non_blocking=True)  # async when pinned
-        pixels = clip_preprocess(batch, self.image_size, self.mean, self.std)
+        pixels = clip_preprocess(upload(frames, self.device), self.image_size, self.mean, self.std)
         return self._image_features(pixels.to(next(self.model.parameters()).dtype))
 
     @torch.no_grad()
