@@ -7,9 +7,12 @@ full-size architecture with `--size 7b`), the same agent architecture and the sa
 in the same order (one video per question, so nothing is reused across steps):
 
   published  built from our modules in the published structure (tspo_trainer.compute_loss):
-             the candidates decoded from the file and CLIP-encoded every step; per rollout the
-             head's logits recomputed, one batch-1 greedy `generate` whose query carries no
-             video identity (vision tower re-run per rollout); per rollout a forward with grad
+             every step the candidates decoded from the file (`load_video`: decord, one
+             thread, one get_batch) and CLIP-encoded (`extract_clip_features`: a PIL image per
+             frame, CLIPProcessor on the CPU); per rollout the head's logits recomputed, the
+             rollout's frames preprocessed on the CPU (LLaVA-NeXT's SigLipImageProcessor), the
+             vision tower re-run, one batch-1 greedy `generate` with logits at every prompt
+             position (as `bench_answer.py`'s published path); per rollout a forward with grad
              for the per-frame (`official`) loss, summed, one backward
   ours       `Trainer.train()` with a `BackboneEnvironment` (as `tspo-eval train`): cached CLIP
              features, the union of the rollouts' frames decoded and vision-encoded once, the G
@@ -42,7 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_extract import make_video
+from bench_answer import published_forward, published_pixels
+from bench_extract import make_video, published_image_features
 
 from tspo_eval.agent import TemporalHead, random_agent
 from tspo_eval.backbones import VideoQuery
@@ -61,7 +65,7 @@ from tspo_eval.training.grpo import (
 )
 from tspo_eval.training.rewards import Group, score_group
 from tspo_eval.training.trainer import Trainer, sample_seed, step_samples
-from tspo_eval.video import read_frames
+from tspo_eval.video import iter_frames
 
 PUBLISHED_MAX_NEW_TOKENS = 256  # tspo_trainer.compute_loss: generate(do_sample=False, max_new_tokens=256)
 
@@ -91,6 +95,9 @@ class Published:
         self.cfg, self.agent, self.head, self.builder = cfg, agent, head, builder
         self.backbone, self.new_tokens, self.device = backbone, new_tokens, device
         self.optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=cfg.lr)
+        from transformers import CLIPImageProcessor
+
+        self.clip_processor = CLIPImageProcessor()  # CLIPProcessor's image half, OpenAI CLIP settings
 
     def step(self, sample: Sample, index: int, step: int, total: int) -> dict[str, float]:
         cfg, g_num = self.cfg, self.cfg.rollouts
@@ -98,12 +105,15 @@ class Published:
         episode = self.builder.build(sample, np.random.default_rng(seed))  # positions, timestamps, target only
         tau = tau_at(step, total, cfg.tau_start, cfg.tau_end)
         t0 = time.perf_counter()
-        frames = read_frames(episode.videos[0], episode.frame_numbers)  # decoded every step
-        with torch.no_grad():
-            feats = self.agent.encode_frames(frames).to(self.device)  # CLIP every step
+        frames = next(iter_frames(episode.videos[0], episode.frame_numbers, batch_size=len(episode.frame_numbers),
+                                  backend="decord", num_threads=1))  # decoded every step
+        t_decode = time.perf_counter() - t0
+        with torch.no_grad():  # CLIP every step
+            feats = published_image_features(self.agent, self.clip_processor, frames).to(self.device)
             text = self.agent.encode_text([sample.question])[0].to(self.device)
         sync(self.device)
-        t_clip = time.perf_counter() - t0
+        t_clip = time.perf_counter() - t0 - t_decode
+        timings = self.backbone.timings
         generator = torch.Generator().manual_seed(seed)
         draws, completions = [], []
         for _ in range(g_num):
@@ -113,7 +123,12 @@ class Published:
             chosen = np.sort(draw.cpu().numpy())
             query = VideoQuery(frames[chosen], episode.timestamps[chosen].tolist(), sample.prompt)  # no identity
             with torch.inference_mode():
-                completions += self.backbone.generate([query], max_new_tokens=self.new_tokens)
+                with timings("preprocess"):
+                    pixels = published_pixels(frames[chosen], self.backbone.image_size).to(self.device)
+                with timings("vision"):
+                    features = self.backbone.encode_pixels(pixels.to(self.backbone.dtype))
+                with published_forward(self.backbone, features):
+                    completions += self.backbone.generate([query], max_new_tokens=self.new_tokens)
             draws.append(draw)
         selections = [np.sort(d.cpu().numpy()) for d in draws]
         group = Group(sample, completions, selections, episode.timestamps, episode.target, episode.duration)
@@ -129,7 +144,7 @@ class Published:
         torch.nn.utils.clip_grad_norm_(self.head.parameters(), cfg.max_grad_norm or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"decode+clip": t_clip, "frames_encoded": float(g_num * cfg.k)}
+        return {"decode": t_decode, "clip": t_clip, "frames_encoded": float(g_num * cfg.k)}
 
 
 def summary(times: list[float], extras: list[dict[str, float]], device: torch.device) -> dict:

@@ -312,7 +312,7 @@ class LlavaVideo(Backbone):
 
     def __init__(self, net: Qwen2ForCausalLM, tokenizer: Any, config: dict[str, Any], tower: dict[str, Any], *,
                  conv_template: ConvTemplate = "qwen_1_5", vision_cache_frames: int = 256,
-                 vision_batch_size: int = 32, prefix_reuse: bool = True, compile_vision: bool = False) -> None:
+                 vision_batch_size: int = 64, prefix_reuse: bool = True, compile_vision: bool = False) -> None:
         super().__init__()
         if conv_template not in CONV_TEMPLATES:
             raise ValueError(f"conv_template {conv_template!r}: expected one of {sorted(CONV_TEMPLATES)}")
@@ -409,16 +409,14 @@ class LlavaVideo(Backbone):
         return [(query.video, int(n)) for n in query.frame_numbers]
 
     def _encode_frames(self, queries: Sequence[VideoQuery], todo: list[tuple[int, int]]) -> torch.Tensor:
-        """Preprocess and encode the (query, frame) pairs in `todo`, `vision_batch_size` frames at a time."""
-        frames = {qi: as_uint8_batch(queries[qi].frames) for qi in {qi for qi, _ in todo}}
-        chunks = []
-        for start in range(0, len(todo), self.vision_batch_size):
-            chunk = todo[start:start + self.vision_batch_size]
-            pixels = torch.cat([
-                preprocess_frames(frames[qi][[fi for _, fi in group]], self.image_size, self.device)
-                for qi, group in itertools.groupby(chunk, key=lambda pair: pair[0])])
-            chunks.append(self.encode_pixels(pixels))
-        return torch.cat(chunks)
+        """Encode the (query, frame) pairs in `todo` (grouped by query): one upload and resize per
+        query, then the tower on `vision_batch_size` frames at a time."""
+        pixels = torch.cat([
+            preprocess_frames(as_uint8_batch(queries[qi].frames)[[fi for _, fi in group]], self.image_size,
+                              self.device)
+            for qi, group in itertools.groupby(todo, key=lambda pair: pair[0])])
+        return torch.cat([self.encode_pixels(pixels[start:start + self.vision_batch_size])
+                          for start in range(0, len(pixels), self.vision_batch_size)])
 
     def _remember(self, key: Hashable, features: torch.Tensor) -> None:
         if self.vision_cache_frames <= 0:
