@@ -420,7 +420,7 @@ def test_vision_features_are_reused_and_bounded(model, video_frames):
 
 
 def test_only_the_full_prompt_may_use_cudnn_attention(model, video_frames, sdpa_calls):
-    """cuDNN plans every new shape: decode steps and a remainder over a kept prefix avoid it."""
+    """cuDNN plans every new shape: the tower, decode steps and a remainder over a kept prefix avoid it."""
     path, frames = video_frames
     layers = model.net.config.num_hidden_layers
     query = VideoQuery(frames[:4], [0.0, 1.0, 2.0, 3.0], "Which number is shown first?", video=str(path),
@@ -431,6 +431,8 @@ def test_only_the_full_prompt_may_use_cudnn_attention(model, video_frames, sdpa_
         assert len(model.generate_ids([query], max_new_tokens=4)[0]) == 4
         full = [(n, cudnn) for n, cudnn in sdpa_calls if n > 1 and n != 729]  # 729: the tower's patches
         assert len(full) == layers and all(cudnn for _, cudnn in full)  # the prompt: PyTorch's choice
+        tower = [cudnn for n, cudnn in sdpa_calls if n == 729]
+        assert tower and not any(tower)  # frame counts vary from call to call
         assert [cudnn for n, cudnn in sdpa_calls if n == 1] == [False] * (3 * layers)
         sdpa_calls.clear()
         model.generate_ids([VideoQuery(query.frames, query.timestamps, "Which number is shown last?",

@@ -359,8 +359,12 @@ class LlavaVideo(Backbone):
 
     @torch.no_grad()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) preprocessed frames -> (N, side * side, D): tower, projector, 2D pooling."""
-        features = self._tower(pixels.to(self.device, self.dtype))
+        """(N, 3, S, S) preprocessed frames -> (N, side * side, D): tower, projector, 2D pooling.
+
+        The tower keeps off cuDNN attention: the number of new frames changes from call to call,
+        and cuDNN would build a plan for each count (`base.without_cudnn_attention`)."""
+        with without_cudnn_attention():
+            features = self._tower(pixels.to(self.device, self.dtype))
         return pool_frames(self.net.model.mm_projector(features), self.layout)
 
     @torch.no_grad()
