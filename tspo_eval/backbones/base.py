@@ -112,7 +112,8 @@ def default_attention(requested: str | None, device: torch.device, dtype: torch.
 
 
 def without_cudnn_attention() -> contextlib.AbstractContextManager:
-    """PyTorch sdpa limited to flash / memory-efficient / math attention, for shapes met once.
+    """PyTorch sdpa limited to flash / memory-efficient / math attention, for shapes that change
+    from call to call (decode steps, a remainder over a kept prefix, a vision tower's frame count).
 
     PyTorch >= 2.5 tries cuDNN attention first on Hopper, and cuDNN builds an execution plan
     for every new shape: on the H200 a decode step at a key length not seen before took
