@@ -1,7 +1,7 @@
 """Speed of feature extraction: ours against the published pipeline, in one run.
 
 Measures, on generated videos (CLIP ViT-L/14 at full size, random weights):
-  decode    candidate frames/s of the extraction's decoder per [backend:]segments x threads,
+  decode    candidate frames/s of the extraction's decoder per [backend:]readers x threads,
             with and without scaling in the decoder, vs one single-threaded get_batch of
             every candidate (the published loader), on the shortest video and on a 720p
             one; and k single-threaded readers as threads vs as processes (does it scale?)
@@ -142,22 +142,22 @@ def published_question(agent, processor, path: Path, cache_dir: Path, index: int
 
 # ------------------------------------------------------------------------------------ decode
 def measure_decode(args: argparse.Namespace, video: Path, image_size: int) -> dict:
-    """Candidates/s of the extraction decoder per (backend, segments, threads, decode_resize) and of
+    """Candidates/s of the extraction decoder per (backend, readers, threads, decode_resize) and of
     the published loader."""
     rows = []
-    for backend, segments, threads in args.decode_configs:
+    for backend, readers, threads in args.decode_configs:
         for resize in (False, True):
-            cfg = ExtractConfig(batch_size=args.batch_size, segments=segments, decode_threads=threads,
+            cfg = ExtractConfig(batch_size=args.batch_size, readers=readers, decode_threads=threads,
                                 backend=backend)
             count: list[int] = []
 
             def run() -> None:
-                items = _Decoder(str(video), cfg, image_size if resize else None).items()
-                next(items)
-                count.append(sum(len(b) for b in items))
+                decoder = _Decoder(str(video), cfg, image_size if resize else None)
+                decoder.candidates()
+                count.append(sum(len(b) for group in decoder.batches(cfg.batch_size) for _, b in group))
 
             seconds = timed(run, args.repeats, False)
-            rows.append({"backend": backend, "segments": segments, "decode_threads": threads,
+            rows.append({"backend": backend, "readers": readers, "decode_threads": threads,
                          "decode_resize": resize, "fps": count[-1] / seconds})
             print("decode", video.name, rows[-1], flush=True)
     n = len(published_frames(video))
@@ -208,6 +208,7 @@ def bare_variants(args: argparse.Namespace, agent, device: torch.device, dtype: 
                   names: list[str]) -> dict:
     """Frames/s of the bare model on ready pixels under each execution variant, and the seconds
     its first call took (the compile)."""
+    from torch._dynamo.utils import counters
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     cudnn_first = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
@@ -226,6 +227,10 @@ def bare_variants(args: argparse.Namespace, agent, device: torch.device, dtype: 
         "eager": lambda: model,
         "eager+cudnn-attention": lambda: with_cudnn(model),
         "compile-dynamic-batch": lambda: compile_batched(model),  # what HFClipEncoder.compile uses
+        # weights as constants: Inductor then merges the q/k/v projections into one matmul
+        "compile-freezing": lambda: compile_batched(model, {"freezing": True}),
+        "compile-freezing+coordinate-descent": lambda: compile_batched(
+            model, {"freezing": True, "coordinate_descent_tuning": True}),
         "compile-static": lambda: torch.compile(model, fullgraph=True, dynamic=False),
         "compile-static+cudagraphs": lambda: torch.compile(model, mode="reduce-overhead", fullgraph=True,
                                                            dynamic=False),
@@ -245,11 +250,13 @@ def bare_variants(args: argparse.Namespace, agent, device: torch.device, dtype: 
             steps = max(1, args.encode_frames // batch)
             try:
                 with torch.no_grad():
+                    matched = counters["inductor"]["pattern_matcher_count"]
                     t0 = time.perf_counter()
                     fn(pixels)
                     if cuda:
                         torch.cuda.synchronize()
                     first = time.perf_counter() - t0
+                    matched = counters["inductor"]["pattern_matcher_count"] - matched
 
                     def run() -> None:
                         for _ in range(steps):
@@ -257,7 +264,7 @@ def bare_variants(args: argparse.Namespace, agent, device: torch.device, dtype: 
 
                     per_frame = timed(run, args.repeats, cuda) / (steps * batch)
                 out[f"{name}@{batch}"] = {"fps": 1 / per_frame, "tflops": gflop / 1000 / per_frame,
-                                          "first_call_s": first}
+                                          "first_call_s": first, "patterns_matched": matched}
             except Exception as err:  # a variant this torch cannot run is a result too
                 out[f"{name}@{batch}"] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
             print("bare", name, batch, out[f"{name}@{batch}"], flush=True)
@@ -390,7 +397,7 @@ def e2e_child(args: argparse.Namespace) -> None:
                                    **peaks(device)}
                 print(video.name, out[video.name], file=sys.stderr, flush=True)
         else:
-            base = dict(batch_size=args.batch_size, segments=args.segments, decode_threads=args.decode_threads,
+            base = dict(batch_size=args.batch_size, readers=args.readers, decode_threads=args.decode_threads,
                         prefetch=args.prefetch, backend=args.backend)
             compiled = ExtractConfig(**base, compile=True)
             passes = [("compiled", agent.encoder, compiled),
@@ -420,7 +427,7 @@ def run_child(args: argparse.Namespace, method: str, videos: list[Path], warmup:
            "--warmup-video", str(warmup), "--device", args.device, "--clip", args.clip,
            "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
            "--backend", args.backend,
-           "--segments", str(args.segments), "--prefetch", str(args.prefetch),
+           "--readers", str(args.readers), "--prefetch", str(args.prefetch),
            "--published-questions", str(args.published_questions), "--repeats", str(args.repeats)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     sys.stderr.write(proc.stderr[-3000:])
@@ -465,10 +472,10 @@ def summarise(extract: dict, videos: list[Path], durations: dict[str, float], qp
 
 
 def decode_config(text: str) -> tuple[str, int, int]:
-    """'[BACKEND:]SEGMENTSxTHREADS' -> (backend, segments, threads)."""
+    """'[BACKEND:]READERSxTHREADS' -> (backend, readers, threads)."""
     backend, _, sizes = text.rpartition(":")
-    segments, threads = map(int, sizes.split("x"))
-    return backend or "decord", segments, threads
+    readers, threads = map(int, sizes.split("x"))
+    return backend or "decord", readers, threads
 
 
 def main() -> None:
@@ -481,11 +488,11 @@ def main() -> None:
     p.add_argument("--backend", default=None, choices=["decord", "pyav"],
                    help="decoder for ours end to end (default: the fastest in the decode test)")
     p.add_argument("--decode-threads", type=int, default=None, help="(ours; default: the fastest in the decode test)")
-    p.add_argument("--segments", type=int, default=None, help="readers per video (ours; default: likewise)")
+    p.add_argument("--readers", type=int, default=None, help="decoding threads per video (ours; default: likewise)")
     p.add_argument("--prefetch", type=int, default=2, help="videos decoded ahead (ours)")
     p.add_argument("--decode-configs", type=decode_config, nargs="+",
                    default=[decode_config(c) for c in ("4x4", "8x1", "8x2", "16x1", "pyav:8x2", "pyav:16x1")],
-                   help="[BACKEND:]SEGMENTSxTHREADS to time (backend decord unless given)")
+                   help="[BACKEND:]READERSxTHREADS to time (backend decord unless given)")
     p.add_argument("--variants", nargs="*", default=[
         "eager@128,256", "eager+cudnn-attention", "compile-dynamic-batch@64,128,256", "compile-static",
         "compile-static+cudagraphs", "compile-static+cudnn-attention"],
@@ -493,6 +500,7 @@ def main() -> None:
              "also compile-max-autotune")
     p.add_argument("--sections", nargs="+", default=["encode", "extract"], choices=["encode", "extract"],
                    help="encode: encoder paths, variants, accuracy; extract: decode and end to end")
+    p.add_argument("--freezing-encoder", action="store_true", help="also time ours compiled with freezing")
     p.add_argument("--encode-frames", type=int, default=1024, help="frames per encode measurement")
     p.add_argument("--accuracy-frames", type=int, default=32)
     p.add_argument("--published-questions", type=int, default=2, help="questions timed per video (published)")
@@ -542,6 +550,9 @@ def main() -> None:
         agent = random_agent(args.clip, torch_dtype=dtype, device=device)
         encoders = {"eager": HFClipEncoder(agent, agent.tokenizer),
                     "compiled": HFClipEncoder(agent, agent.tokenizer).compile()}
+        if args.freezing_encoder:
+            frozen = encoders["compiled+freezing"] = HFClipEncoder(agent, agent.tokenizer)
+            frozen._image_features = compile_batched(frozen._project_images, {"freezing": True})
         results["encode"] = measure_encode(args, agent, encoders, device)
         results["accuracy"] = measure_accuracy(args, agent, encoders, args.videos, device)
         save()
@@ -563,12 +574,12 @@ def main() -> None:
     results["decode"] = [measure_decode(args, v, 224) for v in [videos[0]] + ([hd] if hd else [])]
     results["decode_scaling"] = decode_scaling(videos[0])
     best = max((r for r in results["decode"][0]["ours"] if not r["decode_resize"]), key=lambda r: r["fps"])
-    for key in ("backend", "segments", "decode_threads"):
+    for key in ("backend", "readers", "decode_threads"):
         if getattr(args, key) is None:
             setattr(args, key, best[key])
     save()
     durations = {v.name: probe(v).duration for v in videos}
-    results["extract_config"] = {"backend": args.backend, "segments": args.segments,
+    results["extract_config"] = {"backend": args.backend, "readers": args.readers,
                                  "decode_threads": args.decode_threads, "prefetch": args.prefetch,
                                  "batch_size": args.batch_size}
     results["extract"] = {m: run_child(args, m, videos, warmup) for m in ("ours", "published")}

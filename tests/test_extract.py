@@ -1,6 +1,9 @@
 """Extraction over real generated videos: cache contents, resume, failures, batching."""
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,8 @@ import torch
 from tspo_eval.agent import random_agent
 from tspo_eval.cache import FeatureCache
 from tspo_eval.extract import ExtractConfig, extract_videos, load_features, video_features
-from tspo_eval.video import VideoError, read_frames
+from tspo_eval.synthetic import read_frame_number
+from tspo_eval.video import FrameReader, VideoError, read_frames
 
 
 class CountingEncoder:
@@ -45,12 +49,12 @@ def videos(numbered_video_factory, tmp_path):
     return good_a, good_b, corrupt, tmp_path / "missing.mp4"
 
 
-@pytest.mark.parametrize("segments", [1, 3])
-def test_extract_caches_the_candidates_features_and_records_failures(videos, encoder, tmp_path, segments):
+@pytest.mark.parametrize("readers, backend", [(1, "decord"), (3, "decord"), (3, "pyav")])
+def test_extract_caches_the_candidates_features_and_records_failures(videos, encoder, tmp_path, readers, backend):
     good_a, good_b, corrupt, missing = videos
     counting = CountingEncoder(encoder)
     cache = FeatureCache(tmp_path / "cache")
-    cfg = ExtractConfig(batch_size=4, prefetch=2, segments=segments)
+    cfg = ExtractConfig(batch_size=4, prefetch=2, readers=readers, backend=backend)
     report = extract_videos([good_a, corrupt, missing, good_b], counting, cache, cfg, progress=False)
 
     assert sorted(report.encoded) == sorted([str(good_a), str(good_b)])
@@ -68,6 +72,31 @@ def test_extract_caches_the_candidates_features_and_records_failures(videos, enc
     torch.testing.assert_close(a.features, direct, atol=1e-5, rtol=1e-5)
     b = load_features(good_b, encoder.identity, cache, cfg)
     np.testing.assert_array_equal(b.frame_numbers, [0, 25, 50, 75])
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_runs_finishing_out_of_order_come_back_in_time_order(numbered_video, encoder, tmp_path, monkeypatch,
+                                                             backend):
+    """The first run of candidates is decoded last: the encoder gets it last, the cache
+    still holds every candidate's features in time order."""
+    real_read = FrameReader.read
+
+    def slow_start(self, frame_numbers):
+        if 0 in list(frame_numbers) and not threading.current_thread().name.startswith("probe:"):
+            time.sleep(0.5)
+        return real_read(self, frame_numbers)
+
+    monkeypatch.setattr(FrameReader, "read", slow_start)
+    counting = CountingEncoder(encoder)
+    seen: list[int] = []
+    counting.encode_frames = lambda frames: (seen.extend(map(read_frame_number, np.asarray(frames))),
+                                             encoder.encode_frames(frames))[1]
+    got = video_features(numbered_video, counting, FeatureCache(tmp_path), ExtractConfig(batch_size=4, readers=3, backend=backend))
+    candidates = np.arange(0, 300, 30)
+    assert seen[-1] == 0 and sorted(seen) == candidates.tolist()
+    np.testing.assert_array_equal(got.frame_numbers, candidates)
+    torch.testing.assert_close(got.features, encoder.encode_frames(read_frames(numbered_video, candidates)),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_second_run_resumes_from_the_cache(videos, encoder, tmp_path):

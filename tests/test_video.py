@@ -25,8 +25,10 @@ from tspo_eval.synthetic import (
     write_video,
 )
 from tspo_eval.video import (
+    FrameReader,
     VideoError,
     candidate_frame_numbers,
+    decode_runs,
     iter_frames,
     probe,
     read_frames,
@@ -171,6 +173,69 @@ def test_iter_frames_streams_with_bounded_memory(numbered_video_factory: Callabl
         tracemalloc.stop()
     assert (count, last) == (3000, 2999)
     assert peak < 10 * batch_bytes < video_bytes / 30, peak
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frame_reader_reads_on_and_back(numbered_video: Path, backend: str) -> None:
+    """One open file, several reads: on from the last one, across keyframes, and backwards."""
+    with FrameReader(numbered_video, backend, num_threads=1) as reader:
+        assert reader.num_frames == 300 and abs(reader.fps - NTSC) < 1e-6
+        keys = reader.keyframes  # written with a keyframe at most every 30 frames
+        assert keys[0] == 0 and np.diff(keys).max() <= 30 and keys[-1] < 300
+        for picks in ([5, 10], [11, 11, 40], [95], [20, 21], [299], [0]):
+            assert numbers_of(reader.read(picks)) == picks
+        with pytest.raises(ValueError, match="no frame numbers"):
+            reader.read([])
+
+
+def test_pyav_skipping_unreferenced_frames_is_exact(numbered_video: Path) -> None:
+    """PyAV drops frames no read asks for when nothing references them (this video has 80
+    B-frames, 65 unreferenced): what it returns is bit-identical to decoding every frame,
+    also when consecutive reads want neighbouring frames that B-frame reordering fed early."""
+    with FrameReader(numbered_video, "pyav", num_threads=1) as reader:
+        every = reader.read(np.arange(300))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        picks = np.sort(rng.choice(300, size=int(rng.integers(1, 60)), replace=False))
+        cuts = np.sort(rng.choice(np.arange(1, len(picks) + 1), size=min(4, len(picks)), replace=False))
+        with FrameReader(numbered_video, "pyav", num_threads=int(rng.integers(0, 3))) as reader:
+            got = np.concatenate([reader.read(part) for part in np.split(picks, cuts) if len(part)])
+        np.testing.assert_array_equal(got, every[picks])
+
+
+def test_both_backends_report_the_same_keyframes(numbered_video_factory: Callable[..., Path]) -> None:
+    path = numbered_video_factory(num_frames=200, gop_size=45)
+    keys = {}
+    for backend in BACKENDS:
+        with FrameReader(path, backend) as reader:
+            keys[backend] = reader.keyframes.tolist()
+    assert keys["decord"] == keys["pyav"] and np.diff(keys["decord"]).max() <= 45
+
+
+@pytest.mark.parametrize("min_length, expected", [
+    (1, [(0, 4), (4, 11), (11, 12)]),
+    (5, [(0, 11), (11, 12)]),
+    (20, [(0, 12)]),
+])
+def test_decode_runs_by_hand(min_length: int, expected: list) -> None:
+    # wanted 0, 25, ..., 275; keyframes 0, 100, 260: groups {0..75}, {100..250}, {275}
+    assert decode_runs(np.arange(0, 300, 25), np.array([0, 100, 260]), min_length) == expected
+    assert decode_runs(np.zeros(0, np.int64), np.array([0]), min_length) == []
+
+
+def test_decode_runs_never_share_a_frame() -> None:
+    """Runs tile the wanted frames, and a keyframe lies between each run's first frame and the
+    previous run's last one: the reader of a run seeks there, past everything decoded before."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        wanted = np.unique(rng.integers(0, 5000, rng.integers(1, 300)))
+        keys = np.union1d([0], rng.integers(0, 5000, rng.integers(0, 40)))
+        min_length = int(rng.integers(1, 40))
+        runs = decode_runs(wanted, keys, min_length)
+        assert [a for a, _ in runs] == [0] + [b for _, b in runs[:-1]] and runs[-1][1] == len(wanted)
+        for before, start in runs[:-1]:
+            assert start - before >= min_length
+            assert np.any((keys > wanted[start - 1]) & (keys <= wanted[start]))
 
 
 def test_concurrent_reads_from_threads(numbered_video: Path) -> None:

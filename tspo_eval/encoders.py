@@ -131,14 +131,15 @@ def clip_preprocess(
     return (x - mean_t) / std_t
 
 
-def compile_batched(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_batched(fn: Callable[[torch.Tensor], torch.Tensor],
+                    options: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """`torch.compile(fn)` for (N, ...) batches with N dynamic, so one compile serves every batch
     size (a video's last batch is short) and nothing is padded to a fixed size.
 
     A batch of one is run as two copies: torch specialises size-1 dimensions, which would
     cost a second compile of the whole model in the middle of a run.
     """
-    compiled = torch.compile(fn, fullgraph=True)
+    compiled = torch.compile(fn, fullgraph=True, options=options)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

@@ -1,10 +1,10 @@
 """Feature extraction: videos -> candidate frames -> encoder -> per-video cache.
 
 Decoding runs on background threads, `prefetch` videos ahead of the encoder and
-`segments` readers per video, each into a bounded queue of frame batches: memory stays
-flat in video length, the encoder (GPU) is never idle waiting for one decoder, and a
-broken video is recorded as failed while the run goes on.  Finished videos are in the
-cache, so an interrupted run resumes where it stopped.
+`readers` threads per video, into a bounded queue of frame batches that the encoder takes
+as they finish (decoding and encoding overlap within a video, not only across videos):
+memory stays flat in video length, and a broken video is recorded as failed while the run
+goes on.  Finished videos are in the cache, so an interrupted run resumes where it stopped.
 
 For a CUDA encoder the decoder threads hand over pinned batches and the encoder's batches
 are queued without waiting for the GPU (one copy back per video).  `compile` runs the
@@ -16,7 +16,9 @@ reference resize (so it is part of the cache key).
 """
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import queue
 import threading
 from collections import deque
@@ -29,8 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import FeatureCache, VideoFeatures, video_fingerprint
-from .encoders import Encoder, clip_resize_shape
-from .video import Candidates, VideoError, iter_frames, sample_candidates
+from .encoders import Encoder, Frames, clip_resize_shape, upload
+from .video import Candidates, FrameReader, VideoError, decode_runs
 
 
 @dataclass
@@ -43,7 +45,8 @@ class ExtractConfig:
     batch_size: int = field(default=64, metadata={"help": "frames per encoder batch"})
     backend: Literal["auto", "decord", "pyav"] = field(default="auto", metadata={"help": "video decoder"})
     decode_threads: int = field(default=2, metadata={"help": "decoder threads per reader (0: FFmpeg decides)"})
-    segments: int = field(default=2, metadata={"help": "readers per video, each decoding a contiguous share"})
+    readers: int = field(default=2, metadata={
+        "help": "decoding threads per video, each taking runs of candidates that start at a keyframe"})
     prefetch: int = field(default=2, metadata={"help": "videos decoded concurrently ahead of the encoder"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the encoder's image path: faster encoding when decoding keeps up, "
@@ -53,8 +56,8 @@ class ExtractConfig:
                 "features within tolerance of the reference resize, cached under their own key)"})
 
     def __post_init__(self) -> None:
-        if self.fps <= 0 or min(self.batch_size, self.prefetch, self.segments) < 1:
-            raise ValueError("fps must be > 0; batch_size, prefetch and segments >= 1")
+        if self.fps <= 0 or min(self.batch_size, self.prefetch, self.readers) < 1:
+            raise ValueError("fps must be > 0; batch_size, prefetch and readers >= 1")
 
     def cache_identity(self, encoder_identity: str) -> str:
         """The encoder identity the cache is keyed on: decode-time scaling changes the features."""
@@ -82,25 +85,28 @@ class ExtractReport:
         return cls(**json.loads(Path(path).read_text()))
 
 
-_END = object()
-
-
 class _Decoder:
-    """Decodes one video's candidates on `segments` threads, each a contiguous share of the
-    candidates with its own reader and bounded queue, so one long video uses several cores
-    (a reader seeks to its share's first keyframe); batches come out in time order.
+    """Decodes one video's candidates on `readers` threads, handing batches over as they are done.
 
-    Decoding, not the GPU, bounds the throughput, so shares are even (each reader's last
-    batch is short): the compiled encoder runs any batch size at full speed. `image_size`
-    set: frames are scaled in the decoder to the encoder's input scale; `pin`: batches are
-    pinned tensors, which the encoder's device copy does not wait for.
+    The candidates are cut into runs that start at a keyframe (`decode_runs`), about four per
+    reader, which the readers claim in time order as they become free: no frame is decoded
+    twice, a slow stretch of video holds up one reader only, and the encoder starts on the
+    first runs while later ones are still decoding. Batches come with their position, so
+    their features are put back in time order at the end. `image_size` set: frames are scaled
+    in the decoder to the encoder's input scale; `pin`: batches are pinned tensors, which the
+    encoder's device copy does not wait for.
     """
 
     def __init__(self, path: str, cfg: ExtractConfig, image_size: int | None = None, pin: bool = False) -> None:
         self.path, self.cfg, self.image_size, self.pin = path, cfg, image_size, pin
         self.cancelled = threading.Event()
         self.head: queue.Queue = queue.Queue(maxsize=1)  # the Candidates, or the error probing raised
-        self.queues: list[queue.Queue] = []
+        # bounded: memory stays at (2 + 1 in hand per reader) batches of <= batch_size frames
+        self.done: queue.Queue = queue.Queue(maxsize=2 * cfg.readers)
+        self.runs: list[tuple[int, int]] = []
+        self.frame_numbers = np.zeros(0, np.int64)
+        self.reader_args: dict = {}  # how each reader opens the file: the probe's backend and index
+        self._claims = itertools.count()  # next(...) is atomic: each run goes to one reader
         threading.Thread(target=self._start, name=f"probe:{Path(path).name}", daemon=True).start()
 
     def _put(self, q: queue.Queue, item: object) -> None:
@@ -112,52 +118,85 @@ class _Decoder:
                 continue
 
     def _start(self) -> None:
+        cfg = self.cfg
         try:
-            cands = sample_candidates(self.path, self.cfg.fps, self.cfg.max_frames, self.cfg.backend)
+            reader = FrameReader(self.path, cfg.backend, cfg.decode_threads)
         except Exception as err:  # handed to the consumer, which records it against the video
             self._put(self.head, err)
             return
-        shares = [s for s in np.array_split(cands.frame_numbers, self.cfg.segments) if len(s)]
+        try:
+            cands = reader.candidates(cfg.fps, cfg.max_frames)
+            count = len(cands.frame_numbers)
+            run = max(1, min(cfg.batch_size, math.ceil(count / (4 * cfg.readers))))
+            self.runs = decode_runs(cands.frame_numbers, reader.keyframes, run)
+        except Exception as err:
+            reader.close()
+            self._put(self.head, err)
+            return
+        self.frame_numbers = cands.frame_numbers
         size = None if self.image_size is None else clip_resize_shape(
             cands.info.height, cands.info.width, self.image_size)
-        self.queues = [queue.Queue(maxsize=2) for _ in shares]
-        for share, q in zip(shares, self.queues):
-            threading.Thread(target=self._decode, args=(share, q, size), daemon=True).start()
+        self.reader_args = {"backend": reader.backend, "num_threads": cfg.decode_threads, "size": size,
+                            "index": reader.index}
+        if size is not None:  # the probing reader decodes at the stored size
+            reader.close()
+        for i in range(min(cfg.readers, len(self.runs))):
+            opened = reader if i == 0 and size is None else None
+            threading.Thread(target=self._decode, args=(opened,), daemon=True).start()
         self._put(self.head, cands)
 
-    def _decode(self, frame_numbers: np.ndarray, q: queue.Queue, size: tuple[int, int] | None) -> None:
+    def _decode(self, opened: FrameReader | None) -> None:
+        cfg = self.cfg
         try:
-            for batch in iter_frames(self.path, frame_numbers, self.cfg.batch_size, self.cfg.backend,
-                                     self.cfg.decode_threads, size):
-                self._put(q, torch.from_numpy(batch).pin_memory() if self.pin else batch)
+            with opened or FrameReader(self.path, **self.reader_args) as reader:
+                while not self.cancelled.is_set() and (claim := next(self._claims)) < len(self.runs):
+                    start, stop = self.runs[claim]
+                    for first in range(start, stop, cfg.batch_size):
+                        batch = reader.read(self.frame_numbers[first:min(stop, first + cfg.batch_size)])
+                        self._put(self.done, (first, torch.from_numpy(batch).pin_memory() if self.pin else batch))
         except Exception as err:
-            self._put(q, err)
-        self._put(q, _END)
+            self._put(self.done, err)
 
-    def items(self) -> Iterator[object]:
-        """The Candidates, then the frame batches in time order; re-raises a decoding error."""
+    def candidates(self) -> Candidates:
+        """The video's candidates once probed; re-raises the error probing met."""
         head = self.head.get()
         if isinstance(head, Exception):
             raise head
-        yield head
-        for q in self.queues:
-            while (item := q.get()) is not _END:
+        return head
+
+    def batches(self, limit: int) -> Iterator[list[tuple[int, Frames]]]:
+        """Decoded batches in the order they finish, gathered into groups of at most `limit`
+        frames from those already waiting, as (position of the first frame, batch) pairs;
+        ends when every candidate is in. Re-raises a reader's error."""
+        left, held = len(self.frame_numbers), None
+        while left:
+            group, size = [], 0
+            while left and (held is not None or not group or not self.done.empty()):
+                item = held if held is not None else self.done.get()
+                held = None
                 if isinstance(item, Exception):
                     raise item
-                yield item
+                if group and size + len(item[1]) > limit:
+                    held = item
+                    break
+                group.append(item)
+                size += len(item[1])
+                left -= len(item[1])
+            yield group
 
     def cancel(self) -> None:
         self.cancelled.set()
 
 
 def _encode(decoder: _Decoder, encoder: Encoder, fingerprint: str, identity: str) -> VideoFeatures:
-    items = decoder.items()
-    cands: Candidates = next(items)
-    # batches stay on the encoder's device until the video is done: one wait for the GPU per video
-    features = torch.cat([encoder.encode_frames(batch) for batch in items]).cpu()
-    if features.shape[0] != len(cands.frame_numbers):
-        raise VideoError(f"{decoder.path}: decoded {features.shape[0]} of {len(cands.frame_numbers)} "
-                         "candidate frames; the file is probably truncated: re-download or re-encode it")
+    cands = decoder.candidates()
+    parts: list[tuple[int, torch.Tensor]] = []
+    # features stay on the encoder's device until the video is done: one wait for the GPU per video
+    for group in decoder.batches(decoder.cfg.batch_size):
+        frames = torch.cat([upload(b, encoder.device) for _, b in group]) if len(group) > 1 else group[0][1]
+        features = encoder.encode_frames(frames).split([len(b) for _, b in group])
+        parts += zip((first for first, _ in group), features)
+    features = torch.cat([f for _, f in sorted(parts, key=lambda part: part[0])]).cpu()
     return VideoFeatures(features=features, frame_numbers=cands.frame_numbers, timestamps=cands.timestamps,
                          fps=cands.info.fps, num_frames=cands.info.num_frames, encoder=identity,
                          fingerprint=fingerprint, video=str(decoder.path))
