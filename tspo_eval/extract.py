@@ -16,16 +16,12 @@ reference resize (so it is part of the cache key).
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import itertools
 import json
 import math
-import multiprocessing
 import queue
 import threading
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -55,9 +51,6 @@ class ExtractConfig:
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the encoder's image path: faster encoding when decoding keeps up, "
                 "10-30 s start-up per process"})
-    decode_processes: bool = field(default=False, metadata={
-        "help": "decode in `readers` worker processes instead of threads (frames come back through "
-                "shared memory): no contention for Python's lock, which lets the pyav backend scale"})
     decode_resize: bool = field(default=False, metadata={
         "help": "scale frames to the encoder's input size while decoding (faster for large videos; "
                 "features within tolerance of the reference resize, cached under their own key)"})
@@ -155,21 +148,12 @@ class _Decoder:
     def _decode(self, opened: FrameReader | None) -> None:
         cfg = self.cfg
         try:
-            if cfg.decode_processes:  # this thread only hands runs to a worker process and waits
-                if opened is not None:
-                    opened.close()
-                pool = _decode_pool(cfg.readers)
-                reader = contextlib.nullcontext()
-                read = functools.partial(_read_in_pool, pool, self.path, self.reader_args)
-            else:
-                reader = opened or FrameReader(self.path, **self.reader_args)
-                read = reader.read
-            with reader:
+            with opened or FrameReader(self.path, **self.reader_args) as reader:
                 while not self.cancelled.is_set() and (claim := next(self._claims)) < len(self.runs):
                     start, stop = self.runs[claim]
                     for first in range(start, stop, cfg.batch_size):
-                        batch = torch.as_tensor(read(self.frame_numbers[first:min(stop, first + cfg.batch_size)]))
-                        self._put(self.done, (first, batch.pin_memory() if self.pin else batch))
+                        batch = reader.read(self.frame_numbers[first:min(stop, first + cfg.batch_size)])
+                        self._put(self.done, (first, torch.from_numpy(batch).pin_memory() if self.pin else batch))
         except Exception as err:
             self._put(self.done, err)
 
@@ -202,32 +186,6 @@ class _Decoder:
 
     def cancel(self) -> None:
         self.cancelled.set()
-
-
-@functools.cache
-def _decode_pool(workers: int) -> ProcessPoolExecutor:
-    """The decoding processes of `ExtractConfig.decode_processes`, started on first use and kept for
-    later videos and runs (spawned, not forked: the parent holds CUDA and threads)."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-
-def _read_in_pool(pool: ProcessPoolExecutor, path: str, reader_args: dict, frame_numbers: np.ndarray) -> torch.Tensor:
-    return pool.submit(_read_in_worker, path, reader_args, frame_numbers).result()
-
-
-_WORKER_READERS: dict[tuple, FrameReader] = {}  # in a pool worker: the files it has open
-
-
-def _read_in_worker(path: str, reader_args: dict, frame_numbers: np.ndarray) -> torch.Tensor:
-    """Decode frames in a pool worker; the tensor travels back through shared memory (torch's
-    pickling of tensors between processes). A worker keeps its last few files open, so the
-    next run of a video continues on the same reader."""
-    key = (path, reader_args["backend"], reader_args["num_threads"], reader_args["size"])
-    if key not in _WORKER_READERS:
-        if len(_WORKER_READERS) >= 4:  # videos decoded at once (prefetch), with room to spare
-            _WORKER_READERS.pop(next(iter(_WORKER_READERS))).close()
-        _WORKER_READERS[key] = FrameReader(path, **reader_args)
-    return torch.from_numpy(_WORKER_READERS[key].read(frame_numbers))
 
 
 def _encode(decoder: _Decoder, encoder: Encoder, fingerprint: str, identity: str) -> VideoFeatures:
