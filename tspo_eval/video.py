@@ -171,6 +171,8 @@ class FrameReader:
     Consecutive reads continue decoding where the previous one stopped instead of seeking,
     so a file read run after run costs what one pass costs. Not thread-safe: open one per
     thread. "auto" uses decord and falls back to PyAV when decord cannot open the file.
+    `size` = (H, W) scales frames while decoding (see `iter_frames`); `index` is another
+    PyAV reader's `index` of the same file.
     """
 
     def __init__(self, path: str | os.PathLike, backend: Backend = "auto", num_threads: int = 0,
