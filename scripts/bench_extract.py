@@ -145,10 +145,10 @@ def measure_decode(args: argparse.Namespace, video: Path, image_size: int) -> di
     """Candidates/s of the extraction decoder per (backend, readers, threads, decode_resize) and of
     the published loader."""
     rows = []
-    for backend, readers, threads in args.decode_configs:
+    for backend, readers, threads, processes in args.decode_configs:
         for resize in (False, True):
             cfg = ExtractConfig(batch_size=args.batch_size, readers=readers, decode_threads=threads,
-                                backend=backend)
+                                backend=backend, decode_processes=processes)
             count: list[int] = []
 
             def run() -> None:
@@ -158,6 +158,7 @@ def measure_decode(args: argparse.Namespace, video: Path, image_size: int) -> di
 
             seconds = timed(run, args.repeats, False)
             rows.append({"backend": backend, "readers": readers, "decode_threads": threads,
+                         "decode_processes": processes,
                          "decode_resize": resize, "fps": count[-1] / seconds})
             print("decode", video.name, rows[-1], flush=True)
     n = len(published_frames(video))
@@ -398,6 +399,7 @@ def e2e_child(args: argparse.Namespace) -> None:
                 print(video.name, out[video.name], file=sys.stderr, flush=True)
         else:
             base = dict(batch_size=args.batch_size, readers=args.readers, decode_threads=args.decode_threads,
+                        decode_processes=args.decode_processes,
                         prefetch=args.prefetch, backend=args.backend)
             compiled = ExtractConfig(**base, compile=True)
             passes = [("compiled", agent.encoder, compiled),
@@ -428,6 +430,7 @@ def run_child(args: argparse.Namespace, method: str, videos: list[Path], warmup:
            "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
            "--backend", args.backend,
            "--readers", str(args.readers), "--prefetch", str(args.prefetch),
+           *(["--decode-processes"] if args.decode_processes else []),
            "--published-questions", str(args.published_questions), "--repeats", str(args.repeats)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     sys.stderr.write(proc.stderr[-3000:])
@@ -471,11 +474,12 @@ def summarise(extract: dict, videos: list[Path], durations: dict[str, float], qp
     return rows
 
 
-def decode_config(text: str) -> tuple[str, int, int]:
-    """'[BACKEND:]READERSxTHREADS' -> (backend, readers, threads)."""
+def decode_config(text: str) -> tuple[str, int, int, bool]:
+    """'[BACKEND:]READERSxTHREADS[p]' -> (backend, readers, threads, readers are processes)."""
     backend, _, sizes = text.rpartition(":")
-    readers, threads = map(int, sizes.split("x"))
-    return backend or "decord", readers, threads
+    processes = sizes.endswith("p")
+    readers, threads = map(int, sizes.removesuffix("p").split("x"))
+    return backend or "decord", readers, threads, processes
 
 
 def main() -> None:
@@ -490,9 +494,11 @@ def main() -> None:
     p.add_argument("--decode-threads", type=int, default=None, help="(ours; default: the fastest in the decode test)")
     p.add_argument("--readers", type=int, default=None, help="decoding threads per video (ours; default: likewise)")
     p.add_argument("--prefetch", type=int, default=2, help="videos decoded ahead (ours)")
+    p.add_argument("--decode-processes", action="store_true", default=None,
+                   help="readers as processes (ours; default: as in the fastest decode configuration)")
     p.add_argument("--decode-configs", type=decode_config, nargs="+",
                    default=[decode_config(c) for c in ("4x4", "8x1", "8x2", "16x1", "pyav:8x2", "pyav:16x1")],
-                   help="[BACKEND:]READERSxTHREADS to time (backend decord unless given)")
+                   help="[BACKEND:]READERSxTHREADS[p] to time (p: readers are processes) (backend decord unless given)")
     p.add_argument("--variants", nargs="*", default=[
         "eager@128,256", "eager+cudnn-attention", "compile-dynamic-batch@64,128,256", "compile-static",
         "compile-static+cudagraphs", "compile-static+cudnn-attention"],
@@ -574,12 +580,13 @@ def main() -> None:
     results["decode"] = [measure_decode(args, v, 224) for v in [videos[0]] + ([hd] if hd else [])]
     results["decode_scaling"] = decode_scaling(videos[0])
     best = max((r for r in results["decode"][0]["ours"] if not r["decode_resize"]), key=lambda r: r["fps"])
-    for key in ("backend", "readers", "decode_threads"):
+    for key in ("backend", "readers", "decode_threads", "decode_processes"):
         if getattr(args, key) is None:
             setattr(args, key, best[key])
     save()
     durations = {v.name: probe(v).duration for v in videos}
     results["extract_config"] = {"backend": args.backend, "readers": args.readers,
+                                 "decode_processes": args.decode_processes,
                                  "decode_threads": args.decode_threads, "prefetch": args.prefetch,
                                  "batch_size": args.batch_size}
     results["extract"] = {m: run_child(args, m, videos, warmup) for m in ("ours", "published")}

@@ -49,12 +49,14 @@ def videos(numbered_video_factory, tmp_path):
     return good_a, good_b, corrupt, tmp_path / "missing.mp4"
 
 
-@pytest.mark.parametrize("readers, backend", [(1, "decord"), (3, "decord"), (3, "pyav")])
-def test_extract_caches_the_candidates_features_and_records_failures(videos, encoder, tmp_path, readers, backend):
+@pytest.mark.parametrize("readers, backend, processes", [
+    (1, "decord", False), (3, "decord", False), (3, "pyav", False), (2, "pyav", True), (2, "decord", True)])
+def test_extract_caches_the_candidates_features_and_records_failures(videos, encoder, tmp_path, readers, backend,
+                                                                     processes):
     good_a, good_b, corrupt, missing = videos
     counting = CountingEncoder(encoder)
     cache = FeatureCache(tmp_path / "cache")
-    cfg = ExtractConfig(batch_size=4, prefetch=2, readers=readers, backend=backend)
+    cfg = ExtractConfig(batch_size=4, prefetch=2, readers=readers, backend=backend, decode_processes=processes)
     report = extract_videos([good_a, corrupt, missing, good_b], counting, cache, cfg, progress=False)
 
     assert sorted(report.encoded) == sorted([str(good_a), str(good_b)])
@@ -164,3 +166,34 @@ def test_compile_is_opt_in_and_cuda_batches_are_pinned(device, compile_):
     probe = CompileProbe(device)
     assert _prepare(probe, ExtractConfig(compile=compile_)) == (device == "cuda")
     assert probe.compiled == compile_
+
+
+def test_a_decoding_process_that_dies_costs_one_read_not_the_pool(numbered_video):
+    """Killed mid-run (as a decoder crash would): the read names the file, and the pool starts
+    a fresh worker for the next read. No more than `limit` workers ever exist."""
+    from tspo_eval.decode_workers import POOL
+
+    args = {"backend": "pyav", "num_threads": 1, "size": None, "index": None}
+    with POOL.lend(1) as worker:
+        first = worker.read(str(numbered_video), args, np.array([0, 30]), (48, 64, 3))
+        assert [read_frame_number(f) for f in first] == [0, 30]
+        worker.process.kill()
+        worker.process.join()
+        with pytest.raises(VideoError, match="decoding process died") as err:
+            worker.read(str(numbered_video), args, np.array([60]), (48, 64, 3))
+        assert str(numbered_video) in str(err.value)
+    with POOL.lend(1) as fresh:
+        assert fresh is not worker and POOL.count == 1
+        assert read_frame_number(fresh.read(str(numbered_video), args, np.array([90]), (48, 64, 3))[0]) == 90
+
+
+def test_decoding_errors_in_a_worker_come_back_as_video_errors(numbered_video, tmp_path):
+    from tspo_eval.decode_workers import POOL
+
+    args = {"backend": "pyav", "num_threads": 1, "size": None, "index": None}
+    with POOL.lend(1) as worker:
+        with pytest.raises(ValueError, match=r"\[0, 299\]"):
+            worker.read(str(numbered_video), args, np.array([5, 400]), (48, 64, 3))
+        with pytest.raises(VideoError, match="no such file"):
+            worker.read(str(tmp_path / "gone.mp4"), args, np.array([0]), (48, 64, 3))
+        assert read_frame_number(worker.read(str(numbered_video), args, np.array([7]), (48, 64, 3))[0]) == 7

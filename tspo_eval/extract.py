@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .cache import FeatureCache, VideoFeatures, video_fingerprint
 from .encoders import Encoder, Frames, clip_resize_shape, upload
+from .decode_workers import POOL
 from .video import Candidates, FrameReader, VideoError, decode_runs
 
 
@@ -51,6 +52,9 @@ class ExtractConfig:
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the encoder's image path: faster encoding when decoding keeps up, "
                 "10-30 s start-up per process"})
+    decode_processes: bool = field(default=False, metadata={
+        "help": "decode in `readers` worker processes instead of threads, frames returned through shared "
+                "memory: PyAV's threads contend for Python's lock, its processes do not"})
     decode_resize: bool = field(default=False, metadata={
         "help": "scale frames to the encoder's input size while decoding (faster for large videos; "
                 "features within tolerance of the reference resize, cached under their own key)"})
@@ -106,6 +110,7 @@ class _Decoder:
         self.runs: list[tuple[int, int]] = []
         self.frame_numbers = np.zeros(0, np.int64)
         self.reader_args: dict = {}  # how each reader opens the file: the probe's backend and index
+        self.frame_shape = (0, 0, 3)  # (H, W, 3) of a decoded frame
         self._claims = itertools.count()  # next(...) is atomic: each run goes to one reader
         threading.Thread(target=self._start, name=f"probe:{Path(path).name}", daemon=True).start()
 
@@ -138,6 +143,7 @@ class _Decoder:
             cands.info.height, cands.info.width, self.image_size)
         self.reader_args = {"backend": reader.backend, "num_threads": cfg.decode_threads, "size": size,
                             "index": reader.index}
+        self.frame_shape = (*(size or (cands.info.height, cands.info.width)), 3)
         if size is not None:  # the probing reader decodes at the stored size
             reader.close()
         for i in range(min(cfg.readers, len(self.runs))):
@@ -146,16 +152,32 @@ class _Decoder:
         self._put(self.head, cands)
 
     def _decode(self, opened: FrameReader | None) -> None:
-        cfg = self.cfg
         try:
-            with opened or FrameReader(self.path, **self.reader_args) as reader:
-                while not self.cancelled.is_set() and (claim := next(self._claims)) < len(self.runs):
-                    start, stop = self.runs[claim]
-                    for first in range(start, stop, cfg.batch_size):
-                        batch = reader.read(self.frame_numbers[first:min(stop, first + cfg.batch_size)])
-                        self._put(self.done, (first, torch.from_numpy(batch).pin_memory() if self.pin else batch))
+            if not self.cfg.decode_processes:
+                with opened or FrameReader(self.path, **self.reader_args) as reader:
+                    self._read_runs(reader.read, shared=False)
+                return
+            if opened is not None:
+                opened.close()
+            with POOL.lend(self.cfg.readers) as worker:
+                self._read_runs(lambda frames: worker.read(self.path, self.reader_args, frames, self.frame_shape),
+                                shared=True)
         except Exception as err:
             self._put(self.done, err)
+
+    def _read_runs(self, read: Callable[[np.ndarray], np.ndarray], shared: bool) -> None:
+        """Claim runs until none is left and queue their batches; `shared`: `read` returns a view
+        that the next read overwrites, so it is copied (pinning copies anyway)."""
+        size = self.cfg.batch_size
+        while not self.cancelled.is_set() and (claim := next(self._claims)) < len(self.runs):
+            start, stop = self.runs[claim]
+            for first in range(start, stop, size):
+                batch = read(self.frame_numbers[first:min(stop, first + size)])
+                if self.pin:
+                    batch = torch.from_numpy(batch).pin_memory()
+                elif shared:
+                    batch = np.array(batch)
+                self._put(self.done, (first, batch))
 
     def candidates(self) -> Candidates:
         """The video's candidates once probed; re-raises the error probing met."""
