@@ -6,6 +6,10 @@ as they finish (decoding and encoding overlap within a video, not only across vi
 memory stays flat in video length, and a broken video is recorded as failed while the run
 goes on.  Finished videos are in the cache, so an interrupted run resumes where it stopped.
 
+With `decode_processes` each reader thread drives a worker process instead (`decode_workers`):
+PyAV's per-packet Python work then runs without contention for Python's lock, and its
+skipping of unreferenced frames pays (the fastest set-up on the H200, see BENCHMARKS.md).
+
 For a CUDA encoder the decoder threads hand over pinned batches and the encoder's batches
 are queued without waiting for the GPU (one copy back per video).  `compile` runs the
 image path through `torch.compile` (+23% encoder throughput on the H200, 10-30 s to compile
