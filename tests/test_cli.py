@@ -59,11 +59,21 @@ def test_extract_select_quality_and_export(bench, tmp_path):
     assert "3 videos: 3 encoded, 0 already cached, 0 failed" in proc.stdout
     proc = run("tspo-eval", "extract", *common, "--video-root", str(videos), *AGENT, *cache)
     assert "0 encoded, 3 already cached" in proc.stdout
+    # PyAV in worker processes (the GPU-machine set-up) gives the same selection from its own cache
+    workers = ["--cache", str(tmp_path / "cache_workers")]
+    proc = run("tspo-eval", "extract", *common, "--video-root", str(videos), *AGENT, *workers,
+               "--backend", "pyav", "--decode-processes", "--readers", "2")
+    assert "3 videos: 3 encoded, 0 already cached, 0 failed" in proc.stdout
 
     sel, idx = tmp_path / "tspo.json", tmp_path / "TSPO_LVBench_frameIdx.json"
     run("tspo-eval", "select", *common, "--video-root", str(videos), *AGENT, *cache, "--method", "tspo", "--k", "4",
         "--out", str(sel), "--annotations", str(jsonl), "--frame-idx-out", str(idx))
     selections = SelectionSet.load(sel)
+    from_workers = tmp_path / "tspo_workers.json"
+    run("tspo-eval", "select", *common, "--video-root", str(videos), *AGENT, *workers, "--method", "tspo", "--k", "4",
+        "--out", str(from_workers), "--annotations", str(jsonl))
+    assert {i: s.frame_numbers for i, s in SelectionSet.load(from_workers).selections.items()} == {
+        i: s.frame_numbers for i, s in selections.selections.items()}
     questions = load_benchmark("lvbench", tsv, jsonl)
     assert set(selections.selections) == {q.index for q in questions}
     exported = json.loads(idx.read_text())
