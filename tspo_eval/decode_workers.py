@@ -2,10 +2,10 @@
 
 Each extraction reader thread borrows one worker process and hands it runs of frame
 numbers; the worker decodes them with its own `FrameReader` (kept open for the next run of
-the same video) into a memory-mapped file that the parent owns (in /dev/shm where there is
-one), so only frame numbers and a shape cross the pipe, never pixels. Why: PyAV's per-packet Python work needs
-Python's lock, so PyAV threads in one process do not scale, while processes do; a worker
-that crashes on a bad file costs that video, not the run.
+the same video) into a memory-mapped file that the parent owns (in /dev/shm where there
+is one), so only frame numbers and a shape cross the pipe, never pixels. Why: PyAV's
+per-packet Python work needs Python's lock, so PyAV threads in one process do not scale,
+while processes do; and a worker that crashes on a bad file costs that video, not the run.
 
 Workers are started on first use (spawned: the parent holds CUDA and threads), at most
 `limit` of them, and kept for later videos until the parent exits.
@@ -50,7 +50,7 @@ class _Block:
 
 
 class DecodeWorker:
-    """One worker process and the shared-memory block it decodes into."""
+    """One worker process and the memory-mapped block it decodes into."""
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -67,7 +67,7 @@ class DecodeWorker:
         nbytes = len(frame_numbers) * int(np.prod(frame_shape))
         if self.block is None or self.block.size < nbytes:
             self._replace_block(nbytes)
-        key = (path, reader_args["backend"], reader_args["num_threads"], reader_args["size"])
+        key = _reader_key(path, reader_args)
         args = {**reader_args, "index": None} if key == self.opened else reader_args
         try:
             self.conn.send((path, args, np.asarray(frame_numbers), self.block.path, self.block.size))
@@ -109,6 +109,7 @@ class _Pool:
 
     def __init__(self) -> None:
         self.idle: list[DecodeWorker] = []
+        self.started: list[DecodeWorker] = []  # every worker alive, lent or idle: closed at exit
         self.count = 0
         self.changed = threading.Condition()
 
@@ -128,6 +129,8 @@ class _Pool:
             except BaseException:
                 self._give_back(None)
                 raise
+            with self.changed:
+                self.started.append(worker)
         try:
             yield worker
         finally:
@@ -142,17 +145,24 @@ class _Pool:
                 self.count -= 1
             else:
                 self.idle.append(worker)
+            self.started = [w for w in self.started if w.alive]
             self.changed.notify()
 
     def close(self) -> None:
+        """Stop every worker and delete its block (at exit, also those still lent)."""
         with self.changed:
-            workers, self.idle, self.count = self.idle, [], 0
+            workers, self.started, self.idle, self.count = self.started, [], [], 0
         for worker in workers:
             worker.close()
 
 
 POOL = _Pool()
 atexit.register(POOL.close)
+
+
+def _reader_key(path: str, reader_args: dict) -> tuple:
+    """What identifies an open reader (the index only spares the opening)."""
+    return path, reader_args["backend"], reader_args["num_threads"], reader_args["size"]
 
 
 def _serve(conn: Connection) -> None:
@@ -165,7 +175,7 @@ def _serve(conn: Connection) -> None:
             path, reader_args, frame_numbers, wanted_path, size = conn.recv()
         except (EOFError, OSError):
             break
-        key = (path, reader_args["backend"], reader_args["num_threads"], reader_args["size"])
+        key = _reader_key(path, reader_args)
         try:
             if wanted_path != block_path:
                 block, block_path = np.memmap(wanted_path, np.uint8, "r+", shape=(size,)), wanted_path
