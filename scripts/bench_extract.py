@@ -1,8 +1,8 @@
 """Speed of feature extraction: ours against the published pipeline, in one run.
 
 Measures, on generated videos (CLIP ViT-L/14 at full size, random weights):
-  decode    candidate frames/s of the extraction's decoder per [backend:]readers x threads,
-            with and without scaling in the decoder, vs one single-threaded get_batch of
+  decode    candidate frames/s of the extraction's decoder per [backend:]readers x threads
+            (readers as threads, or as worker processes), with and without scaling in the decoder, vs one single-threaded get_batch of
             every candidate (the published loader), on the shortest video and on a 720p
             one; and k single-threaded readers as threads vs as processes (does it scale?)
   encode    frames/s of the bare model on ready pixels under execution variants (--variants:
@@ -497,7 +497,7 @@ def main() -> None:
     p.add_argument("--decode-processes", action="store_true", default=None,
                    help="readers as processes (ours; default: as in the fastest decode configuration)")
     p.add_argument("--decode-configs", type=decode_config, nargs="+",
-                   default=[decode_config(c) for c in ("4x4", "8x1", "8x2", "16x1", "pyav:8x2", "pyav:16x1")],
+                   default=[decode_config(c) for c in ("8x1", "16x1", "16x2", "pyav:16x1", "pyav:16x1p", "pyav:16x2p")],
                    help="[BACKEND:]READERSxTHREADS[p] to time (p: readers are processes) (backend decord unless given)")
     p.add_argument("--variants", nargs="*", default=[
         "eager@128,256", "eager+cudnn-attention", "compile-dynamic-batch@64,128,256", "compile-static",
