@@ -197,3 +197,24 @@ def test_decoding_errors_in_a_worker_come_back_as_video_errors(numbered_video, t
         with pytest.raises(VideoError, match="no such file"):
             worker.read(str(tmp_path / "gone.mp4"), args, np.array([0]), (48, 64, 3))
         assert read_frame_number(worker.read(str(numbered_video), args, np.array([7]), (48, 64, 3))[0]) == 7
+
+
+def test_a_decoding_process_that_hangs_is_stopped(numbered_video):
+    """A worker that stops answering (here: SIGSTOP) is killed after its timeout; the read
+    names the file, and the next lend starts a fresh worker."""
+    import os
+    import signal
+
+    from tspo_eval.decode_workers import POOL
+
+    args = {"backend": "pyav", "num_threads": 1, "size": None, "index": None}
+    with POOL.lend(1) as worker:
+        worker.read(str(numbered_video), args, np.array([0]), (48, 64, 3))  # started and answering
+        os.kill(worker.process.pid, signal.SIGSTOP)
+        worker.reply_timeout_s = 0.5
+        with pytest.raises(VideoError, match="gave no frames in 0.5 s") as err:
+            worker.read(str(numbered_video), args, np.array([30]), (48, 64, 3))
+        assert str(numbered_video) in str(err.value) and not worker.process.is_alive()
+    with POOL.lend(1) as fresh:
+        assert fresh is not worker
+        assert read_frame_number(fresh.read(str(numbered_video), args, np.array([60]), (48, 64, 3))[0]) == 60

@@ -52,6 +52,8 @@ class _Block:
 class DecodeWorker:
     """One worker process and the memory-mapped block it decodes into."""
 
+    reply_timeout_s = 300.0  # a read of one run far exceeding this means the decoder hangs
+
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
@@ -71,11 +73,17 @@ class DecodeWorker:
         args = {**reader_args, "index": None} if key == self.opened else reader_args
         try:
             self.conn.send((path, args, np.asarray(frame_numbers), self.block.path, self.block.size))
-            status, payload = self.conn.recv()
+            answered = self.conn.poll(self.reply_timeout_s)
+            if answered:
+                status, payload = self.conn.recv()
         except (EOFError, OSError) as err:
             self.close()
             raise VideoError(f"{path}: the decoding process died ({err or 'no reply'}); the file may crash "
                              "the decoder: re-encode it, or try the other --backend") from err
+        if not answered:
+            self.close(kill=True)
+            raise VideoError(f"{path}: the decoding process gave no frames in {self.reply_timeout_s:g} s and was "
+                             "stopped; the file may hang the decoder: re-encode it, or try the other --backend")
         if status == "error":
             self.opened = None
             raise payload
@@ -95,12 +103,16 @@ class DecodeWorker:
     def alive(self) -> bool:
         return self.process.is_alive() and not self.conn.closed
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the worker (closing the pipe ends its loop; `kill` for one that does not listen)."""
         if not self.conn.closed:
-            self.conn.close()  # the worker's recv ends, and it exits
+            self.conn.close()
+        if kill:
+            self.process.kill()
         self.process.join(timeout=5)
         if self.process.is_alive():
             self.process.kill()
+            self.process.join()
         self._drop_block()
 
 
