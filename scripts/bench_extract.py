@@ -209,7 +209,6 @@ def bare_variants(args: argparse.Namespace, agent, device: torch.device, dtype: 
                   names: list[str]) -> dict:
     """Frames/s of the bare model on ready pixels under each execution variant, and the seconds
     its first call took (the compile)."""
-    from torch._dynamo.utils import counters
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     cudnn_first = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
@@ -251,13 +250,11 @@ def bare_variants(args: argparse.Namespace, agent, device: torch.device, dtype: 
             steps = max(1, args.encode_frames // batch)
             try:
                 with torch.no_grad():
-                    matched = counters["inductor"]["pattern_matcher_count"]
                     t0 = time.perf_counter()
                     fn(pixels)
                     if cuda:
                         torch.cuda.synchronize()
                     first = time.perf_counter() - t0
-                    matched = counters["inductor"]["pattern_matcher_count"] - matched
 
                     def run() -> None:
                         for _ in range(steps):
@@ -265,7 +262,7 @@ def bare_variants(args: argparse.Namespace, agent, device: torch.device, dtype: 
 
                     per_frame = timed(run, args.repeats, cuda) / (steps * batch)
                 out[f"{name}@{batch}"] = {"fps": 1 / per_frame, "tflops": gflop / 1000 / per_frame,
-                                          "first_call_s": first, "patterns_matched": matched}
+                                          "first_call_s": first}
             except Exception as err:  # a variant this torch cannot run is a result too
                 out[f"{name}@{batch}"] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
             print("bare", name, batch, out[f"{name}@{batch}"], flush=True)
