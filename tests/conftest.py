@@ -3,6 +3,8 @@ generated videos whose frames show their own frame numbers."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +12,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_DIR = REPO_ROOT.parent / "shared" / "data" / "official"
+
+# Console scripts (`tspo-eval`) live beside the interpreter running the tests; put them first on
+# PATH so `<venv>/bin/python -m pytest` works without activating the venv (and never finds another
+# installation's script).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture(scope="session")
