@@ -8,10 +8,10 @@ from functools import reduce
 import numpy as np
 import pytest
 
-from tspo_eval.selection import (AKS_PRESETS, SELECTORS, TSPO_DEFAULT_METHOD, frames_for_question,
+from tspo_eval.selection import (AKS_PRESETS, BOLT_POWER, SELECTORS, TSPO_DEFAULT_METHOD, frames_for_question,
                                  register_selector, select)
 
-BUILTINS = ["uniform", "topk", "bin-max", "aks", "tspo"]
+BUILTINS = ["uniform", "topk", "bin-max", "aks", "tspo", "bolt"]
 # T = 10. Bin-max (k=3) anchors 0, 4, 9 -> bins {0,1,2} {3..6} {7,8,9}.
 S10 = np.array([0.1, 0.9, 0.3, 0.8, 0.2, 0.7, 0.0, 0.5, 0.6, 0.4])
 
@@ -337,3 +337,144 @@ def test_published_videomme_selections_are_bin_max(official_dir):
     long_items = [np.asarray(x["frame_idx"], dtype=np.int64) for x in items if len(x["frame_idx"]) == 64]
     assert len(items) - len(long_items) == 261
     assert all(_bin_max_explains(f) for f in long_items)
+
+
+# ---------------------------------------------------------------- bolt
+
+# Weights after min-max normalisation (power 1): [0, 1, 1, 1, 1, 6, 1, 1, 1, 1] / 6, so
+# 14 * CDF = [0, 1, 2, 3, 4, 10, 11, 12, 13, 14].
+PEAK10 = [0, 1, 1, 1, 1, 6, 1, 1, 1, 1]
+
+
+def test_bolt_inverse_transform_by_hand():
+    # k=4: quantiles linspace(1/4, 3/4, 4) * 14 = 3.5, 5.83, 8.17, 10.5 -> first CDF reaching
+    # each: positions 4, 5, 5, 6 (the peak takes two quantiles)
+    assert sel(PEAK10, 4, "bolt", power=1, repeats="drop") == [4, 5, 6]
+    # spread, picks in order: 4, 5; the second 5 -> nearest free (4 is taken) 6; then 6 -> 7
+    assert sel(PEAK10, 4, "bolt", power=1) == [4, 5, 6, 7]
+    # power 2: weights [0, 1, 1, 1, 1, 36, 1, 1, 1, 1] / 36, 44 * CDF = [0, 1, 2, 3, 4, 40, 41, ..., 44];
+    # quantiles * 44 = 11, 18.3, 25.7, 33 -> all in the peak
+    assert sel(PEAK10, 4, "bolt", power=2, repeats="drop") == [5]
+    # spread: 5, then 4 (4 and 6 tie: the earlier), 6, then 3 (3 and 7 tie)
+    assert sel(PEAK10, 4, "bolt", power=2) == [3, 4, 5, 6]
+
+
+def test_bolt_one_peak_concentrates_yet_covers_the_video():
+    # 100 candidates, background 1, one minimum (0) at 0, a peak of 100 at 50. Normalised:
+    # background 0.01, peak 1, total 1.98. k=8 quantiles q = 1/8 .. 7/8; before the peak the
+    # CDF at j is 0.01 j / 1.98, so q=0.125 -> j >= 24.75 -> 25 and q=0.232 -> j >= 45.96 -> 46;
+    # the CDF jumps to 0.7525 at 50, taking 0.339 .. 0.661 (four picks); after it the CDF at
+    # 50+m is (1.49 + 0.01 m) / 1.98: q=0.768 -> m >= 3.06 -> 54, q=0.875 -> m >= 24.25 -> 75.
+    s = np.ones(100)
+    s[0], s[50] = 0.0, 100.0
+    assert sel(s, 8, "bolt", power=1, repeats="drop") == [25, 46, 50, 54, 75]
+    # spread: the three repeats of 50 go to 49 (tie with 51: earlier), 51, then 48
+    chosen = sel(s, 8, "bolt", power=1)
+    assert chosen == [25, 46, 48, 49, 50, 51, 54, 75]
+    # 6 of 8 frames within 4 candidates of the peak (uniform: none, its nearest are 42 and 56),
+    # yet 25 .. 75 is spanned
+    assert sum(abs(c - 50) <= 4 for c in chosen) == 6 and min(chosen) <= 25 and max(chosen) >= 75
+    assert sum(abs(c - 50) <= 4 for c in sel(s, 8, "uniform")) == 0
+
+
+def test_bolt_published_power_per_benchmark():
+    assert BOLT_POWER == {"videomme": 3.0, "mlvu": 3.0, "longvideobench": 2.5}
+    s = np.random.default_rng(3).random(200)
+    for bench, power in (("Video-MME", 3), ("longvideobench", 2.5), ("lvbench", 3), (None, 3)):
+        assert sel(s, 16, "bolt", benchmark=bench) == sel(s, 16, "bolt", power=power)
+    assert sel(s, 16, "bolt", power=2.5) != sel(s, 16, "bolt", power=3)
+    with pytest.raises(ValueError, match="power must be > 0"):
+        select(s, 16, "bolt", power=-1)
+    with pytest.raises(ValueError, match="spread, drop"):
+        select(s, 16, "bolt", repeats="keep")
+
+
+def test_bolt_ties_k1_and_scale():
+    # constant scores: a uniform distribution, CDF 0.1 .. 1.0; quantiles 0.25, 0.42, 0.58, 0.75
+    assert sel(np.full(10, 0.3), 4, "bolt") == [2, 4, 5, 7]
+    # k = 1: the median quantile: 14 * 0.5 = 7 -> the peak
+    assert sel(PEAK10, 1, "bolt", power=1) == [5]
+    # scores are min-max normalised: BOLT's logit-scaled cosine gives the frames of the cosine
+    s = np.random.default_rng(4).uniform(-0.2, 0.4, 300)
+    assert sel(100 * s, 32, "bolt") == sel(s, 32, "bolt")
+    assert len(sel(s, 32, "bolt")) == 32
+
+
+# ---------------------------------------------------------------- dpp
+
+def _unit(*rows):
+    x = np.array(rows, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_dpp_skips_duplicates_where_topk_does_not():
+    # two scenes, two identical frames each, equal relevance: the second frame of scene 1 adds
+    # no volume, so the second pick is scene 2
+    feats = _unit([1, 0], [1, 0], [0, 1], [0, 1])
+    assert sel([0.5] * 4, 2, "dpp", features=feats) == [0, 2]
+    assert sel([0.5] * 4, 2, "topk") == [0, 1]
+    # k=3: both scenes chosen, the rest duplicates: the budget goes to the candidate farthest
+    # in time from {0, 2} (1 and 3 are both 1 away: the earlier)
+    assert sel([0.5] * 4, 3, "dpp", features=feats) == [0, 1, 2]
+
+
+def test_dpp_lambda_trades_relevance_for_diversity():
+    # f0, f1 nearly equal (cosine 0.99), relevance 0.9; f2 orthogonal, relevance 0.5.
+    # Kernel K(c) = sum_a exp(-(1 - c) / a), a = 1/8 .. 2: r(0.9) = 3.7944, r(0.5) = 1.9069,
+    # K(0.99) = 4.8491, K(0) = 1.1284, K(1) = 5. After f0 (first of the tie), the second pick
+    # gains (2/lam) log r + log(5 - K^2 / 5): f1: (2/lam) 1.3336 - 1.213, f2: (2/lam) 0.6455 + 1.557.
+    # lam = 0.2: 13.34 - 1.21 > 6.46 + 1.56 -> f1; lam = 2: 1.33 - 1.21 < 0.65 + 1.56 -> f2.
+    feats = _unit([1, 0, 0], [0.99, np.sqrt(1 - 0.99**2), 0], [0, 0, 1])
+    scores = [0.9, 0.9, 0.5]
+    assert sel(scores, 2, "dpp", features=feats) == [0, 1]
+    assert sel(scores, 2, "dpp", features=feats, lam=2.0) == [0, 2]
+    assert sel(scores, 1, "dpp", features=feats) == [0]  # k=1: the most relevant, first on ties
+    assert sel([0.1, 0.9, 0.9], 1, "dpp", features=feats) == [1]
+
+
+def test_dpp_static_video_is_still_covered():
+    # every frame identical: one DPP pick, then the farthest in time: 9, then 4 (4 and 5 are
+    # both 4 away from {0, 9}: the earlier)
+    feats = np.ones((10, 3))
+    assert sel(np.full(10, 0.2), 3, "dpp", features=feats) == [0, 4, 9]
+
+
+def _greedy_by_determinants(scores, feats, k, lam):
+    """The published objective evaluated directly: (2/lam) sum log r + slogdet(L_S), greedy."""
+    x = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    kernel = sum(np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / (2 * a)) for a in (0.125, 0.25, 0.5, 1, 2))
+    rel = sum(np.exp(-(2 - 2 * np.asarray(scores)) / (2 * a)) for a in (0.125, 0.25, 0.5, 1, 2))
+    chosen: list[int] = []
+    for _ in range(k):
+        best, best_i = -np.inf, -1
+        for i in range(len(scores)):
+            if i in chosen:
+                continue
+            s = chosen + [i]
+            obj = 2 / lam * np.log(rel[s]).sum() + np.linalg.slogdet(kernel[np.ix_(s, s)])[1]
+            if obj > best:
+                best, best_i = obj, i
+        chosen.append(best_i)
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("lam", [0.2, 1.0])
+def test_dpp_matches_the_objective_computed_with_determinants(lam):
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(4, 24))
+    feats = centres[rng.integers(0, 4, 40)] + 0.3 * rng.normal(size=(40, 24))
+    scores = rng.uniform(0.1, 0.4, 40)
+    assert sel(scores, 8, "dpp", features=feats, lam=lam) == _greedy_by_determinants(scores, feats, 8, lam)
+
+
+def test_dpp_needs_features_and_checks_them():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="pass features"):
+        select(S10, 3, "dpp")
+    with pytest.raises(ValueError, match=r"\(T, D\) with T = 10"):
+        select(S10, 3, "dpp", features=np.zeros((9, 4)))
+    with pytest.raises(ValueError, match="valid: lam"):  # `features` is filled in, never a user parameter
+        select(S10, 3, "dpp", features=np.eye(10), lamda=0.2)
+    feats = torch.eye(10, dtype=torch.bfloat16)
+    assert sel(S10, 3, "dpp", features=feats) == sel(S10, 3, "topk")  # orthogonal frames: relevance decides
+    assert sel(S10[:4], 6, "dpp", features=np.eye(4)) == [0, 1, 2, 3]  # T <= k

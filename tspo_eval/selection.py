@@ -7,7 +7,11 @@ reproduces the published evaluation's short-video fallback.
 Methods live in the `SELECTORS` registry; `@register_selector("name")` adds one from
 outside the package. A selector is `fn(scores, k, *, <keyword params>) -> positions`;
 `select` checks the parameter names against its signature, hands it only T > k (T <= k
-always returns every candidate) and checks what it returns.
+always returns every candidate) and checks what it returns. Two keyword names are filled
+in by the pipeline rather than by the user: a selector that declares `features` receives
+the (T, D) frame features (`dpp` does: it needs frame-to-frame similarity, not only
+scores), and one that declares `benchmark` receives the benchmark's name (`tspo`, `bolt`:
+their published settings differ per benchmark).
 
 Where each rule comes from (published code, GitHub):
 
@@ -16,6 +20,10 @@ Where each rule comes from (published code, GitHub):
 - `aks`: ncTimTang/AKS `frame_select.py` (`meanstd`, `main`); TSPO's port with its
   hard-coded t1/depth is `AKS_sampling` in Hui-design/TSPO `model/utils.py`.
 - `tspo`: Hui-design/TSPO `mp_tools/vlmeval/vlm/gen_id_tspo.py` (method per dataset).
+- `bolt`: sming256/BOLT `select_frames.py` (`inverse_transform_sampling`) and
+  `scripts/frame_selection.sh` (power per benchmark).
+- `dpp`: MDP3 (Sun et al., ICCV 2025, arXiv 2501.02885), its public `MDP3` class
+  (`MultiGaussianKernel`, `seqdpp_select_super_fast`, `_select_frames_fast`).
 - official fallback: `load_video_index` in Hui-design/TSPO
   `lmms-eval/lmms_eval/models/simple/llava_vid_tspo.py` and
   `.../models/simple/utils/qwen25vl_vision_process.py`.
@@ -46,6 +54,18 @@ TSPO_DEFAULT_METHOD: dict[str, str] = {
     "videomme": "bin-max",
 }
 
+# BOLT's frame_selection.sh: --power 3 (VideoMME, MLVU), 2.5 (LongVideoBench); LVBench and
+# others are not in it and get 3 (LVBench's hour-long videos are closest to MLVU's).
+BOLT_POWER: dict[str, float] = {"videomme": 3.0, "mlvu": 3.0, "longvideobench": 2.5}
+BOLT_DEFAULT_POWER = 3.0
+
+# MDP3's MultiGaussianKernel: bandwidths 2**-3 .. 2**1, summed (not averaged); lamda = 0.2.
+DPP_BANDWIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0)
+DPP_LAMBDA = 0.2
+# A candidate whose Schur complement is below this share of the kernel diagonal duplicates the
+# chosen frames: cosine above ~1 - 1.6e-6, which float32 features cannot resolve anyway.
+DPP_DUPLICATE = 1e-5
+
 
 def register_selector(name: str) -> Callable[[Selector], Selector]:
     """Decorator adding a selection method under `name`, so users extend without forking.
@@ -72,26 +92,42 @@ def _as_scores(scores: Any) -> np.ndarray:
     return arr
 
 
+def _as_features(features: Any, T: int) -> np.ndarray:
+    """(T, D) float32 copy of the frame features (numpy or torch, bf16 included)."""
+    if hasattr(features, "detach"):
+        features = features.detach().float().cpu().numpy()
+    arr = np.asarray(features, dtype=np.float32)
+    if arr.ndim != 2 or len(arr) != T:
+        raise ValueError(f"features must be (T, D) with T = {T} (one row per score), got shape {arr.shape}")
+    return arr
+
+
+def takes(method: str, name: str) -> bool:
+    """Whether the registered `method` declares the keyword `name` (e.g. `features`, `benchmark`)."""
+    return name in inspect.signature(SELECTORS[method]).parameters
+
+
 def _check_params(method: str, fn: Selector, params: dict[str, Any]) -> None:
     """Reject parameter names the method does not take, before any work is done."""
     sig = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
         return
-    valid = [n for n, p in list(sig.items())[2:]
-             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    valid = [n for n, p in list(sig.items())[2:] if n != "features"
+             and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(f"method {method!r} has no parameter(s) {', '.join(unknown)}; "
                          f"valid: {', '.join(valid) or '(none)'}")
 
 
-def select(scores: Any, k: int, method: str, **params: Any) -> np.ndarray:
+def select(scores: Any, k: int, method: str, features: Any = None, **params: Any) -> np.ndarray:
     """Pick at most k candidates; returns sorted, unique int64 positions into `scores`.
 
     Args:
         scores: (T,) per-candidate scores (list, numpy array or torch tensor).
         k: frame budget, >= 1.
-        method: a key of `SELECTORS` (uniform, topk, bin-max, aks, tspo or a registered one).
+        method: a key of `SELECTORS` (uniform, topk, bin-max, aks, tspo, bolt, dpp or a registered one).
+        features: (T, D) frame features, required by methods that declare `features` (dpp), ignored otherwise.
         **params: the method's keyword parameters.
     Returns:
         (<=k,) int64 positions. T <= k returns every position (SPEC section 3); `aks`
@@ -108,6 +144,10 @@ def select(scores: Any, k: int, method: str, **params: Any) -> np.ndarray:
     _check_params(method, fn, params)
     arr = _as_scores(scores)
     T = len(arr)
+    if takes(method, "features"):
+        if features is None:
+            raise ValueError(f"method {method!r} uses the frame features as well as the scores: pass features=(T, D)")
+        params["features"] = _as_features(features, T)
     if T <= k:
         return np.arange(T, dtype=np.int64)
     out = np.asarray(fn(arr, int(k), **params))
@@ -121,7 +161,8 @@ def select(scores: Any, k: int, method: str, **params: Any) -> np.ndarray:
 
 
 def frames_for_question(candidate_frames: np.ndarray, scores: Any, k: int, method: str,
-                        num_video_frames: int, official: bool = False, **params: Any) -> np.ndarray:
+                        num_video_frames: int, official: bool = False, features: Any = None,
+                        **params: Any) -> np.ndarray:
     """Absolute frame numbers for one question: `candidate_frames[select(...)]`, int64.
 
     `official=True` reproduces the published evaluation (`load_video_index`): when
@@ -132,7 +173,7 @@ def frames_for_question(candidate_frames: np.ndarray, scores: Any, k: int, metho
     """
     cands = np.asarray(candidate_frames, dtype=np.int64)
     arr = _as_scores(scores)
-    positions = select(arr, k, method, **params)
+    positions = select(arr, k, method, features, **params)
     if cands.ndim != 1 or len(cands) != len(arr):
         raise ValueError(f"candidate_frames {cands.shape} must be 1-D and match the scores")
     if official and len(cands) < k:
@@ -258,3 +299,125 @@ def tspo(scores: np.ndarray, k: int, *, benchmark: str | None = None) -> np.ndar
     """
     method = TSPO_DEFAULT_METHOD.get(_benchmark_key(benchmark), "topk") if benchmark else "topk"
     return SELECTORS[method](scores, k)
+
+
+def _spread_repeats(picks: np.ndarray, T: int) -> np.ndarray:
+    """Distinct positions for sorted `picks`: each repeat moves to the nearest free candidate.
+
+    Picks are handled in order; at equal distance the earlier candidate wins. T > len(picks),
+    so a free candidate always exists.
+    """
+    taken = np.zeros(T, dtype=bool)
+    out = []
+    for p in picks:
+        for d in range(T):
+            for q in (p - d, p + d):
+                if 0 <= q < T and not taken[q]:
+                    break
+            else:
+                continue
+            break
+        taken[q] = True
+        out.append(q)
+    return np.array(out, dtype=np.int64)
+
+
+@register_selector("bolt")
+def bolt(scores: np.ndarray, k: int, *, power: float | None = None, benchmark: str | None = None,
+         repeats: Literal["spread", "drop"] = "spread") -> np.ndarray:
+    """BOLT (Liu et al., CVPR 2025): inverse transform sampling over query-frame similarity.
+
+    As published (`inverse_transform_sampling`): scores are min-max normalised to [0, 1],
+    raised to `power`, divided by their sum and accumulated into a CDF; the k quantiles
+    `linspace(1/k, 1 - 1/k, k)` are mapped to the first candidate whose CDF reaches them
+    (`searchsorted`, left). Frames thus fall densely where the query matches and sparsely,
+    but still, elsewhere; the least similar candidate has weight 0 and is never chosen.
+    `power` defaults to the benchmark's published value (`BOLT_POWER`: 3 for VideoMME and
+    MLVU, 2.5 for LongVideoBench; 3 elsewhere). The scale of the scores (BOLT multiplies the
+    cosine by CLIP's logit scale) cancels in the normalisation, so the CLIP cosine gives
+    the same frames.
+
+    Choices where the published code is silent or breaks: it hands the VLM k indices with
+    repeats (several quantiles in one candidate); here `repeats="spread"` moves each repeat
+    to the nearest free candidate (ties to the earlier one), so k distinct frames stay
+    concentrated where the quantiles fell, and `repeats="drop"` keeps only the distinct
+    published picks (fewer than k). Constant scores (0/0 in the published code) are a
+    uniform distribution. k = 1 (the published quantile 1.0 can fall past the last
+    candidate) takes the median, quantile 0.5.
+    """
+    if power is None:
+        power = BOLT_POWER.get(_benchmark_key(benchmark), BOLT_DEFAULT_POWER) if benchmark else BOLT_DEFAULT_POWER
+    if not power > 0:
+        raise ValueError(f"bolt power must be > 0, got {power}")
+    if repeats not in ("spread", "drop"):
+        raise ValueError(f"unknown bolt repeats {repeats!r}; valid: spread, drop")
+    T = len(scores)
+    lo, span = scores.min(), scores.max() - scores.min()
+    weight = ((scores - lo) / span) ** power if span > 0 else np.ones(T)
+    cdf = np.cumsum(weight / weight.sum())
+    quantiles = np.linspace(1 / k, 1 - 1 / k, k) if k > 1 else np.array([0.5])
+    picks = np.minimum(np.searchsorted(cdf, quantiles, side="left"), T - 1)
+    return np.unique(picks) if repeats == "drop" else _spread_repeats(picks, T)
+
+
+def _multi_gaussian(cosine: np.ndarray) -> np.ndarray:
+    """MDP3's kernel sum_a exp(-||x - y||^2 / (2a)) for unit vectors, from their cosine (||x - y||^2 = 2 - 2cos)."""
+    return sum(np.exp(-(1.0 - cosine) / a) for a in DPP_BANDWIDTHS)
+
+
+def _farthest_in_time(chosen: list[int], T: int, n: int) -> list[int]:
+    """n more positions, each the candidate farthest from every chosen one (ties: earliest)."""
+    chosen = list(chosen)
+    gap = np.full(T, np.inf) if not chosen else np.min(np.abs(np.arange(T)[:, None] - np.array(chosen)), axis=1)
+    for _ in range(n):
+        i = int(np.argmax(gap))
+        chosen.append(i)
+        gap = np.minimum(gap, np.abs(np.arange(T) - i))
+    return chosen[len(chosen) - n:]
+
+
+@register_selector("dpp")
+def dpp(scores: np.ndarray, k: int, *, features: np.ndarray, lam: float = DPP_LAMBDA) -> np.ndarray:
+    """Relevance + diversity: MDP3's conditional DPP, greedy MAP over the frame features.
+
+    MDP3 (Sun et al., ICCV 2025) scores a set S of frames by
+    `(2 / lam) * sum_{i in S} log r_i + log det L_S`, where L is the multiple-Gaussian
+    kernel (`DPP_BANDWIDTHS`, summed) between the L2-normalised frame features and r_i the
+    same kernel between frame i and the query. A frame is added greedily, each time the
+    one raising the objective most (first on ties), so relevant frames come first but a
+    near-duplicate of a chosen frame adds almost no volume and waits. The Cholesky update
+    of the published `seqdpp_select_super_fast` is done for all candidates at once (the
+    fast greedy MAP of Chen et al., NeurIPS 2018): O(T k D) per question, one kernel
+    column per chosen frame.
+
+    What was matched: the kernel, its bandwidths, lam = 0.2 and the objective; `scores`
+    are read as the query-frame cosine (the CLIP scores the pipeline gives non-agent
+    methods), which yields the query kernel exactly for unit vectors. The published code
+    runs with `segment_size = -1` (one segment), where its MDP over segments reduces to
+    this single greedy pass; the segmented MDP is not reproduced. Choice: once every
+    remaining candidate duplicates the chosen ones (`DPP_DUPLICATE`; the published code
+    then keeps taking the earliest candidates), the rest of the budget goes
+    to the candidates farthest in time from those chosen, so a static video is still covered.
+    """
+    if not lam > 0:
+        raise ValueError(f"dpp lam must be > 0, got {lam}")
+    T = len(scores)
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    quality = (2.0 / lam) * np.log(_multi_gaussian(np.clip(scores, -1.0, 1.0)))
+    diag = float(len(DPP_BANDWIDTHS))  # the kernel of a unit vector with itself
+    residual = np.full(T, diag)  # det(L_{S+i}) / det(L_S): what candidate i would add
+    basis = np.zeros((k, T))  # rows of the incremental Cholesky factor, one per chosen frame
+    chosen: list[int] = []
+    for j in range(k):
+        gain = quality + np.log(np.where(residual > DPP_DUPLICATE * diag, residual, np.nan))
+        gain[chosen] = np.nan
+        if np.isnan(gain).all():
+            break
+        i = int(np.nanargmax(gain))
+        column = _multi_gaussian(np.clip(x @ x[i], -1.0, 1.0))
+        basis[j] = (column - basis[:j].T @ basis[:j, i]) / np.sqrt(residual[i])
+        residual = residual - basis[j] ** 2
+        chosen.append(i)
+    if len(chosen) < k:
+        chosen += _farthest_in_time(chosen, T, k - len(chosen))
+    return np.sort(np.array(chosen, dtype=np.int64))

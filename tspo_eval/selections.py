@@ -11,9 +11,10 @@ Output, the project's own format (JSON, one file per benchmark x method):
 `to_frame_idx` exports the published layout (benchmark JSON items + float `frame_idx`)
 that the published lmms-eval fork consumes.
 
-Scores: `tspo` uses the agent's S; the zero-shot methods (`topk`, `bin-max`, `aks`) use
-the CLIP cosine of the cached frame features with the question stem (as AKS scores with
-CLIP); `uniform` ignores scores.  `scores="agent"` / `"clip"` overrides that.
+Scores: `tspo` uses the agent's S; the zero-shot methods (`topk`, `bin-max`, `aks`, `bolt`,
+`dpp`) use the CLIP cosine of the cached frame features with the question stem (as AKS and
+BOLT score with CLIP); `uniform` ignores scores.  `scores="agent"` / `"clip"` overrides that.
+Methods that declare `features` (`dpp`) also receive the video's cached frame features.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .benchmarks import Question, resolve_video, write_frame_idx
 from .cache import FeatureCache, VideoFeatures
 from .encoders import Encoder
 from .extract import ExtractConfig, video_features
-from .selection import SELECTORS, frames_for_question
+from .selection import SELECTORS, frames_for_question, takes
 from .video import VideoError
 
 FORMAT = "tspo-eval/selections@1"
@@ -43,8 +44,8 @@ ScoreSource = Literal["auto", "agent", "clip"]
 class SelectConfig:
     """Which frames each question gets."""
 
-    method: str = field(default="tspo", metadata={"help": "uniform | topk | bin-max | aks | tspo (agent + "
-                                                           "the benchmark's published default)"})
+    method: str = field(default="tspo", metadata={"help": "uniform | topk | bin-max | aks | bolt | dpp | tspo "
+                                                           "(agent + the benchmark's published default)"})
     k: int = field(default=64, metadata={"help": "frames per question"})
     scores: ScoreSource = field(default="auto", metadata={
         "help": "auto: agent for tspo, CLIP cosine for the others; or force agent / clip"})
@@ -128,10 +129,10 @@ def select_for_question(vf: VideoFeatures, text: torch.Tensor, cfg: SelectConfig
     """One question's selection from its video's cached features and its stem's features."""
     scores = question_scores(vf.features, text, cfg.score_source, agent)
     params = dict(cfg.params)
-    if cfg.method == "tspo":
+    if takes(cfg.method, "benchmark"):
         params.setdefault("benchmark", benchmark)
     frames = frames_for_question(vf.frame_numbers, scores.numpy(), cfg.k, cfg.method, vf.num_frames,
-                                 official=cfg.official, **params)
+                                 official=cfg.official, features=vf.features, **params)
     frames = np.asarray(frames, dtype=np.int64)
     if frames.size == 0:
         raise ValueError(f"method {cfg.method!r} with {cfg.params or 'default parameters'} chose no frames at k={cfg.k} "
