@@ -1,4 +1,4 @@
-"""`tspo-eval` command line: extract, select, inspect, quality, evaluate, demo, training and VLMEvalKit.
+"""`tspo-eval` command line: extract, select, inspect, quality, compare, evaluate, demo, training and VLMEvalKit.
 
 Options come from the stage config dataclasses (their field help is the flag's help), so a
 typo or a bad value fails before any video is decoded.
@@ -203,6 +203,28 @@ def cmd_quality(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from .cache import FeatureCache
+    from .compare import CompareConfig, add_accuracy, compare_selectors, write_comparison
+    from .extract import ExtractConfig
+
+    cfg = config_from_args(CompareConfig, ns)
+    questions = _questions(ns)
+    agent, encoder = _models(ns)
+    result = compare_selectors(questions, ns.video_root, encoder, FeatureCache(ns.cache), cfg,
+                               config_from_args(ExtractConfig, ns), agent)
+    paths = write_comparison(result, cfg.out, ns.benchmark)
+    if cfg.backbone:
+        add_accuracy(result, cfg, ns.benchmark, ns.annotations or ns.tsv, ns.video_root, ns.cache, ns.agent)
+        paths = write_comparison(result, cfg.out, ns.benchmark)
+    print(result.table.to_markdown(floatfmt=".3f"))
+    if not (result.table["questions"] > 0).any():
+        print(f"NOTE: none of the {len(questions)} questions has a time reference: hit rate and coverage are n/a "
+              "(LVBench and LongVideoBench have them: pass --annotations with the original annotation file)")
+    print(f"wrote {', '.join(str(p) for p in paths[:3])} and {len(paths) - 3} selections files")
+    return 1 if not any(run.selections for run in result.runs.values()) else 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
@@ -253,6 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("selections", nargs="+", type=Path, help="selections files to compare")
     p.add_argument("--tolerance", type=float, default=0.5, help="seconds a frame may lie outside a span")
     p.set_defaults(run=cmd_quality)
+
+    from .compare import CompareConfig
+
+    p = sub.add_parser("compare", help="every selector on one benchmark's cache -> one table and one chart")
+    _add_benchmark_args(p, annotations=True)
+    _add_model_args(p)
+    add_config_args(p, CompareConfig)
+    add_config_args(p, ExtractConfig)  # the sampling the cache was filled with (its key)
+    p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("evaluate", help="select frames, run lmms-eval per method, one table (uniform vs tspo)")
     add_config_args(p, EvaluateConfig)

@@ -54,3 +54,31 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+COMPARISON_PANELS = {"hit_rate": "hit rate (a frame in the reference)",
+                     "coverage": "coverage (frames in the reference)",
+                     "accuracy": "accuracy (lmms-eval)",
+                     "ms_per_question": "selection time per question (ms)"}
+
+
+def comparison_chart(table: "pandas.DataFrame", path: str | Path, title: str = "") -> Path:
+    """PNG: one horizontal bar panel per column of `COMPARISON_PANELS` the table holds, one bar per method."""
+    panels = [(col, label) for col, label in COMPARISON_PANELS.items() if col in table.columns]
+    methods = list(table.index)
+    y = np.arange(len(methods))[::-1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 0.4 * len(methods) + 1.4), dpi=110,
+                             sharey=True, squeeze=False)
+    for ax, (col, label) in zip(axes[0], panels):
+        values = table[col].to_numpy(dtype=np.float64)
+        ax.barh(y, np.nan_to_num(values), color="tab:blue", alpha=0.75, height=0.6)
+        for yi, v in zip(y, values):
+            ax.text(0 if np.isnan(v) else v, yi, " n/a" if np.isnan(v) else f" {v:.3g}", va="center", fontsize=7)
+        if col != "ms_per_question":
+            ax.set_xlim(0, 1.15)
+        ax.set_xlabel(label, fontsize=8)
+        ax.tick_params(labelsize=8)
+    axes[0][0].set_yticks(y, methods)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

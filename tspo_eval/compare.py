@@ -1,0 +1,208 @@
+"""Every frame selector over one benchmark's cached features, side by side (`tspo-eval compare`).
+
+Each video's features are read from the cache once (extracted when missing) and every method
+selects from them, so methods differ in nothing but their rule. Per method the table holds
+the time-reference hit rate and coverage (`quality.quality_table`: LVBench, LongVideoBench),
+the questions whose selection failed, and the mean selection time per question: scoring (CLIP
+cosine, or the agent's forward pass for `tspo`) plus selection, from the cached features,
+without decoding or cache reads (one untimed warm-up call per method first). With a backbone, each method's selections also go through
+lmms-eval (`evaluation.evaluate`) and the benchmark's overall accuracy joins the table.
+
+Outputs under `out`: `compare_<benchmark>.csv` and `.md` (the table), `compare_<benchmark>.png`
+(the chart) and `selections/<label>_<benchmark>.json` (each method's selections).
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .agent import TemporalAgent
+from .benchmarks import Question, resolve_video
+from .cache import FeatureCache
+from .encoders import Encoder
+from .extract import ExtractConfig, video_features
+from .quality import quality_table
+from .selection import SELECTORS
+from .selections import SelectConfig, SelectionSet, select_for_question
+from .video import VideoError
+
+DEFAULT_METHODS = ("uniform", "topk", "bin-max", "aks", "bolt", "dpp", "tspo")
+BACKBONES = ("llava_video", "qwen2_5_vl")
+
+
+@dataclass
+class CompareConfig:
+    """Which selectors are compared, at which budget, and where the results go."""
+
+    methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={
+        "help": "selectors, each NAME or NAME:KEY=VALUE[,KEY=VALUE] (e.g. aks:preset=tspo bolt:power=2); "
+                "methods scored by the agent (tspo) are skipped when no --agent is given"})
+    k: int = field(default=64, metadata={"help": "frames per question"})
+    out: Path = field(default=Path("compare"), metadata={"help": "output folder"})
+    tolerance: float = field(default=0.5, metadata={"help": "seconds a frame may lie outside a reference span"})
+    backbone: str | None = field(default=None, metadata={
+        "help": "llava_video | qwen2_5_vl: also score accuracy through lmms-eval (needs a GPU); none: quality only"})
+    pretrained: str | None = field(default=None, metadata={"help": "backbone directory / hub id (default: 7B)"})
+    limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (first N questions)"})
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+        if not self.methods:
+            raise ValueError("give at least one method")
+        specs = [method_spec(m, self.k) for m in self.methods]  # raises on an unknown method or parameter
+        labels = [label for label, _ in specs]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"methods repeat: {', '.join(labels)}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.backbone is not None and self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)} (or none), got {self.backbone!r}")
+        if self.backbone is not None and any(cfg.params for _, cfg in specs):
+            raise ValueError("accuracy runs each method by name through lmms-eval: drop the method parameters "
+                             "(NAME:KEY=VALUE) or the --backbone")
+
+
+def method_spec(spec: str, k: int) -> tuple[str, SelectConfig]:
+    """("label", SelectConfig) of "NAME" or "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself."""
+    name, _, raw = spec.partition(":")
+    params = {}
+    for item in filter(None, raw.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"method {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+        params[key] = _number(value)
+    if name not in SELECTORS:
+        raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(sorted(SELECTORS))}")
+    return spec, SelectConfig(method=name, k=k, params=params)
+
+
+def _number(text: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def file_label(label: str) -> str:
+    """A method label as a file-name part ("aks:preset=tspo" -> "aks-preset-tspo")."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
+
+
+@dataclass
+class Comparison:
+    """Each method's selections and per-question selection times (seconds), and the table."""
+
+    runs: dict[str, SelectionSet]
+    seconds: dict[str, list[float]]
+    table: pd.DataFrame
+
+
+def compare_selectors(questions: Sequence[Question], video_root: str | Path, encoder: Encoder, cache: FeatureCache,
+                      cfg: CompareConfig, extract_cfg: ExtractConfig | None = None,
+                      agent: TemporalAgent | None = None, progress: bool = True) -> Comparison:
+    """Run every method of `cfg` over the questions; a video or question that fails is recorded
+    in the method's `failed` and the run goes on."""
+    extract_cfg = extract_cfg or ExtractConfig()
+    if not questions:
+        raise ValueError("no questions to compare selectors on")
+    benchmark = questions[0].benchmark
+    specs = dict(method_spec(m, cfg.k) for m in cfg.methods)
+    if agent is None:
+        skipped = [label for label, scfg in specs.items() if scfg.score_source == "agent"]
+        if skipped:
+            print(f"NOTE: no agent given: skipping {', '.join(skipped)} (scored by the TSPO agent)")
+        specs = {label: scfg for label, scfg in specs.items() if label not in skipped}
+        if not specs:
+            raise ValueError("every method needs the agent: pass --agent or methods scored by CLIP")
+    texts = cache.text_features(encoder.identity, [q.question for q in questions], encoder.encode_text)
+    runs = {label: SelectionSet({"benchmark": benchmark, "method": scfg.method, "label": label, "k": scfg.k,
+                                 "scores": scfg.score_source, "params": scfg.params, "encoder": encoder.identity,
+                                 "agent": agent.config._name_or_path if agent is not None else None,
+                                 "fps": extract_cfg.fps, "max_frames": extract_cfg.max_frames})
+            for label, scfg in specs.items()}
+    seconds: dict[str, list[float]] = {label: [] for label in specs}
+    by_video: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        by_video.setdefault(q.video_name, []).append(i)
+    for video_name, members in tqdm(by_video.items(), desc="compare", unit="video", disable=not progress):
+        try:
+            vf = video_features(resolve_video(video_root, video_name, benchmark), encoder, cache, extract_cfg)
+        except (VideoError, ValueError) as err:
+            for run in runs.values():
+                run.failed.update({questions[i].index: str(err) for i in members})
+            continue
+        for label, scfg in specs.items():
+            if not seconds[label] and not runs[label].failed:  # warm-up, untimed: lazy imports, first allocations
+                try:
+                    select_for_question(vf, texts[members[0]], scfg, benchmark, agent)
+                except ValueError:
+                    pass
+            for i in members:
+                start = time.perf_counter()
+                try:
+                    selection, _ = select_for_question(vf, texts[i], scfg, benchmark, agent)
+                except ValueError as err:
+                    runs[label].failed[questions[i].index] = str(err)
+                    continue
+                seconds[label].append(time.perf_counter() - start)
+                runs[label].selections[questions[i].index] = selection
+    return Comparison(runs, seconds, comparison_table(runs, seconds, questions, cfg.tolerance))
+
+
+def comparison_table(runs: dict[str, SelectionSet], seconds: dict[str, list[float]], questions: Sequence[Question],
+                     tolerance: float = 0.5) -> pd.DataFrame:
+    """`quality_table` plus, per method, failed questions and the mean selection time (ms)."""
+    table = quality_table(runs, questions, tolerance)
+    table["failed"] = [len(runs[label].failed) for label in table.index]
+    table["ms_per_question"] = [1000 * float(np.mean(seconds[label])) if seconds[label] else float("nan")
+                                for label in table.index]
+    return table
+
+
+def write_comparison(comparison: Comparison, out: str | Path, benchmark: str) -> list[Path]:
+    """The table (CSV, markdown), the chart (PNG) and each method's selections; returns the paths."""
+    from .plots import comparison_chart
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"compare_{benchmark}"
+    comparison.table.to_csv(stem.with_suffix(".csv"))
+    stem.with_suffix(".md").write_text(comparison.table.to_markdown(floatfmt=".3f") + "\n")
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"),
+             comparison_chart(comparison.table, stem.with_suffix(".png"), title=f"{benchmark}: frame selectors")]
+    for label, run in comparison.runs.items():
+        paths.append(run.save(out / "selections" / f"{file_label(label)}_{benchmark}.json"))
+    return paths
+
+
+def add_accuracy(comparison: Comparison, cfg: CompareConfig, benchmark: str, annotations: str | Path,
+                 videos: str | Path, cache: str | Path, agent: str | None = None) -> pd.DataFrame:
+    """Run each method's saved selections through lmms-eval (`evaluation.evaluate`, one run per
+    method on `cfg.backbone`) and add the benchmark's overall accuracy as an `accuracy` column
+    (fractions, whatever the benchmark's own scale). `write_comparison` must have saved the
+    selections under `cfg.out` first: evaluate reads `<out>/selections/<method>_<benchmark>.json`.
+
+    `uniform` runs as evaluate's uniform baseline: K frames over all decoded frames, not over
+    the candidates (what the published evaluation compares against).
+    """
+    from .evaluation import EvaluateConfig, evaluate
+    from .scoring import METRICS, SCALE
+
+    kwargs = {"agent": agent} if agent else {}
+    eval_cfg = EvaluateConfig(benchmark=benchmark, annotations=Path(annotations), videos=Path(videos),
+                              backbone=cfg.backbone, pretrained=cfg.pretrained, methods=tuple(comparison.runs),
+                              k=cfg.k, out=Path(cfg.out), cache=Path(cache), limit=cfg.limit, **kwargs)
+    scores = evaluate(eval_cfg)
+    overall = METRICS[benchmark][0].name
+    comparison.table["accuracy"] = [float(scores.loc[overall, label]) / SCALE[benchmark]
+                                    for label in comparison.table.index]
+    return comparison.table
