@@ -38,9 +38,9 @@ def test_sampled_logprobs_equal_the_training_forward(samples, tmp_path):
     query, times, duration = frames_for(samples[0], config(tmp_path), None)
     assert len(query.frames) == 2 and duration == pytest.approx(10.0) and times.tolist() == [0.0, 39 / 4]
     prompt = policy.prompt(query)
-    ids, mask, old = policy.sample(prompt, 3, 0.7, 5, torch.Generator().manual_seed(0), {2}, 0)
+    ids, mask, old = policy.sample(prompt, 3, 0.7, 5, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logp, entropy = policy(prompt[0], prompt[1], ids, 0.7)  # one forward, no KV cache
+        logp, entropy = policy(*prompt, ids, 0.7)  # one forward, no KV cache
     torch.testing.assert_close(logp * mask, old, atol=1e-4, rtol=1e-4)
     assert bool((entropy > 0).all()) and bool(mask[:, 0].all())
 

@@ -73,6 +73,7 @@ class Backbone(ABC):
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
+    vision_modules: tuple[str, ...] = ()  # parameter-name prefixes of the vision encoder / projector
 
     def __init__(self) -> None:
         self.timings = PhaseTimer()

@@ -309,6 +309,7 @@ class LlavaVideo(Backbone):
     """
 
     name = "llava_video"
+    vision_modules = ("model.vision_tower", "model.mm_projector")  # frozen in LLM training
 
     def __init__(self, net: Qwen2ForCausalLM, tokenizer: Any, config: dict[str, Any], tower: dict[str, Any], *,
                  conv_template: ConvTemplate = "qwen_1_5", vision_cache_frames: int = 256,

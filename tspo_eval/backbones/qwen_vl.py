@@ -177,6 +177,7 @@ class QwenVL(Backbone):
     """Qwen2.5-VL answering from pre-selected frames; see the module docstring for time and pixels."""
 
     name = "qwen2_5_vl"
+    vision_modules = ("model.visual",)  # vision tower + merger: frozen in LLM training
 
     def __init__(self, model: Any, processor: Any, *, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
                  max_frames: int = MAX_FRAMES, time_encoding: TimeEncoding = "real",
@@ -246,7 +247,18 @@ class QwenVL(Backbone):
                              position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
         return out.logits[:, -1].float()
 
-    @torch.inference_mode()
+    @property
+    def net(self) -> Any:
+        """The causal LM (`net.model`, `net.lm_head`) that LLM training wraps."""
+        return self.model
+
+    def build_inputs(self, queries: Sequence[VideoQuery]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded (B, L, D) embeddings, (B, L) mask and (3, B, L) rotary positions, the
+        frames' real timestamps encoded as in answering (`time_encoding`); for LLM training."""
+        batch = self.encode(queries)
+        return batch.inputs_embeds, batch.attention_mask, batch.position_ids
+
+    @torch.no_grad()  # not inference mode: training reuses these tensors in a forward with grad
     def encode(self, queries: Sequence[VideoQuery]) -> QwenInputs:
         """Prompt ids, 3D positions and embeddings (video features in place) for a batch."""
         if not queries:

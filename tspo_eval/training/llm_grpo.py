@@ -2,28 +2,35 @@
 
 Same data, reward library and data selection as agent training; the policy is now the
 LLM's answer given fixed frames (K uniform frames, lmms-eval's linspace over all frames,
-or the agent's top-K).  Per question:
+or the agent's top-K).  One optimiser step (`LLMTrainer.train`), per question:
 
-    query     = frames + prompt                       # decoded once
-    prompt    = backbone.build_inputs([query])         # vision + text embeddings, once
-    samples   = VideoPolicy.sample(prompt, G, T=1.0)    # G answers, KV-cached, rollout log-probs
-    rewards   = score_group(...)                        # accuracy / temporal IoU / format
-    logp      = VideoPolicy.token_logprobs(...)         # one forward with grad over the G answers
-    loss      = token-mean of -min(rho A, clip(rho) A) + kl_coef * k3(ref) - entropy_coef * H
+    query   = frames_for(sample)                          # K frames decoded once, real timestamps
+    rollout = answer_group(policy, sample, query, ...)    # prompt once, G answers sampled (KV cache,
+                                                          # no grad), decoded, rewards (accuracy /
+                                                          # temporal IoU / format, weighted)
+    adv     = group_advantages(rollout.rewards)           # (r - mean) / (std + eps)
+    logp, H = model(prompt, answers)                      # one forward with grad over the G answers
+    ref     = reference_logp(prompt, answers)             # LoRA off, or the frozen copy
+    loss    = grpo_token_loss(...)                        # token mean of -min(rho A, clip(rho) A)
+                                                          # + kl_coef * k3(ref) - entropy_coef * H
 
 Defaults are the Temporal-RLT code's: 8 rollouts, temperature 1.0, clip 0.2, KL 1e-2 (k3),
-entropy 1e-3, lr 1e-6, rewards accuracy-or-IoU 0.5 + format 0.5.  The reference policy is
-the same network with the LoRA adapters switched off (LoRA), or a frozen copy (full).
+entropy 1e-3, lr 1e-6, rewards accuracy-or-IoU 0.5 + format 0.5.
 
-The backbone must expose `build_inputs(queries) -> (embeds, mask, positions)` and `net`, a
-transformers causal LM (`net.model`, `net.lm_head`): `tspo_eval.backbones.llava_video`
-does.  Distribution goes through accelerate (DDP, or DeepSpeed ZeRO from an accelerate
-config): the forward with grad runs through the prepared module.
+The backbone must expose `build_inputs(queries) -> (embeds, mask, positions)`, `net` (a
+transformers causal LM: `net.model`, `net.lm_head`) and `vision_modules` (the frozen vision
+parameters): `llava_video` and `qwen2_5_vl` do.  Qwen2.5-VL's positions are its (3, B, L)
+rotary positions with the frames' real timestamps, built by the backbone exactly as when it
+answers.  Distribution goes through accelerate (DDP, or DeepSpeed ZeRO from an accelerate
+config): the forward with grad runs through the prepared module; under DeepSpeed a
+checkpoint also holds DeepSpeed's own (optimizer) state.
 """
 from __future__ import annotations
 
 import copy
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,13 +42,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..backbones import VideoQuery
+from ..backbones.base import PhaseTimer
 from .data import Sample, read_samples
 from .grpo import group_advantages
 from .rewards import Group, score_group
 
+log = logging.getLogger(__name__)
+
 THINK_INSTRUCTION = ("\nOutput the thinking process in <think> </think> and the final answer in "
                      "<answer> </answer> tags.")
-LM_LAYERS = r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+# Attention and MLP projections of the language model only: `model.layers` (LLaVA-Video),
+# `model.language_model.layers` (Qwen2.5-VL, whose vision blocks also have `mlp.*_proj`).
+LM_LAYERS = r"model\.(language_model\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+Prompt = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # embeds (1, P, H), mask (1, P), positions (..., 1, P)
 
 
 @dataclass
@@ -80,6 +93,7 @@ class LLMTrainConfig:
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimiser steps"})
     save_every: int = field(default=500, metadata={"help": "checkpoint every N steps (and at the end)"})
     seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
 
     def __post_init__(self) -> None:
         from .rewards import get_rewards
@@ -92,7 +106,12 @@ class LLMTrainConfig:
 
 
 class VideoPolicy(nn.Module):
-    """A backbone's LM as a policy over answer tokens given the query's prompt embeddings."""
+    """A backbone's LM as a policy over answer tokens given the query's prompt embeddings.
+
+    Positions are whatever the backbone builds: (B, L) for LLaVA-Video, (3, B, L) rotary
+    positions carrying the frames' real times for Qwen2.5-VL; answer tokens continue from
+    the prompt's last position, on every axis.
+    """
 
     def __init__(self, backbone: Any) -> None:
         super().__init__()
@@ -100,9 +119,12 @@ class VideoPolicy(nn.Module):
             raise ValueError(f"backbone {type(backbone).__name__} lacks build_inputs/net: LLM training needs them")
         self.backbone = backbone
         self.net = backbone.net
+        tok = backbone.tokenizer
+        self.eos = sorted(set(getattr(backbone, "eos_token_ids", ())) | {tok.eos_token_id} - {None})
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos[0]
 
-    def prompt(self, query: VideoQuery) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(1, P, H) embeddings, (1, P) mask and positions of the video + prompt (no grad)."""
+    def prompt(self, query: VideoQuery) -> Prompt:
+        """Embeddings (1, P, H), mask (1, P) and positions (..., 1, P) of the video + prompt (no grad)."""
         return self.backbone.build_inputs([query])
 
     def _hidden(self, embeds, mask, positions, cache=None, use_cache=False):
@@ -111,20 +133,19 @@ class VideoPolicy(nn.Module):
         return out.last_hidden_state, out.past_key_values
 
     @torch.no_grad()
-    def sample(self, prompt: tuple[torch.Tensor, ...], num: int, temperature: float, max_new_tokens: int,
-               generator: torch.Generator, eos: set[int], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self, prompt: Prompt, num: int, temperature: float, max_new_tokens: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`num` answers sampled at `temperature`: ids, mask (through the first EOS) and their
         per-token log-probs under the sampling policy, each (G, L)."""
-        embeds, mask, positions = (t.expand(num, *t.shape[1:]) for t in prompt)
+        embeds, mask, positions = expand_prompt(prompt, num)
         hidden, cache = self._hidden(embeds, mask, positions, use_cache=True)
         logits = self.net.lm_head(hidden[:, -1]).float() / temperature
         done = torch.zeros(num, dtype=torch.bool, device=embeds.device)
-        eos_t = torch.tensor(sorted(eos), device=embeds.device)
+        eos_t = torch.tensor(self.eos, device=embeds.device)
         ids, keep, logps = [], [], []
-        step_pos = positions[:, -1:] + 1
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             logp = torch.log_softmax(logits, -1)
-            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1).masked_fill(done, pad)
+            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1).masked_fill(done, self.pad)
             ids.append(token)
             keep.append(~done)
             logps.append(logp.gather(1, token[:, None]).squeeze(1))
@@ -132,23 +153,63 @@ class VideoPolicy(nn.Module):
             if bool(done.all()):
                 break
             mask = torch.cat([mask, mask.new_ones(num, 1)], dim=1)
-            hidden, cache = self._hidden(self.net.get_input_embeddings()(token[:, None]), mask, step_pos, cache, True)
+            hidden, cache = self._hidden(self.net.get_input_embeddings()(token[:, None]), mask,
+                                         positions[..., -1:] + step + 1, cache, True)
             logits = self.net.lm_head(hidden[:, -1]).float() / temperature
-            step_pos = step_pos + 1
         keep_t = torch.stack(keep, 1)
         return torch.stack(ids, 1), keep_t, torch.stack(logps, 1) * keep_t
 
-    def forward(self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, ids: torch.Tensor,
-                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """The answers' text (tokens through the first EOS, special tokens dropped)."""
+        return [self.backbone.tokenizer.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
+
+    def forward(self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, prompt_positions: torch.Tensor,
+                ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs and entropies (G, L) of answers `ids` after the prompt, one forward."""
-        g, p = ids.shape[0], prompt_embeds.shape[1]
-        embeds = torch.cat([prompt_embeds.expand(g, -1, -1), self.net.get_input_embeddings()(ids)], 1)
-        mask = torch.cat([prompt_mask.expand(g, -1), torch.ones_like(ids)], 1)
-        hidden, _ = self._hidden(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+        g, p, length = ids.shape[0], prompt_embeds.shape[1], ids.shape[1]
+        embeds, mask, positions = expand_prompt((prompt_embeds, prompt_mask, prompt_positions), g)
+        embeds = torch.cat([embeds, self.net.get_input_embeddings()(ids)], 1)
+        mask = torch.cat([mask, torch.ones_like(ids)], 1)
+        steps = torch.arange(1, length + 1, device=positions.device)
+        positions = torch.cat([positions, positions[..., -1:] + steps], -1)
+        hidden, _ = self._hidden(embeds, mask, positions)
         logits = self.net.lm_head(hidden[:, p - 1:-1]).float() / temperature  # (G, L, V): predicts ids
         logp = torch.log_softmax(logits, -1)
         entropy = -(logp.exp() * logp).sum(-1)
         return logp.gather(-1, ids[..., None]).squeeze(-1), entropy
+
+
+def expand_prompt(prompt: Prompt, num: int) -> Prompt:
+    """One prompt repeated `num` times along the batch axis (axis 0; -2 of the positions)."""
+    embeds, mask, positions = prompt
+    return (embeds.expand(num, -1, -1), mask.expand(num, -1),
+            positions.expand(*positions.shape[:-2], num, positions.shape[-1]))
+
+
+@dataclass
+class AnswerGroup:
+    """G sampled answers to one question and their rewards: GRPO's rollout."""
+
+    prompt: Prompt
+    ids: torch.Tensor  # (G, L) answer tokens
+    mask: torch.Tensor  # (G, L) through the first EOS
+    old_logp: torch.Tensor  # (G, L) log-probs under the sampling policy
+    texts: list[str]
+    rewards: np.ndarray  # (G,) weighted sum
+    per_reward: dict[str, list[float | None]]
+
+
+def answer_group(policy: VideoPolicy, sample: Sample, query: VideoQuery, times: np.ndarray, duration: float,
+                 num: int, temperature: float, max_new_tokens: int, seed: int,
+                 weights: dict[str, float]) -> AnswerGroup:
+    """Prompt once, sample `num` answers (KV-cached, no grad), decode and score them."""
+    prompt = policy.prompt(query)
+    generator = torch.Generator(device=prompt[0].device).manual_seed(seed)
+    ids, mask, old_logp = policy.sample(prompt, num, temperature, max_new_tokens, generator)
+    texts = policy.decode(ids, mask)
+    group = Group(sample, texts, [np.arange(len(times))] * num, np.asarray(times), None, duration)
+    rewards, per_reward = score_group(group, weights)
+    return AnswerGroup(prompt, ids, mask, old_logp, texts, rewards, per_reward)
 
 
 def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -178,7 +239,9 @@ def _lora_enabled(net: nn.Module, enabled: bool) -> None:
 
 
 def make_trainable(backbone: Any, cfg: LLMTrainConfig) -> list[nn.Parameter]:
-    """LoRA adapters injected in place on the LM layers (vision tower frozen), or every LM weight."""
+    """LoRA adapters injected in place on the LM layers, or every LM weight; the backbone's
+    `vision_modules` stay frozen.  Adapters are kept in float32 whatever the model's dtype
+    (a 1e-6 step vanishes in bf16); DeepSpeed's bf16 mode keeps its own fp32 master copy."""
     net = backbone.net
     net.requires_grad_(False)
     if cfg.finetune == "lora":
@@ -186,8 +249,14 @@ def make_trainable(backbone: Any, cfg: LLMTrainConfig) -> list[nn.Parameter]:
 
         inject_adapter_in_model(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                            target_modules=LM_LAYERS), net)
-        return [p for n, p in net.named_parameters() if "lora_" in n]
-    params = [p for n, p in net.named_parameters() if not n.startswith(("model.vision_tower", "model.mm_projector"))]
+        params = [p for n, p in net.named_parameters() if "lora_" in n]
+        for param in params:
+            param.data = param.data.float()
+        return params
+    frozen = tuple(backbone.vision_modules)
+    if not frozen:
+        raise ValueError(f"backbone {type(backbone).__name__} names no vision_modules to keep frozen")
+    params = [p for n, p in net.named_parameters() if not n.startswith(frozen)]
     for p in params:
         p.requires_grad_(True)
     return params
@@ -195,7 +264,7 @@ def make_trainable(backbone: Any, cfg: LLMTrainConfig) -> list[nn.Parameter]:
 
 def frames_for(sample: Sample, cfg: LLMTrainConfig, root: str | None, chooser: Any = None
                ) -> tuple[VideoQuery, np.ndarray, float]:
-    """The question's query (K frames), their timestamps and the video's duration."""
+    """The question's query (K frames with their real timestamps), the timestamps and the video's duration."""
     from ..video import probe, read_frames
 
     path = sample.video if root is None or Path(sample.video).is_absolute() else str(Path(root) / sample.video)
@@ -227,102 +296,141 @@ def agent_chooser(cfg: LLMTrainConfig, root: str | None, device: torch.device):
 
 
 class LLMTrainer:
-    """GRPO of the video LLM, one explicit loop (`train`)."""
+    """GRPO of the video LLM: `train` is the loop, one optimiser step per iteration."""
 
     def __init__(self, cfg: LLMTrainConfig, backbone: Any, samples: list[Sample], chooser: Any = None) -> None:
         from accelerate import Accelerator
+        from accelerate.utils import DistributedType
 
         from .trainer import total_steps
 
         self.cfg, self.samples, self.chooser = cfg, samples, chooser
+        # cpu=True (which also turns DeepSpeed off) only to keep a CPU backbone on the CPU of a GPU machine
         self.accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                                       cpu=backbone.device.type == "cpu")
+                                       cpu=backbone.device.type == "cpu" and torch.cuda.is_available())
+        self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         self.params = make_trainable(backbone, cfg)
         self.policy = VideoPolicy(backbone)
         self.ref_net = (copy.deepcopy(backbone.net).requires_grad_(False)
                         if cfg.finetune == "full" and cfg.kl_coef > 0 else None)
         self.steps = total_steps(cfg, len(samples), self.accelerator.num_processes)
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.model, self.optimizer = self.accelerator.prepare(self.policy, optimizer)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer,
-                                                           lambda s: max(0.0, 1 - s / self.steps))
-        tok = backbone.tokenizer
-        self.eos = set(getattr(backbone, "eos_token_ids", set())) | {tok.eos_token_id} - {None}
-        self.pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos)
+        self.adamw = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # the schedule drives the plain AdamW's param groups, which DeepSpeed's optimizer steps too
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.adamw, lambda s: max(0.0, 1 - s / self.steps))
+        self.model, self.optimizer = self.accelerator.prepare(self.policy, self.adamw)
         self.out = Path(cfg.output_dir)
+        self.start_step = 0
+        self.timer = PhaseTimer()
 
-    def reference_logp(self, prompt, ids) -> torch.Tensor | None:
+    # ------------------------------------------------------------------ one question
+    def rollout(self, epoch: int, index: int) -> AnswerGroup:
+        """The question's frames, G sampled answers and their rewards (no grad)."""
+        from .trainer import sample_seed
+
+        sample = self.samples[index]
+        query, times, duration = frames_for(sample, self.cfg, self.cfg.video_root, self.chooser)
+        return answer_group(self.policy, sample, query, times, duration, self.cfg.rollouts, self.cfg.temperature,
+                            self.cfg.max_new_tokens, sample_seed(self.cfg.seed, epoch, index), self.cfg.rewards)
+
+    def reference_logp(self, prompt: Prompt, ids: torch.Tensor) -> torch.Tensor | None:
         """Token log-probs under the reference policy (LoRA off, or the frozen copy)."""
         if self.cfg.kl_coef <= 0:
             return None
         with torch.no_grad():
             if self.ref_net is not None:
                 live, self.policy.net = self.policy.net, self.ref_net
-                logp = self.policy(prompt[0], prompt[1], ids, self.cfg.temperature)[0]
+                logp = self.policy(*prompt, ids, self.cfg.temperature)[0]
                 self.policy.net = live
                 return logp
             _lora_enabled(self.policy.net, False)
-            logp = self.policy(prompt[0], prompt[1], ids, self.cfg.temperature)[0]
+            logp = self.policy(*prompt, ids, self.cfg.temperature)[0]
             _lora_enabled(self.policy.net, True)
             return logp
 
-    def group(self, epoch: int, index: int) -> dict[str, Any]:
-        """Sample G answers to one question and score them (no grad)."""
-        from .trainer import sample_seed
+    def loss(self, g: AnswerGroup, advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The GRPO token loss of one question's answers (forward with grad through the prepared model)."""
+        logp, entropy = self.model(*g.prompt, g.ids, self.cfg.temperature)
+        return grpo_token_loss(logp, g.old_logp, self.reference_logp(g.prompt, g.ids), entropy, g.mask, advantages,
+                               self.cfg.clip_eps, self.cfg.kl_coef, self.cfg.entropy_coef)
 
-        seed = sample_seed(self.cfg.seed, epoch, index)
-        sample = self.samples[index]
-        query, times, duration = frames_for(sample, self.cfg, self.cfg.video_root, self.chooser)
-        prompt = self.policy.prompt(query)
-        gen = torch.Generator(device=prompt[0].device).manual_seed(seed)
-        ids, mask, old_logp = self.policy.sample(prompt, self.cfg.rollouts, self.cfg.temperature,
-                                                 self.cfg.max_new_tokens, gen, self.eos, self.pad)
-        texts = [self.policy.backbone.tokenizer.decode(row[m].tolist(), skip_special_tokens=True)
-                 for row, m in zip(ids, mask)]
-        positions = np.arange(len(times))
-        rewards, per_reward = score_group(Group(sample, texts, [positions] * len(texts), times, None, duration),
-                                          self.cfg.rewards)
-        adv = group_advantages(torch.as_tensor(rewards, dtype=torch.float32), self.cfg.adv_eps).to(ids.device)
-        return {"prompt": prompt, "ids": ids, "mask": mask, "old_logp": old_logp, "adv": adv, "rewards": rewards,
-                "texts": texts, "per_reward": per_reward}
+    # ------------------------------------------------------------------ the loop
+    def train(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+        """Run to the last step (from the newest checkpoint with `resume`); returns the metrics."""
+        from .trainer import log_metrics, metrics_writer, step_samples
 
-    def loss(self, g: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        logp, entropy = self.model(g["prompt"][0], g["prompt"][1], g["ids"], self.cfg.temperature)
-        return grpo_token_loss(logp, g["old_logp"], self.reference_logp(g["prompt"], g["ids"]), entropy,
-                               g["mask"], g["adv"], self.cfg.clip_eps, self.cfg.kl_coef, self.cfg.entropy_coef)
-
-    def train(self) -> list[dict[str, float]]:
-        from .trainer import step_samples
-
-        history = []
+        if self.cfg.resume:
+            self.load_latest()
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        for step in tqdm(range(self.steps), desc="train-llm", disable=rank != 0):
+        main = self.accelerator.is_main_process
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        writer = metrics_writer(self.out, self.start_step) if main else None
+        history = []
+        for step in tqdm(range(self.start_step, self.steps), desc="train-llm", disable=not main,
+                         initial=self.start_step, total=self.steps):
+            self.timer.reset()
+            lr = self.scheduler.get_last_lr()[0]
             stats: dict[str, list[float]] = {}
             for epoch, index in step_samples(self.cfg, step, len(self.samples), rank, world):
-                g = self.group(epoch, index)
-                with self.accelerator.accumulate(self.model):
-                    loss, extra = self.loss(g)
+                with self.timer("rollout"):
+                    g = self.rollout(epoch, index)
+                    adv = group_advantages(torch.as_tensor(g.rewards, dtype=torch.float32),
+                                           self.cfg.adv_eps).to(g.ids.device)
+                with self.timer("update"), self.accelerator.accumulate(self.model):
+                    loss, extra = self.loss(g, adv)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients:
-                        self.accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+                        norm = self.accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+                        extra["grad_norm"] = float("nan") if norm is None else float(norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad()
-                for key, value in {"loss": float(loss.detach()), "reward": float(g["rewards"].mean()),
-                                   "reward_std": float(g["rewards"].std(ddof=1)), **extra}.items():
+                for key, value in {**self.group_stats(g), "loss": float(loss.detach()), **extra}.items():
                     stats.setdefault(key, []).append(value)
             self.scheduler.step()
-            metrics = {k: float(self.accelerator.reduce(torch.tensor(np.mean(v), device=self.accelerator.device),
-                                                        "mean")) for k, v in sorted(stats.items())}
-            metrics["step"] = step + 1
+            metrics = self.reduce(stats)
+            metrics.update(step=step + 1, lr=lr, **{f"time/{k}": v for k, v in self.timer.seconds.items()})
+            if torch.cuda.is_available():
+                metrics["memory_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
             history.append(metrics)
+            if main:
+                log_metrics(writer, self.out, metrics)
+            if callback is not None:
+                callback(step, metrics)
             if (step + 1) % self.cfg.save_every == 0 or step + 1 == self.steps:
                 self.save(step + 1)
+        if writer is not None:
+            writer.close()
         return history
 
+    def group_stats(self, g: AnswerGroup) -> dict[str, float]:
+        """One question's reward statistics; a reward that applies to none of its answers is NaN."""
+        stats = {"reward": float(g.rewards.mean()), "reward_std": float(g.rewards.std(ddof=1)),
+                 "frac_reward_zero_std": float(g.rewards.std() < 1e-8),
+                 "completion_length": float(g.mask.sum(1).float().mean())}
+        for name, values in g.per_reward.items():
+            known = [v for v in values if v is not None]
+            stats[f"rewards/{name}"] = float(np.mean(known)) if known else float("nan")
+        return stats
+
+    def reduce(self, stats: dict[str, list[float]]) -> dict[str, float]:
+        """Mean over this rank's questions, then over ranks; NaNs (not applicable) are left out."""
+        keys = sorted(stats)
+        values = np.array([stats[k] for k in keys], dtype=np.float64)
+        finite = np.isfinite(values)
+        pairs = torch.tensor(np.stack([np.where(finite, values, 0).sum(1), finite.sum(1)], 1),
+                             device=self.accelerator.device)
+        pairs = self.accelerator.reduce(pairs, "sum").cpu()
+        return {k: float(s / c) if c else float("nan") for k, (s, c) in zip(keys, pairs.tolist())}
+
+    # ------------------------------------------------------------------ checkpoints
     def save(self, step: int) -> Path:
-        """Trainable weights (LoRA adapters in peft's naming, or the LM) and the run config."""
-        self.accelerator.wait_for_everyone()
+        """`checkpoints/step-N/`: trainable weights (LoRA adapters in peft's naming, or the LM),
+        `trainer.pt` (schedule, step; the optimiser unless DeepSpeed keeps it in `deepspeed/`)
+        and the run config.  trainer.pt is written last: a checkpoint without it is incomplete."""
         path = self.out / "checkpoints" / f"step-{step:06d}"
+        self.accelerator.wait_for_everyone()
+        if self.deepspeed:  # every rank writes its optimizer partition; frozen weights are left out
+            self.model.save_checkpoint(str(path / "deepspeed"), tag="state", exclude_frozen_parameters=True)
         if self.accelerator.is_main_process:
             path.mkdir(parents=True, exist_ok=True)
             net = self.policy.net
@@ -339,8 +447,28 @@ class LLMTrainer:
                 save_file({n: p.detach().cpu().contiguous() for n, p in net.named_parameters() if p.requires_grad},
                           str(path / "trainable.safetensors"))
             (path / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
+            state = {"scheduler": self.scheduler.state_dict(), "step": step}
+            if not self.deepspeed:
+                state["optimizer"] = self.adamw.state_dict()
+            torch.save(state, path / "trainer.pt")
         self.accelerator.wait_for_everyone()
         return path
+
+    def load_latest(self) -> None:
+        """Restore weights, optimiser, schedule and step from the newest complete checkpoint, if any."""
+        found = sorted(p for p in (self.out / "checkpoints").glob("step-[0-9]*") if (p / "trainer.pt").is_file())
+        if not found:
+            log.warning("resume: no checkpoint in %s; starting from step 0", self.out)
+            return
+        state = torch.load(found[-1] / "trainer.pt", map_location="cpu", weights_only=True)
+        if self.deepspeed:
+            self.model.load_checkpoint(str(found[-1] / "deepspeed"), tag="state", load_module_strict=False,
+                                       load_lr_scheduler_states=False)
+        else:
+            load_trainable(self.policy.backbone, found[-1])
+            self.adamw.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_step = int(state["step"])
 
 
 def load_trainable(backbone: Any, checkpoint: str | Path) -> None:
@@ -367,35 +495,30 @@ def run_llm_training(cfg: LLMTrainConfig) -> list[dict[str, float]]:
 
     if not cfg.data or not cfg.backbone_path:
         raise ValueError("--data and --backbone-path are required")
-    device = PartialState().device
-    backbone = _load(cfg, device)
-    chooser = agent_chooser(cfg, cfg.video_root, device) if cfg.frames == "agent" else None
+    state = PartialState()
+    backbone = _load(cfg, state.device)
+    chooser = agent_chooser(cfg, cfg.video_root, state.device) if cfg.frames == "agent" else None
+    if state.is_main_process:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     return LLMTrainer(cfg, backbone, read_samples(cfg.data), chooser).train()
 
 
 def llm_group_rewards(cfg: Any):
-    """select-data with policy=llm: N sampled answers per sample on K uniform frames."""
+    """select-data with policy=llm: N sampled answers per sample on K uniform frames, scored."""
     from .. import distributed
+    from .trainer import sample_seed
 
-    device = distributed.local_device()
-    backbone = _load(cfg, device)
-    policy = VideoPolicy(backbone)
-    llm_cfg = LLMTrainConfig(k=cfg.k, rollouts=cfg.runs, rewards=dict(cfg.rewards))
-    tok = backbone.tokenizer
-    eos = set(getattr(backbone, "eos_token_ids", set())) | {tok.eos_token_id} - {None}
+    policy = VideoPolicy(_load(cfg, distributed.local_device()))
+    frames_cfg = LLMTrainConfig(k=cfg.k, rewards=dict(cfg.rewards))
 
     def group_rewards(index: int, sample: Sample) -> np.ndarray:
-        query, times, duration = frames_for(sample, llm_cfg, cfg.video_root)
-        prompt = policy.prompt(query)
-        gen = torch.Generator(device=prompt[0].device).manual_seed(cfg.seed * 1_000_003 + index)
-        ids, mask, _ = policy.sample(prompt, cfg.runs, cfg.temperature, cfg.max_new_tokens, gen, eos,
-                                     tok.pad_token_id if tok.pad_token_id is not None else min(eos))
-        texts = [tok.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(ids, mask)]
-        group = Group(sample, texts, [np.arange(len(times))] * len(texts), times, None, duration)
-        return score_group(group, cfg.rewards)[0]
+        query, times, duration = frames_for(sample, frames_cfg, cfg.video_root)
+        return answer_group(policy, sample, query, times, duration, cfg.runs, cfg.temperature, cfg.max_new_tokens,
+                            sample_seed(cfg.seed, 0, index), cfg.rewards).rewards
 
     return group_rewards
 
 
-__all__ = ["LLMTrainConfig", "LLMTrainer", "VideoPolicy", "grpo_token_loss", "load_trainable", "make_trainable",
-           "run_llm_training"]
+__all__ = ["AnswerGroup", "LLMTrainConfig", "LLMTrainer", "VideoPolicy", "answer_group", "grpo_token_loss",
+           "load_trainable", "make_trainable", "run_llm_training"]

@@ -86,6 +86,23 @@ def step_samples(cfg: TrainConfig, step: int, num_samples: int, rank: int, world
     return [(epoch, int(order[pos * per_step + a * world + rank])) for a in range(cfg.grad_accum)]
 
 
+def metrics_writer(out: Path, start_step: int):
+    """TensorBoard writer of `out/tensorboard`, dropping what a resumed run will redo."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+
+
+def log_metrics(writer, out: Path, metrics: dict[str, float]) -> None:
+    """One step's metrics: TensorBoard scalars `train/<name>` and a line of `out/metrics.jsonl`."""
+    step = int(metrics["step"])
+    for key, value in metrics.items():
+        if key != "step" and np.isfinite(value):
+            writer.add_scalar(f"train/{key}", value, step)
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(metrics) + "\n")
+
+
 def init_distributed(device: torch.device) -> None:
     """Join the process group of a torchrun / accelerate launch (NCCL on GPUs, gloo on CPUs)."""
     if distributed.world_size() > 1 and not dist.is_initialized():
@@ -239,19 +256,10 @@ class Trainer:
         return means
 
     def _writer(self):
-        if self.rank != 0:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.start_step + 1 if self.start_step else None)
+        return metrics_writer(self.out, self.start_step) if self.rank == 0 else None
 
     def _log(self, writer, metrics: dict[str, float]) -> None:
-        step = int(metrics["step"])
-        for key, value in metrics.items():
-            if key != "step" and np.isfinite(value):
-                writer.add_scalar(f"train/{key}", value, step)
-        with (self.out / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(metrics) + "\n")
+        log_metrics(writer, self.out, metrics)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, step: int) -> Path | None:
