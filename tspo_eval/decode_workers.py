@@ -1,65 +1,146 @@
 """Decoding in worker processes, for `ExtractConfig.decode_processes`.
 
-Each extraction reader thread borrows one worker process and hands it runs of frame
-numbers; the worker decodes them with its own `FrameReader` (kept open for the next run of
-the same video) into a memory-mapped file that the parent owns (in /dev/shm where there
-is one), so only frame numbers and a shape cross the pipe, never pixels. Why: PyAV's
+Each extraction reader thread borrows a worker process for one batch of frame numbers at a
+time (the same worker again when it is free, which still has the file open and decodes on
+from where it stopped); the worker decodes into a memory-mapped file that the parent owns
+(in /dev/shm where there is one), so only frame numbers and a shape cross the pipe, never
+pixels. A reader gives its worker back before it waits for room in its video's queue: a
+video decoded ahead, whose queue is full, then never holds the workers the video being
+encoded needs (holding them was a deadlock). Why: PyAV's
 per-packet Python work needs Python's lock, so PyAV threads in one process do not scale,
 while processes do; and a worker that crashes on a bad file costs that video, not the run.
 
-Workers are started on first use (spawned: the parent holds CUDA and threads), at most
-`limit` of them, and kept for later videos until the parent exits.
+Workers are started on first use (fresh interpreters: the parent holds CUDA and threads), at most
+`limit` of them, and kept for later videos until the parent exits. A block's name carries
+its owner's pid, and the owner holds a lock on it: blocks left by a killed process (kill -9
+runs no clean-up) are deleted by the next process that makes a block, never a live one's.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
-import multiprocessing
+import fcntl
+import logging
 import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
 
 import numpy as np
 
 from .video import FrameReader, VideoError
 
+log = logging.getLogger(__name__)
+
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None  # memory-backed where it exists
+_BLOCK_NAME = re.compile(r"tspo-decode-(\d+)-")  # tspo-decode-<owner pid>-<random>
+_swept = False  # this process has cleaned up after killed ones
+_python = sys.executable  # the workers' interpreter
 
 
 class _Block:
-    """A buffer both processes map: a file the parent creates, sizes and deletes. (Python's
-    SharedMemory would also work, but its resource tracker complains when the block is shared
-    between parent and children.)"""
+    """A buffer both processes map: a file the parent creates, sizes, locks and deletes.
+    (Python's SharedMemory would also work, but its resource tracker complains when the block
+    is shared between parent and children.)"""
 
     def __init__(self, size: int) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="tspo-decode-", dir=_SHM)
+        global _swept
+        if not _swept:
+            _swept = True
+            sweep_stale_blocks()
+        self.fd, self.path = tempfile.mkstemp(prefix=f"tspo-decode-{os.getpid()}-", dir=_SHM)
         try:
-            os.ftruncate(fd, size)
-        finally:
-            os.close(fd)
-        self.size = size
-        self.array = np.memmap(self.path, np.uint8, "r+", shape=(size,))
+            fcntl.flock(self.fd, fcntl.LOCK_SH)  # in use: see sweep_stale_blocks
+            os.ftruncate(self.fd, size)
+            self.size = size
+            self.array = np.memmap(self.path, np.uint8, "r+", shape=(size,))
+        except BaseException:
+            os.close(self.fd)
+            os.unlink(self.path)
+            raise
 
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # a view still alive: its mapping goes with it
             self.array._mmap.close()  # release the mapping now, not at garbage collection
         os.unlink(self.path)
+        os.close(self.fd)
+
+
+def sweep_stale_blocks(folder: str | None = None) -> list[str]:
+    """Delete the blocks that processes killed before their clean-up left in `folder` (default:
+    where blocks are made); returns their paths.
+
+    A block is deleted only when the pid in its name is not running here AND nobody holds its
+    lock: a live owner always holds it (so a pid reused since, or a process in another pid
+    namespace sharing the folder, keeps its block), and the lock goes with the owner's death.
+    """
+    folder = folder or _SHM or tempfile.gettempdir()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        match = _BLOCK_NAME.match(name)
+        if match is None or _running(int(match.group(1))):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone already, or not ours to read
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while any owner holds it
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d decoding blocks left by killed processes in %s", len(removed), folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class DecodeWorker:
-    """One worker process and the memory-mapped block it decodes into."""
+    """One worker process and the memory-mapped block it decodes into.
+
+    The worker is a fresh interpreter that imports only this module (`python -m`), not the
+    parent's main module as multiprocessing's spawn does (for `tspo-eval` that is torch and
+    transformers: seconds and hundreds of MB per worker)."""
 
     reply_timeout_s = 300.0  # a read of one run far exceeding this means the decoder hangs
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child,), daemon=True, name="tspo-decode")
-        self.process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        try:
+            self.process = subprocess.Popen([_python, "-m", __name__, str(theirs.fileno())],
+                                            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+        # readable once the process has ended, whatever became of the pipe (Linux; else the pipe alone)
+        self.sentinel = os.pidfd_open(self.process.pid) if hasattr(os, "pidfd_open") else None
         self.block: _Block | None = None
         self.opened: tuple | None = None  # the reader the worker has open (it then needs no index)
 
@@ -73,9 +154,15 @@ class DecodeWorker:
         args = {**reader_args, "index": None} if key == self.opened else reader_args
         try:
             self.conn.send((path, args, np.asarray(frame_numbers), self.block.path, self.block.size))
-            answered = self.conn.poll(self.reply_timeout_s)
-            if answered:
+            # the process's sentinel as well as the pipe: a death is seen at once even where the
+            # pipe's other end outlives the worker (e.g. inherited by a forked process)
+            ready = wait([self.conn] + ([self.sentinel] if self.sentinel is not None else []),
+                         self.reply_timeout_s)
+            answered = bool(ready)
+            if self.conn in ready:
                 status, payload = self.conn.recv()
+            elif ready:
+                raise EOFError(f"exit code {self.process.wait()}")
         except (EOFError, OSError) as err:
             self.close()
             raise VideoError(f"{path}: the decoding process died ({err or 'no reply'}); the file may crash "
@@ -101,7 +188,7 @@ class DecodeWorker:
 
     @property
     def alive(self) -> bool:
-        return self.process.is_alive() and not self.conn.closed
+        return self.process.poll() is None and not self.conn.closed
 
     def close(self, kill: bool = False) -> None:
         """Stop the worker (closing the pipe ends its loop; `kill` for one that does not listen)."""
@@ -109,15 +196,19 @@ class DecodeWorker:
             self.conn.close()
         if kill:
             self.process.kill()
-        self.process.join(timeout=5)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
+        if self.sentinel is not None:
+            os.close(self.sentinel)
+            self.sentinel = None
         self._drop_block()
 
 
 class _Pool:
-    """Idle workers, lent one at a time; at most `limit` exist (others wait for one)."""
+    """Idle workers, lent one at a time for one read; at most `limit` exist (others wait for one)."""
 
     def __init__(self) -> None:
         self.idle: list[DecodeWorker] = []
@@ -126,12 +217,15 @@ class _Pool:
         self.changed = threading.Condition()
 
     @contextmanager
-    def lend(self, limit: int) -> Iterator[DecodeWorker]:
+    def lend(self, limit: int, prefer: DecodeWorker | None = None) -> Iterator[DecodeWorker]:
+        """A worker for one read (`prefer`, the one the caller had last, if it is idle: its file is
+        open where the caller stopped). Give it back before waiting on anything else."""
         with self.changed:
             while not self.idle and self.count >= limit:
                 self.changed.wait()
             if self.idle:
-                worker = self.idle.pop()
+                worker = prefer if prefer in self.idle else self.idle[-1]
+                self.idle.remove(worker)
             else:
                 self.count += 1
                 worker = None
@@ -214,3 +308,8 @@ def _serve(conn: Connection) -> None:
             conn.send(("error", VideoError(f"{path}: {type(err).__name__}: {err}")))
     for reader in readers.values():
         reader.close()
+
+
+if __name__ == "__main__":  # a worker: `python -m tspo_eval.decode_workers FD`
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the pipe
+    _serve(Connection(int(sys.argv[1])))

@@ -159,29 +159,42 @@ class _Decoder:
         try:
             if not self.cfg.decode_processes:
                 with opened or FrameReader(self.path, **self.reader_args) as reader:
-                    self._read_runs(reader.read, shared=False)
+                    self._read_runs(lambda frames: self._own(reader.read(frames), shared=False))
                 return
             if opened is not None:
                 opened.close()
-            with POOL.lend(self.cfg.readers) as worker:
-                self._read_runs(lambda frames: worker.read(self.path, self.reader_args, frames, self.frame_shape),
-                                shared=True)
+            self._read_runs(self._read_in_worker())
         except Exception as err:
             self._put(self.done, err)
 
-    def _read_runs(self, read: Callable[[np.ndarray], np.ndarray], shared: bool) -> None:
-        """Claim runs until none is left and queue their batches; `shared`: `read` returns a view
-        that the next read overwrites, so it is copied (pinning copies anyway)."""
+    def _read_in_worker(self) -> Callable[[np.ndarray], Frames]:
+        """A read that borrows a worker for one batch only (the same one again when it is free):
+        the worker is back in the pool before the batch waits for room in the queue, so readers
+        of a video decoded ahead never hold the workers the current video needs."""
+        last = None
+
+        def read(frames: np.ndarray) -> Frames:
+            nonlocal last
+            with POOL.lend(self.cfg.readers, prefer=last) as worker:
+                last = worker
+                return self._own(worker.read(self.path, self.reader_args, frames, self.frame_shape), shared=True)
+
+        return read
+
+    def _own(self, batch: np.ndarray, shared: bool) -> Frames:
+        """The batch as the encoder takes it: pinned for a CUDA encoder; `shared` (a view of a
+        worker's block, which its next read overwrites) copied."""
+        if self.pin:
+            return torch.from_numpy(batch).pin_memory()
+        return np.array(batch) if shared else batch
+
+    def _read_runs(self, read: Callable[[np.ndarray], Frames]) -> None:
+        """Claim runs until none is left and queue their batches."""
         size = self.cfg.batch_size
         while not self.cancelled.is_set() and (claim := next(self._claims)) < len(self.runs):
             start, stop = self.runs[claim]
             for first in range(start, stop, size):
-                batch = read(self.frame_numbers[first:min(stop, first + size)])
-                if self.pin:
-                    batch = torch.from_numpy(batch).pin_memory()
-                elif shared:
-                    batch = np.array(batch)
-                self._put(self.done, (first, batch))
+                self._put(self.done, (first, read(self.frame_numbers[first:min(stop, first + size)])))
 
     def candidates(self) -> Candidates:
         """The video's candidates once probed; re-raises the error probing met."""

@@ -1,0 +1,177 @@
+"""Decoding in worker processes: no deadlock between prefetched videos, prompt notice of a
+worker that dies, and shared-memory blocks left by killed processes cleaned up safely."""
+from __future__ import annotations
+
+import faulthandler
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tspo_eval import decode_workers, extract
+from tspo_eval.agent import random_agent
+from tspo_eval.cache import FeatureCache
+from tspo_eval.decode_workers import DecodeWorker, _Block, _Pool, sweep_stale_blocks
+from tspo_eval.extract import ExtractConfig, _Decoder, extract_videos, load_features
+from tspo_eval.synthetic import read_frame_number
+from tspo_eval.video import VideoError, read_frames
+
+ARGS = {"backend": "pyav", "num_threads": 1, "size": None, "index": None}
+
+
+@pytest.fixture()
+def pool(monkeypatch):
+    """A pool of its own, so workers other tests left idle cannot hide a missing worker."""
+    own = _Pool()
+    monkeypatch.setattr(extract, "POOL", own)
+    yield own
+    own.close()
+
+
+def finishes(fn, seconds: float, on_timeout) -> object:
+    """fn() on a thread; on a hang, dump every thread's stack, call `on_timeout` (which unblocks
+    the threads) and fail."""
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(value=fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        on_timeout()
+        pytest.fail(f"hung for {seconds} s (stacks above)")
+    return out.get("value")
+
+
+def test_a_prefetched_video_never_starves_the_current_one_of_workers(numbered_video_factory, pool):
+    """Issue 18: the video decoded ahead fills its queue while the encoder still waits for the
+    current one. Its readers must not hold the (fewer) workers while they wait for room, or the
+    current video's readers never get one. Deterministic: the video ahead is started first and
+    its queue is full before the current video starts."""
+    current = numbered_video_factory(num_frames=300)  # 10 candidates, a keyframe before each
+    later = numbered_video_factory(num_frames=600)  # 20 candidates: more than its queue and readers hold
+    cfg = ExtractConfig(batch_size=1, readers=2, prefetch=2, backend="pyav", decode_processes=True)
+    ahead = _Decoder(str(later), cfg)
+    ahead.candidates()
+    deadline = time.monotonic() + 60
+    while not ahead.done.full():
+        assert time.monotonic() < deadline, "the video ahead never filled its queue"
+        time.sleep(0.05)
+    now = _Decoder(str(current), cfg)
+
+    def drain(decoder: _Decoder) -> list[int]:
+        return sorted(read_frame_number(frame) for group in decoder.batches(cfg.batch_size)
+                      for _, batch in group for frame in batch)
+
+    def encode_now() -> list[int]:
+        now.candidates()
+        return drain(now)
+
+    def unblock() -> None:
+        ahead.cancel()
+        now.cancel()
+
+    assert finishes(encode_now, 30, unblock) == list(range(0, 300, 30))
+    assert finishes(lambda: drain(ahead), 30, unblock) == list(range(0, 600, 30))
+    assert pool.count <= cfg.readers
+
+
+def test_many_videos_prefetched_with_fewer_workers_than_readers(numbered_video_factory, pool, tmp_path):
+    """The whole extraction, many videos decoded three ahead by two readers each over two workers."""
+    encoder = random_agent("clip-tiny", seed=0).encoder
+    sources = [numbered_video_factory(num_frames=300), numbered_video_factory(num_frames=600)]
+    paths = []
+    for i in range(6):  # distinct files (their own cache entries), alternating lengths
+        path = tmp_path / f"v{i}.mp4"
+        path.write_bytes(sources[i % 2].read_bytes() + bytes([i]))  # a trailing byte mp4 ignores
+        paths.append(path)
+    cfg = ExtractConfig(batch_size=1, readers=2, prefetch=3, backend="pyav", decode_processes=True)
+    cache = FeatureCache(tmp_path / "cache")
+    report = finishes(lambda: extract_videos(paths, encoder, cache, cfg, progress=False), 120, pool.close)
+    assert sorted(report.encoded) == sorted(map(str, paths)) and not report.failed
+    for i, path in enumerate(paths):
+        got = load_features(path, encoder.identity, cache, cfg)
+        frames = np.arange(0, 300 * (1 + i % 2), 30)
+        np.testing.assert_array_equal(got.frame_numbers, frames)
+        np.testing.assert_allclose(got.features, encoder.encode_frames(read_frames(path, frames)), atol=1e-5,
+                                   rtol=1e-5)
+    assert pool.count <= cfg.readers
+
+
+def test_a_worker_that_dies_while_starting_is_noticed_at_once(numbered_video, tmp_path, monkeypatch):
+    """The interpreter the worker starts in exits after a moment (as one killed while importing
+    would): the read fails at once with the file named, not after the reply timeout."""
+    dying = tmp_path / "python"
+    dying.write_text("#!/bin/sh\nsleep 0.5\nexit 3\n")
+    dying.chmod(0o755)
+    monkeypatch.setattr(decode_workers, "_python", str(dying))
+    worker = DecodeWorker()
+    worker.reply_timeout_s = 300
+    start = time.monotonic()
+    with pytest.raises(VideoError, match="decoding process died") as err:
+        worker.read(str(numbered_video), ARGS, np.array([0]), (48, 64, 3))
+    assert time.monotonic() - start < 10 and str(numbered_video) in str(err.value)
+    assert not worker.alive
+
+
+# ----------------------------------------------------------------------------- blocks left by kill -9
+OWNER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tspo_eval import decode_workers
+decode_workers._SHM = {folder!r}
+block = decode_workers._Block(1 << 16)
+print(block.path, flush=True)
+time.sleep(600)
+"""
+
+
+def _owner(folder: Path) -> tuple[subprocess.Popen, Path]:
+    """A process that made a block and stays alive (until killed)."""
+    root = str(Path(decode_workers.__file__).parents[1])
+    proc = subprocess.Popen([sys.executable, "-c", OWNER.format(root=root, folder=str(folder))],
+                            stdout=subprocess.PIPE, text=True)
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_blocks_of_killed_processes_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode_workers, "_SHM", str(tmp_path))
+    live, live_block = _owner(tmp_path)
+    killed, killed_block = _owner(tmp_path)
+    try:
+        killed.kill()  # kill -9: no atexit, the block stays
+        killed.wait()
+        mine = _Block(1 << 16)  # this process's own block, in use
+        other = tmp_path / "unrelated-file"
+        other.write_bytes(b"x")
+        assert live_block.exists() and killed_block.exists()
+        assert str(killed.pid) in killed_block.name  # the owner is in the name
+
+        removed = sweep_stale_blocks(str(tmp_path))
+
+        assert removed == [str(killed_block)]
+        assert not killed_block.exists()
+        assert live_block.exists() and Path(mine.path).exists() and other.exists()
+        mine.close()
+        assert not Path(mine.path).exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert sweep_stale_blocks(str(tmp_path)) == [str(live_block)]  # once its owner is gone
+
+
+def test_a_block_whose_pid_was_reused_is_kept_while_locked(tmp_path, monkeypatch):
+    """A dead owner's pid may belong to another process by now (or to one in another pid
+    namespace): the lock the owner holds on its block, not the pid alone, says it is in use."""
+    monkeypatch.setattr(decode_workers, "_SHM", str(tmp_path))
+    mine = _Block(1 << 16)
+    claimed = tmp_path / Path(mine.path).name.replace(f"-{os.getpid()}-", "-999999999-")
+    os.link(mine.path, claimed)  # the same file under a name whose pid is dead: still locked by us
+    assert sweep_stale_blocks(str(tmp_path)) == []
+    assert claimed.exists()
+    mine.close()
+    assert sweep_stale_blocks(str(tmp_path)) == [str(claimed)]
