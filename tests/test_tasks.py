@@ -293,12 +293,16 @@ def _lmms(benchmark: str, pairs: list[tuple[dict, str]]) -> dict[str, float]:
     for doc, output in pairs:
         for metric, value in scoring.lmms_results(doc, output).items():
             items[metric].append(value)
-    return {metric.name: scoring.lmms_aggregate(benchmark, items[metric.name],
-                                                metric.field if metric.macro else None)
+    return {metric.name: scoring.lmms_count(items[metric.name], metric.count) if metric.count else
+            scoring.lmms_aggregate(benchmark, items[metric.name], metric.field if metric.macro else None)
             for metric in scoring.METRICS[benchmark]}
 
 
 def _check(benchmark: str, pairs: list[tuple[dict, str]], expected: dict[str, float]) -> None:
+    """`expected` accuracies of a run without failures: over the answered they are the same."""
+    expected = {**expected, **{f"{name}_answered": value for name, value in expected.items()
+                               if f"{name}_answered" in {m.name for m in scoring.METRICS[benchmark]}},
+                "answered": len(pairs), "failed": 0}
     for results in (scoring.breakdown(benchmark, [scoring.score(doc, out) for doc, out in pairs]),
                     _lmms(benchmark, pairs)):
         assert set(results) == {metric.name for metric in scoring.METRICS[benchmark]}
@@ -362,7 +366,10 @@ def test_yaml_matches_spec_and_scoring(name):
         32 if name == "longvideobench" else 16, False, 0)
     assert [entry["metric"] for entry in config["metric_list"]] == [m.name for m in scoring.METRICS[name]]
     assert {entry["metric"] for entry in config["metric_list"]
-            if entry["aggregation"] == "!function utils.macro_accuracy"} == ({"mlvu_m_avg"} if name == "mlvu" else set())
+            if entry["aggregation"] == "!function utils.macro_accuracy"} == (
+        {"mlvu_m_avg", "mlvu_m_avg_answered"} if name == "mlvu" else set())
+    assert [(entry["metric"], entry["aggregation"]) for entry in config["metric_list"][-2:]] == [
+        ("answered", "!function utils.answered"), ("failed", "!function utils.failed")]
     prompts = config["lmms_eval_specific_kwargs"]
     assert prompts["default"] == {"pre_prompt": "", "post_prompt": POST_PROMPTS[name]}
     for model in MODEL_NAMES:

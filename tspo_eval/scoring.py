@@ -19,6 +19,12 @@ up to 3 types, as LVBench's own protocol counts them) and, for MLVU, the officia
 average over task types `mlvu_m_avg` beside the micro average `mlvu_micro_avg`. Values
 use each built-in's scale (`SCALE`): fractions for LongVideoBench and LVBench, percent for
 MLVU and VideoMME. A category with no question scores NaN.
+
+Failures: a question whose document was refused (`refused`: a bad row) or whose model
+output is `NO_ANSWER` (its video or frames failed) scores as wrong, the published
+convention. Every benchmark also reports `answered` and `failed` (counts) and its overall
+accuracies over the answered questions only (`<metric>_answered`), so a run with failures
+never passes for a run without.
 """
 from __future__ import annotations
 
@@ -27,9 +33,12 @@ import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# What a tspo-eval model outputs for a question it could not answer: no capital letter, so
+# any harness's option parser reads it as no answer, as it read the empty output before.
+NO_ANSWER = "<tspo-eval: no answer, the question failed>"
 
 
 def option_letters(n_options: int) -> str:
@@ -136,15 +145,21 @@ def parse_answer(benchmark: str, text: str, n_options: int, random_fallback: int
 @dataclass(frozen=True)
 class Metric:
     """One reported number: accuracy over the questions whose `field` holds `value` (all when
-    `field` is None), or with `macro` the mean over `field`'s values of their accuracies."""
+    `field` is None), or with `macro` the mean over `field`'s values of their accuracies;
+    `answered_only`: over the questions that did not fail; `count` ("answered" / "failed"):
+    how many questions did not / did fail."""
 
     name: str
     field: str | None = None
     value: Any = None
     macro: bool = False
+    answered_only: bool = False
+    count: Literal["answered", "failed"] | None = None
 
     def includes(self, record: Mapping[str, Any]) -> bool:
         """Whether a question counts in this number (list-valued fields: any of their values)."""
+        if self.answered_only and record.get("failed"):
+            return False
         if self.field is None or self.macro:
             return True
         held = record.get(self.field)
@@ -173,26 +188,37 @@ MLVU_TASK_TYPES = ("plotQA", "needle", "ego", "count", "order", "anomaly_reco", 
 LVBENCH_QUESTION_TYPES = ("entity recognition", "event understanding", "key information retrieval",
                           "temporal grounding", "reasoning", "summarization")
 
+def _with_failures(*metrics: Metric) -> tuple[Metric, ...]:
+    """`metrics`, each overall accuracy again over the answered questions, and the two counts."""
+    overall = [Metric(f"{m.name}_answered", m.field, m.value, m.macro, answered_only=True)
+               for m in metrics if m.field is None or m.macro]
+    return (*metrics, *overall, Metric("answered", count="answered"), Metric("failed", count="failed"))
+
+
 METRICS: dict[str, tuple[Metric, ...]] = {
-    "longvideobench": (Metric("lvb_acc"), *_per_value("lvb_acc_duration", "duration_group",
-                                                      LONGVIDEOBENCH_DURATION_GROUPS),
-                       *_per_value("lvb_acc", "question_category", LONGVIDEOBENCH_CATEGORIES)),
-    "mlvu": (Metric("mlvu_m_avg", "task_type", macro=True), Metric("mlvu_micro_avg"),
-             *_per_value("mlvu_acc", "task_type", MLVU_TASK_TYPES)),
-    "videomme": (Metric("videomme_acc"), *_per_value("videomme_acc", "duration", VIDEOMME_DURATIONS),
-                 *_per_value("videomme_acc_domain", "domain", VIDEOMME_DOMAINS),
-                 *_per_value("videomme_acc_task", "task_type", VIDEOMME_TASK_TYPES)),
-    "lvbench": (Metric("lvbench_acc"), *_per_value("lvbench_acc", "question_type", LVBENCH_QUESTION_TYPES)),
+    "longvideobench": _with_failures(Metric("lvb_acc"), *_per_value("lvb_acc_duration", "duration_group",
+                                                                    LONGVIDEOBENCH_DURATION_GROUPS),
+                                     *_per_value("lvb_acc", "question_category", LONGVIDEOBENCH_CATEGORIES)),
+    "mlvu": _with_failures(Metric("mlvu_m_avg", "task_type", macro=True), Metric("mlvu_micro_avg"),
+                           *_per_value("mlvu_acc", "task_type", MLVU_TASK_TYPES)),
+    "videomme": _with_failures(Metric("videomme_acc"), *_per_value("videomme_acc", "duration", VIDEOMME_DURATIONS),
+                               *_per_value("videomme_acc_domain", "domain", VIDEOMME_DOMAINS),
+                               *_per_value("videomme_acc_task", "task_type", VIDEOMME_TASK_TYPES)),
+    "lvbench": _with_failures(Metric("lvbench_acc"),
+                              *_per_value("lvbench_acc", "question_type", LVBENCH_QUESTION_TYPES)),
 }
 SCALE = {"longvideobench": 1.0, "lvbench": 1.0, "mlvu": 100.0, "videomme": 100.0}
 
 
 def score(doc: Mapping[str, Any], output: str, random_fallback: int | None = None) -> dict[str, Any]:
-    """One question's record: parsed letter, 0/1 score, and the fields its metrics group by."""
+    """One question's record: parsed letter, 0/1 score, whether it failed, and the fields its metrics
+    group by. A failed question (refused document, `NO_ANSWER` output) has no letter and scores 0."""
     benchmark = doc["benchmark"]
-    pred = parse_answer(benchmark, output, len(doc["candidates"]), random_fallback, str(doc["index"]))
+    failed = bool(doc.get("refused")) or output == NO_ANSWER
+    pred = None if failed else parse_answer(benchmark, output, len(doc["candidates"]), random_fallback,
+                                            str(doc["index"]))
     record = {"index": doc["index"], "video_name": doc["video_name"], "pred": pred, "answer": doc["answer"],
-              "score": float(pred == doc["answer"])}
+              "score": float(pred == doc["answer"]), "failed": failed}
     record.update({metric.field: doc.get(metric.field) for metric in METRICS.get(benchmark, ()) if metric.field})
     return record
 
@@ -215,16 +241,24 @@ def macro_accuracy(records: Iterable[Mapping[str, Any]], field: str) -> float:
     return sum(accuracy(group) for group in groups.values()) / len(groups) if groups else math.nan
 
 
+def count(records: Iterable[Mapping[str, Any]], kind: Literal["answered", "failed"]) -> int:
+    """How many records did not fail ("answered") or did ("failed")."""
+    return sum(bool(record.get("failed")) == (kind == "failed") for record in records)
+
+
 def metric_value(metric: Metric, records: Iterable[Mapping[str, Any]]) -> float:
-    """One metric over records (unscaled fraction)."""
+    """One metric over records (unscaled fraction, or a count)."""
     members = [record for record in records if metric.includes(record)]
+    if metric.count is not None:
+        return count(members, metric.count)
     return macro_accuracy(members, metric.field) if metric.macro else accuracy(members)
 
 
 def breakdown(benchmark: str, records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """Every metric of the benchmark, in the built-in's scale, keyed by metric name."""
+    """Every metric of the benchmark, in the built-in's scale (counts as counts), keyed by metric name."""
     records = list(records)
-    return {metric.name: SCALE[benchmark] * metric_value(metric, records) for metric in METRICS[benchmark]}
+    return {metric.name: (1.0 if metric.count else SCALE[benchmark]) * metric_value(metric, records)
+            for metric in METRICS[benchmark]}
 
 
 # ---------------------------------------------------------------- lmms-eval adapters
@@ -244,3 +278,8 @@ def lmms_aggregate(benchmark: str, items: Iterable[Mapping[str, Any] | None], ma
     records = [item for item in items if item is not None]
     value = macro_accuracy(records, macro_field) if macro_field else accuracy(records)
     return SCALE[benchmark] * value
+
+
+def lmms_count(items: Iterable[Mapping[str, Any] | None], kind: Literal["answered", "failed"]) -> int:
+    """The `answered` / `failed` aggregation over the `lmms_results` items."""
+    return count((item for item in items if item is not None), kind)

@@ -10,7 +10,9 @@ the datasets unpack (one flat folder of `<id>.mp4`). To keep all benchmarks unde
 re-register a spec with a subfolder:
 `register_benchmark(dataclasses.replace(BENCHMARKS["mlvu"], video_subdir="MLVU/video"), replace=True)`.
 A `video_name` that could leave the root (absolute, or with '..') is refused when a TSV is
-read and when a path is resolved.
+read and when a path is resolved. By default the readers refuse the whole file on any bad
+row; given a `refused` list, they refuse that row alone (a `RefusedRow` naming file, line
+and reason, counted as a failed question) and read the rest.
 
 Example:
     questions = load_benchmark("lvbench", "LVBench.tsv", "video_info.meta.jsonl")
@@ -24,6 +26,7 @@ from .core import (
     BenchmarkFormatError,
     BenchmarkSpec,
     Question,
+    RefusedRow,
     get_benchmark,
     parse_time_range,
     register_benchmark,
@@ -38,6 +41,7 @@ __all__ = [
     "BenchmarkFormatError",
     "BenchmarkSpec",
     "Question",
+    "RefusedRow",
     "build_docs",
     "convert",
     "docs_from_env",

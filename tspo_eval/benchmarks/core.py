@@ -28,6 +28,18 @@ class BenchmarkFormatError(ValueError):
         return type(self), (self.path, self.where, self.problem)
 
 
+class RefusedRow(BenchmarkFormatError):
+    """One question refused on its own (readers given a `refused` list): its video is never read and it
+    counts as a failed question under `index` (the row's own, else `<file>:<where>`)."""
+
+    def __init__(self, path: str | Path, where: str, problem: str, index: str) -> None:
+        super().__init__(path, where, problem)
+        self.index = index
+
+    def __reduce__(self):
+        return type(self), (self.path, self.where, self.problem, self.index)
+
+
 def letter(number: int) -> str:
     """Option letter of a 0-based option number (0 -> 'A')."""
     return _LETTERS[number]

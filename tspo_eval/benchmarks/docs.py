@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .annotations import load_benchmark
-from .core import get_benchmark, letter, letter_number, resolve_video
+from .annotations import _annotation_rows, load_benchmark
+from .core import RefusedRow, get_benchmark, letter, letter_number, resolve_video
 from .official import _split_options
 
 # VideoMME's instruction, verbatim from lmms-eval's `videomme` task: it mentions subtitles
@@ -70,8 +70,9 @@ ANNOTATION_FIELDS: dict[str, Callable[[dict], dict[str, Any]]] = {
 }
 
 
-def build_docs(benchmark: str, annotations: str | Path, video_root: str | Path) -> list[dict[str, Any]]:
-    """The benchmark's documents in published TSV order.
+def build_docs(benchmark: str, annotations: str | Path, video_root: str | Path,
+               strict: bool = False) -> list[dict[str, Any]]:
+    """The benchmark's documents in published TSV order, then one per refused row.
 
     Args:
         benchmark: registered benchmark name.
@@ -79,19 +80,22 @@ def build_docs(benchmark: str, annotations: str | Path, video_root: str | Path) 
             (`*.tsv`: no category fields, and stems keep no line breaks).
         video_root: folder of the benchmark's videos; a missing video is not an error here
             (the model records it as a failed question).
+        strict: a bad row refuses the whole file (BenchmarkFormatError). Otherwise a bad row
+            (e.g. a video path leaving the root) becomes a document whose `refused` field says
+            which file and line and why: it has no video and scores as a failed question.
     """
     spec = get_benchmark(benchmark)
     annotations = Path(annotations)
+    refused: list[RefusedRow] | None = None if strict else []
     if annotations.suffix.lower() == ".tsv":
-        questions, extras = load_benchmark(spec.name, tsv_path=annotations), None
+        questions, extras = load_benchmark(spec.name, tsv_path=annotations, refused=refused), {}
     else:
         items = spec.read_items(annotations)
-        questions = load_benchmark(spec.name, annotation_path=annotations)
-        # load_benchmark lists the items in this same order (the registry's TSV order).
-        extras = [items[pos] for pos in spec.order(items)]
+        questions = load_benchmark(spec.name, annotation_path=annotations, refused=refused)
+        extras = {row["index"]: items[pos] for pos, row in _annotation_rows(spec, items, annotations, [])}
     root = Path(video_root).expanduser().absolute()
     docs = []
-    for number, question in enumerate(questions):
+    for question in questions:
         doc = {
             "index": question.index, "benchmark": spec.name, "task_name": question.task_name,
             "question_id": question.question_id, "video_name": question.video_name,
@@ -101,11 +105,20 @@ def build_docs(benchmark: str, annotations: str | Path, video_root: str | Path) 
             "answer_number": question.answer_number,
             "time_reference": None if question.time_reference is None else list(question.time_reference),
             "reference_frames": None if question.reference_frames is None else list(question.reference_frames),
+            "refused": None,
         }
-        if extras is not None and spec.name in ANNOTATION_FIELDS:
-            doc.update(ANNOTATION_FIELDS[spec.name](extras[number]))
+        if question.index in extras and spec.name in ANNOTATION_FIELDS:
+            doc.update(ANNOTATION_FIELDS[spec.name](extras[question.index]))
         docs.append(doc)
+    docs += [refused_doc(spec.name, row) for row in refused or ()]
     return docs
+
+
+def refused_doc(benchmark: str, row: RefusedRow) -> dict[str, Any]:
+    """The document of a refused row: its index and why, nothing that could be read."""
+    return {"index": row.index, "benchmark": benchmark, "task_name": "", "question_id": "", "video_name": "",
+            "video_path": "", "question": "", "question_original": "", "candidates": [], "answer": "",
+            "answer_number": -1, "time_reference": None, "reference_frames": None, "refused": str(row)}
 
 
 def env_names(benchmark: str) -> tuple[str, str]:
@@ -114,8 +127,13 @@ def env_names(benchmark: str) -> tuple[str, str]:
     return f"TSPO_{name}_ANNOTATIONS", f"TSPO_{name}_VIDEOS"
 
 
+STRICT_VAR = "TSPO_STRICT_ROWS"
+
+
 def docs_from_env(benchmark: str) -> list[dict[str, Any]]:
-    """`build_docs` with the paths from the environment; errors name the variable to set."""
+    """`build_docs` with the paths from the environment; errors name the variable to set.
+
+    `TSPO_STRICT_ROWS=1` refuses a file holding a bad row (default: that row alone is refused)."""
     spec = get_benchmark(benchmark)
     annotations_var, videos_var = env_names(spec.name)
     annotations = _env_path(annotations_var, f"the original annotation file ({spec.annotation_file}) "
@@ -126,7 +144,7 @@ def docs_from_env(benchmark: str) -> list[dict[str, Any]]:
     videos = _env_path(videos_var, f"the folder holding the {spec.name} videos")
     if not videos.is_dir():
         raise FileNotFoundError(f"{videos_var}={videos}: no such folder; it must hold the {spec.name} videos")
-    return build_docs(spec.name, annotations, videos)
+    return build_docs(spec.name, annotations, videos, strict=os.environ.get(STRICT_VAR, "0") == "1")
 
 
 def _env_path(variable: str, what: str) -> Path:

@@ -12,7 +12,15 @@ import ast
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .core import BenchmarkFormatError, BenchmarkSpec, Question, get_benchmark, letter, unsafe_relative_path
+from .core import (
+    BenchmarkFormatError,
+    BenchmarkSpec,
+    Question,
+    RefusedRow,
+    get_benchmark,
+    letter,
+    unsafe_relative_path,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,8 +29,13 @@ TSV_COLUMNS = ("index", "task_name", "video_name", "question_id", "question", "a
                "answer")
 
 
-def read_tsv(path: str | Path, benchmark: str) -> list[Question]:
-    """Read and validate a benchmark TSV; every problem raises BenchmarkFormatError naming file and line."""
+def read_tsv(path: str | Path, benchmark: str, refused: list[RefusedRow] | None = None) -> list[Question]:
+    """Read and validate a benchmark TSV; every problem raises BenchmarkFormatError naming file and line.
+
+    With a `refused` list, a bad row (a video path leaving the root, a field that does not parse)
+    is appended to it instead and the other rows are read; problems of the whole file (header,
+    encoding, a repeated index) still raise.
+    """
     spec = get_benchmark(benchmark)
     lines = _read_lines(Path(path))
     header = lines[0].split("\t") if lines else []
@@ -35,18 +48,25 @@ def read_tsv(path: str | Path, benchmark: str) -> list[Question]:
     questions, first_line = [], {}
     for line_number, line in enumerate(lines[1:], start=2):
         fields = line.split("\t")
-        if len(fields) != len(header):
-            raise BenchmarkFormatError(path, f"line {line_number}", f"{len(fields)} tab-separated field(s), the "
-                                       f"header has {len(header)}; fields cannot hold tabs or line breaks")
+        index = fields[header.index("index")] if len(fields) == len(header) else ""
+        if index in first_line:
+            raise BenchmarkFormatError(path, f"line {line_number}", f"duplicate index {index!r} (first on "
+                                       f"line {first_line[index]}); every row needs its own index")
         try:
+            if len(fields) != len(header):
+                raise ValueError(f"{len(fields)} tab-separated field(s), the header has {len(header)}; fields cannot "
+                                 "hold tabs or line breaks")
             question = parse_row(dict(zip(header, fields)), spec)
         except ValueError as err:
-            raise BenchmarkFormatError(path, f"line {line_number}", str(err)) from None
-        if question.index in first_line:
-            raise BenchmarkFormatError(path, f"line {line_number}", f"duplicate index {question.index!r} (first on "
-                                       f"line {first_line[question.index]}); every row needs its own index")
-        first_line[question.index] = line_number
-        questions.append(question)
+            if refused is None:
+                raise BenchmarkFormatError(path, f"line {line_number}", str(err)) from None
+            refused.append(RefusedRow(path, f"line {line_number}", str(err),
+                                      index or f"{Path(path).name}:line {line_number}"))
+            question = None
+        if index:
+            first_line[index] = line_number
+        if question is not None:
+            questions.append(question)
     return questions
 
 

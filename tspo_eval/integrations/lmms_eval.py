@@ -13,9 +13,13 @@ changes the frame method, so a comparison differs in nothing but frame choice.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .models import FLAVOURS, parse_model_args
+
+
+log = logging.getLogger(__name__)
 
 
 def question_ref(doc: dict, context: str, doc_to_visual, fallback_index: str):
@@ -73,20 +77,27 @@ def model_class(model_name: str) -> type:
             from dataclasses import replace
 
             from ..answering import answer_questions
+            from ..scoring import NO_ANSWER
 
             refs, budgets = [], []
+            texts: list[str] = [NO_ANSWER] * len(requests)  # refused rows and failed questions keep it
             for context, gen_kwargs, doc_to_visual, doc_id, task, split in (r.args for r in requests):
                 doc = self.task_dict[task][split][doc_id]
-                refs.append(question_ref(doc, context, doc_to_visual, f"{task}/{split}/{doc_id}"))
+                if doc.get("refused"):  # a bad row: its video is never read
+                    log.warning("question %s refused: %s", doc.get("index"), doc["refused"])
+                    refs.append(None)
+                else:
+                    refs.append(question_ref(doc, context, doc_to_visual, f"{task}/{split}/{doc_id}"))
                 budgets.append(int(gen_kwargs.get("max_new_tokens", 16)))
-            texts: list[str] = [""] * len(refs)
             for budget in sorted(set(budgets)):
-                members = [i for i, b in enumerate(budgets) if b == budget]
+                members = [i for i, b in enumerate(budgets) if b == budget and refs[i] is not None]
+                if not members:
+                    continue
                 answers = answer_questions([refs[i] for i in members], self.planner, self.backbone,
                                            replace(self.answer_cfg, max_new_tokens=budget),
                                            record=self._record_path(), progress=self.rank == 0)
                 for i, answer in zip(members, answers):
-                    texts[i] = answer.text
+                    texts[i] = NO_ANSWER if answer.error is not None else answer.text
             return texts
 
         def loglikelihood(self, requests):

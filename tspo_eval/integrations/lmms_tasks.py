@@ -10,7 +10,8 @@ from typing import Any
 
 
 def task_hooks(benchmark: str, random_fallback_seed: int = 0) -> dict[str, Callable[..., Any]]:
-    """process_docs, doc_to_visual, doc_to_text, process_results(_random_fallback), accuracy, macro_accuracy."""
+    """process_docs, doc_to_visual, doc_to_text, process_results(_random_fallback), accuracy, macro_accuracy,
+    answered, failed."""
     import datasets
 
     from .. import scoring
@@ -41,5 +42,13 @@ def task_hooks(benchmark: str, random_fallback_seed: int = 0) -> dict[str, Calla
         """MLVU's official `mlvu_m_avg`: the mean of the per-task-type accuracies."""
         return scoring.lmms_aggregate(benchmark, items, macro_field="task_type")
 
+    def answered(items: list[dict | None]) -> int:
+        """Questions that got an answer (a refused row or a failed video did not)."""
+        return scoring.lmms_count(items, "answered")
+
+    def failed(items: list[dict | None]) -> int:
+        """Questions that failed: refused rows, videos or frames that could not be read; scored wrong."""
+        return scoring.lmms_count(items, "failed")
+
     return {fn.__name__: fn for fn in (process_docs, doc_to_visual, doc_to_text, process_results,
-                                       process_results_random_fallback, accuracy, macro_accuracy)}
+                                       process_results_random_fallback, accuracy, macro_accuracy, answered, failed)}
