@@ -132,3 +132,103 @@ def test_stale_tmp_files_are_removed_but_never_a_live_writers(tmp_path):
     cache.put_video(cache.video_key("fp", "enc", 1.0, None), _entry())
     assert not dead.exists() and not old.exists() and not text_dead.exists()
     assert live.exists() and elsewhere.exists() and legacy.exists()
+
+
+# ----------------------------------------------------------------------------- benchmark rows
+from tspo_eval import cli  # noqa: E402
+from tspo_eval.benchmarks import BenchmarkFormatError, load_benchmark, read_tsv  # noqa: E402
+from tspo_eval.benchmarks.docs import build_docs  # noqa: E402
+from tspo_eval.selections import SelectionSet  # noqa: E402
+
+AGENT = ["--agent", "random:clip-tiny"]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A generated LVBench-layout benchmark: 3 videos, one question each (TSV + annotation file)."""
+    from tspo_eval.demo import DemoConfig, make_benchmark
+
+    root = tmp_path_factory.mktemp("bench")
+    videos, jsonl, tsv = make_benchmark(root, DemoConfig(videos=3, duration=20.0, video_fps=4.0))
+    return videos, jsonl, tsv
+
+
+def _escaping_tsv(tsv, out, row: int = 2):
+    """`tsv` with the video of its `row`-th data row (1-based) replaced by a path leaving the video root."""
+    lines = tsv.read_text().split("\n")
+    fields = lines[row].split("\t")
+    fields[2] = "../escape.mp4"
+    lines[row] = "\t".join(fields)
+    out.write_text("\n".join(lines))
+    return out, fields[0]
+
+
+def test_a_bad_row_refuses_that_question_alone(bench, tmp_path):
+    videos, jsonl, tsv = bench
+    bad, index = _escaping_tsv(tsv, tmp_path / "bad.tsv")
+    with pytest.raises(BenchmarkFormatError, match="line 3.*'..'"):
+        read_tsv(bad, "lvbench")  # strict: the whole file, as before
+    refused = []
+    questions = load_benchmark("lvbench", bad, refused=refused)
+    assert [q.index for q in questions] == [q.index for q in read_tsv(tsv, "lvbench") if q.index != index]
+    (row,) = refused
+    assert (row.index, row.path, row.where) == (index, str(bad), "line 3") and "'..'" in row.problem
+    # with the annotation file joined, the refused row's item is simply not asked for
+    refused = []
+    assert len(load_benchmark("lvbench", bad, jsonl, refused=refused)) == 2 and [r.index for r in refused] == [index]
+
+
+def test_a_bad_annotation_item_refuses_that_question_alone(official_dir, tmp_path):
+    items = json.loads((official_dir / "lvb_val.json").read_text())[:5]
+    items[1]["video_path"] = "../../etc/passwd"
+    bad = tmp_path / "lvb_val.json"
+    bad.write_text(json.dumps(items))
+    with pytest.raises(BenchmarkFormatError, match="item 2"):
+        load_benchmark("longvideobench", annotation_path=bad)
+    docs = build_docs("longvideobench", bad, tmp_path)  # what lmms-eval's task reads
+    assert [d["index"] for d in docs] == [it["id"] for it in items if it is not items[1]] + [items[1]["id"]]
+    refused = docs[-1]
+    assert refused["video_path"] == "" and f"{bad}, item 2" in refused["refused"] and "'..'" in refused["refused"]
+    assert all(d["refused"] is None and d["question_category"] for d in docs[:-1])  # categories still aligned
+    with pytest.raises(BenchmarkFormatError):
+        build_docs("longvideobench", bad, tmp_path, strict=True)
+
+
+def test_cli_runs_the_rest_and_counts_the_refused_row(bench, tmp_path, capsys):
+    videos, jsonl, tsv = bench
+    bad, index = _escaping_tsv(tsv, tmp_path / "bad.tsv")
+    (tmp_path / "escape.mp4").write_bytes(b"never read")
+    common = ["--benchmark", "lvbench", "--tsv", str(bad), "--video-root", str(videos), *AGENT,
+              "--cache", str(tmp_path / "cache")]
+    assert cli.main(["extract", *common]) == 0
+    out, err = capsys.readouterr()
+    assert "2 videos: 2 encoded" in out and "1 refused row(s)" in out and f"{bad}, line 3" in err
+    assert cli.main(["select", *common, "--method", "uniform", "--k", "2", "--out", str(tmp_path / "s.json")]) == 0
+    result = SelectionSet.load(tmp_path / "s.json")
+    assert len(result.selections) == 2 and list(result.failed) == [index]
+    assert f"{bad}, line 3" in result.failed[index]
+    assert "2 questions selected, 1 failed" in capsys.readouterr().out
+    assert cli.main(["extract", *common, "--strict"]) == 2
+    assert f"{bad}, line 3" in capsys.readouterr().err
+
+
+def test_select_with_every_question_failed_exits_non_zero_with_reasons(bench, tmp_path, capsys):
+    videos, jsonl, tsv = bench
+    empty = tmp_path / "no_videos"
+    empty.mkdir()
+    code = cli.main(["select", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(empty), *AGENT,
+                     "--cache", str(tmp_path / "cache"), "--method", "uniform", "--k", "2",
+                     "--out", str(tmp_path / "s.json")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "0 questions selected, 3 failed" in out and "no question got frames" in err
+    (group,) = [line for line in out.splitlines() if line.startswith("  3 failed")]  # one reason, grouped
+    assert "cannot read" in group or "no such" in group.lower()
+
+
+def test_header_only_tsv_says_there_is_nothing_to_do(bench, tmp_path, capsys):
+    videos, jsonl, tsv = bench
+    header_only = tmp_path / "LVBench.tsv"
+    header_only.write_text(tsv.read_text().split("\n")[0])
+    code = cli.main(["extract", "--benchmark", "lvbench", "--tsv", str(header_only), "--video-root", str(videos),
+                     *AGENT, "--cache", str(tmp_path / "cache")])
+    assert code != 0 and "nothing to do" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -84,6 +85,8 @@ def _add_benchmark_args(p: argparse.ArgumentParser, annotations: bool = False, v
         p.add_argument("--video-root", type=Path, required=True, help="folder holding the benchmark's videos")
     if annotations:
         p.add_argument("--annotations", type=Path, help="original annotation file (for time references / export)")
+    p.add_argument("--strict", action="store_true", help="refuse the whole file when a row is bad (default: refuse "
+                                                         "that question alone, recorded as failed)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -113,10 +116,41 @@ def _models(ns: argparse.Namespace):
     return agent, encoder
 
 
-def _questions(ns: argparse.Namespace):
+def _questions(ns: argparse.Namespace, refused: list | None = None) -> list:
+    """The benchmark's questions; bad rows are refused alone (printed, and appended to `refused`)
+    unless --strict. A file without any question is an error: there is nothing to do."""
     from .benchmarks import load_benchmark
 
-    return load_benchmark(ns.benchmark, ns.tsv, getattr(ns, "annotations", None))
+    rows: list | None = None if ns.strict else []
+    questions = load_benchmark(ns.benchmark, ns.tsv, getattr(ns, "annotations", None), refused=rows)
+    if rows:
+        print(f"{len(rows)} row(s) refused, counted as failed questions (--strict refuses the file):", file=sys.stderr)
+        print("\n".join(f"  REFUSED {row}" for row in rows[:_SHOWN]), file=sys.stderr)
+        if len(rows) > _SHOWN:
+            print(f"  ... and {len(rows) - _SHOWN} more", file=sys.stderr)
+        if refused is not None:
+            refused.extend(rows)
+    if not questions and not rows:
+        raise ValueError(f"{ns.tsv} holds no questions (a header and no rows?): nothing to do")
+    return questions
+
+
+_SHOWN = 5  # failures listed by name; the rest are counted
+
+
+def _print_failures(failed: dict[str, str], names: dict[str, str]) -> None:
+    """Failed questions grouped by reason (the question's video name and row numbers masked), largest first."""
+    groups: dict[str, list[str]] = {}
+    for index, why in failed.items():
+        name = names.get(index)
+        key = re.sub(r"\b(line|item) \d+", r"\1 N", why.replace(name, "<video>") if name else why)
+        groups.setdefault(key, []).append(index)
+    ordered = sorted(groups.items(), key=lambda group: -len(group[1]))
+    for why, indices in ordered[:_SHOWN]:
+        shown = ", ".join(indices[:3]) + (", ..." if len(indices) > 3 else "")
+        print(f"  {len(indices)} failed ({shown}): {why}")
+    if len(ordered) > _SHOWN:
+        print(f"  ... {len(ordered) - _SHOWN} more reasons, {sum(len(i) for _, i in ordered[_SHOWN:])} questions")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -127,9 +161,13 @@ def cmd_extract(ns: argparse.Namespace) -> int:
     from .extract import ExtractConfig, ExtractReport, extract_videos
 
     cfg = config_from_args(ExtractConfig, ns)
-    questions = _questions(ns)
-    _, encoder = _models(ns)
+    refused: list = []
+    questions = _questions(ns, refused)
     videos = sorted({str(resolve_video(ns.video_root, q.video_name, ns.benchmark)) for q in questions})
+    if not videos:
+        print(f"error: no video to extract: all {len(refused)} rows of {ns.tsv} were refused", file=sys.stderr)
+        return 1
+    _, encoder = _models(ns)
     mine = distributed.shard(videos)
     reports = ns.cache / "reports" / ns.benchmark
     report = extract_videos(mine, encoder, FeatureCache(ns.cache), cfg, progress=distributed.rank() == 0)
@@ -142,7 +180,8 @@ def cmd_extract(ns: argparse.Namespace) -> int:
         merged = merged.merge(ExtractReport.load(reports / f"extract.rank{r}.json"))
     merged.save(reports / "extract.json")
     print(f"{len(videos)} videos: {len(merged.encoded)} encoded, {len(merged.cached)} already cached, "
-          f"{len(merged.failed)} failed (report: {reports / 'extract.json'})")
+          f"{len(merged.failed)} failed (report: {reports / 'extract.json'})"
+          + (f"; {len(refused)} refused row(s) (never read)" if refused else ""))
     for why in sorted(merged.failed.values()):
         print(f"  FAILED {why}")
     return 1 if merged.failed and not (merged.encoded or merged.cached) else 0
@@ -152,15 +191,25 @@ def cmd_select(ns: argparse.Namespace) -> int:
     from .benchmarks import get_benchmark
     from .cache import FeatureCache
     from .extract import ExtractConfig
-    from .selections import SelectConfig, select_benchmark
+    from .selections import SelectConfig, SelectionSet, select_benchmark
 
     cfg = config_from_args(SelectConfig, ns)
     extract_cfg = config_from_args(ExtractConfig, ns)
+    refused: list = []
+    questions = _questions(ns, refused)
     agent, encoder = _models(ns)
-    result = select_benchmark(_questions(ns), ns.video_root, encoder, FeatureCache(ns.cache), cfg, extract_cfg, agent)
+    if questions:
+        result = select_benchmark(questions, ns.video_root, encoder, FeatureCache(ns.cache), cfg, extract_cfg, agent)
+    else:
+        result = SelectionSet({"benchmark": ns.benchmark, "method": cfg.method, "k": cfg.k})
+    result.failed.update({row.index: str(row) for row in refused})
     out = ns.out or Path(f"selections/{cfg.method}_{ns.benchmark}.json")
     result.save(out)
     print(f"{len(result.selections)} questions selected, {len(result.failed)} failed -> {out}")
+    _print_failures(result.failed, {q.index: q.video_name for q in questions})
+    if not result.selections:
+        print("error: no question got frames; the reasons are above", file=sys.stderr)
+        return 1
     if ns.frame_idx_out:
         if not ns.annotations:
             raise SystemExit("error: --frame-idx-out needs --annotations (the benchmark's original JSON)")

@@ -43,6 +43,8 @@ class EvaluateConfig:
     num_processes: int = field(default=1, metadata={"help": "> 1: accelerate launch --num_processes N"})
     limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (first N questions)"})
     model_args: str = field(default="", metadata={"help": "extra model_args, e.g. dtype=float32,device=cpu"})
+    strict: bool = field(default=False, metadata={
+        "help": "refuse the whole annotation file when a row is bad (default: that question alone, counted failed)"})
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -69,13 +71,15 @@ def ensure_selections(cfg: EvaluateConfig, method: str) -> Path:
     from .distributed import local_device
     from .selections import SelectConfig, select_benchmark
 
-    questions = (load_benchmark(cfg.benchmark, cfg.annotations) if cfg.annotations.suffix == ".tsv"
-                 else load_benchmark(cfg.benchmark, annotation_path=cfg.annotations))
+    refused = None if cfg.strict else []
+    questions = (load_benchmark(cfg.benchmark, cfg.annotations, refused=refused) if cfg.annotations.suffix == ".tsv"
+                 else load_benchmark(cfg.benchmark, annotation_path=cfg.annotations, refused=refused))
     device = local_device()
     agent = load_agent(cfg.agent, torch_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
                        device=device)
     result = select_benchmark(questions, cfg.videos, agent.encoder, FeatureCache(cfg.cache),
                               SelectConfig(method=method, k=cfg.k), agent=agent)
+    result.failed.update({row.index: str(row) for row in refused or ()})
     return result.save(path)
 
 
@@ -104,9 +108,11 @@ def lmms_eval_command(cfg: EvaluateConfig, method: str, selections: Path | None)
 
 def task_environment(cfg: EvaluateConfig) -> dict[str, str]:
     """The variables the task configs read: where the annotations and videos are."""
+    from .benchmarks.docs import STRICT_VAR
+
     name = cfg.benchmark.upper()
     return {**os.environ, f"TSPO_{name}_ANNOTATIONS": str(Path(cfg.annotations).resolve()),
-            f"TSPO_{name}_VIDEOS": str(Path(cfg.videos).resolve())}
+            f"TSPO_{name}_VIDEOS": str(Path(cfg.videos).resolve()), STRICT_VAR: "1" if cfg.strict else "0"}
 
 
 def read_results(output_path: Path, task: str) -> dict[str, float]:
@@ -132,6 +138,11 @@ def evaluate(cfg: EvaluateConfig) -> pd.DataFrame:
             raise RuntimeError(f"lmms-eval failed for method {method} (exit {done.returncode}); see its log above")
         columns[method] = read_results(cfg.out / "lmms_eval" / method, TASKS[cfg.benchmark])
     table = pd.DataFrame(columns)
+    # the overall accuracies, over the answered questions, and the answered / failed counts first
+    from .scoring import METRICS
+
+    first = [m.name for m in METRICS[cfg.benchmark] if (m.field is None or m.macro) and m.name in table.index]
+    table = table.loc[first + [name for name in table.index if name not in first]]
     (cfg.out / f"summary_{cfg.benchmark}.md").write_text(table.to_markdown(floatfmt=".2f") + "\n")
     table.to_json(cfg.out / f"summary_{cfg.benchmark}.json", indent=1)
     return table
