@@ -232,3 +232,88 @@ def test_header_only_tsv_says_there_is_nothing_to_do(bench, tmp_path, capsys):
     code = cli.main(["extract", "--benchmark", "lvbench", "--tsv", str(header_only), "--video-root", str(videos),
                      *AGENT, "--cache", str(tmp_path / "cache")])
     assert code != 0 and "nothing to do" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- failures in results
+from tspo_eval import scoring  # noqa: E402
+from tspo_eval.benchmarks.docs import refused_doc  # noqa: E402
+from tspo_eval.benchmarks.core import RefusedRow  # noqa: E402
+
+
+def test_results_count_answered_and_failed_beside_accuracy():
+    """8 of 24 failed (planted bad videos and rows): accuracy counts them wrong (the published
+    convention), the counts say how many, and the accuracy over the answered leaves them out."""
+    def doc(i):
+        return {"benchmark": "videomme", "index": str(i), "video_name": f"{i}.mp4", "candidates": list("abcd"),
+                "answer": "A", "duration": "short", "domain": "Knowledge", "task_type": "OCR Problems"}
+
+    pairs = [(doc(i), "A" if i % 2 else "B") for i in range(16)]  # 8 right of 16 answered
+    pairs += [(doc(i), scoring.NO_ANSWER) for i in range(16, 22)]  # the video failed
+    pairs += [(refused_doc("videomme", RefusedRow("VideoMME.tsv", f"line {i}", "bad", str(i))), "A")
+              for i in range(22, 24)]  # refused rows: even an "A" is no answer
+    records = [scoring.score(d, out) for d, out in pairs]
+    got = scoring.breakdown("videomme", records)
+    assert got["videomme_acc"] == pytest.approx(100 * 8 / 24)
+    assert got["videomme_acc_answered"] == pytest.approx(100 * 8 / 16)
+    assert (got["answered"], got["failed"]) == (16, 8)
+    # lmms-eval's path: process_results items per metric, then the task's aggregations
+    from tspo_eval.integrations.lmms_tasks import task_hooks
+
+    hooks = task_hooks("videomme")
+    items = {m.name: [scoring.lmms_results(d, out)[m.name] for d, out in pairs] for m in scoring.METRICS["videomme"]}
+    assert (hooks["answered"](items["answered"]), hooks["failed"](items["failed"])) == (16, 8)
+    assert hooks["accuracy"](items["videomme_acc_answered"]) == pytest.approx(50.0)
+    assert hooks["accuracy"](items["videomme_acc"]) == pytest.approx(100 / 3)
+
+
+def test_no_answer_reads_as_no_letter_to_any_parser():
+    """What our models output for a failed question names no option under any benchmark's rule."""
+    for benchmark in ("longvideobench", "mlvu", "videomme", "lvbench"):
+        assert scoring.parse_answer(benchmark, scoring.NO_ANSWER, 5) is None
+
+
+# ----------------------------------------------------------------------------- messages
+def test_quality_on_a_benchmark_without_time_references_says_so(official_dir, tmp_path):
+    sel = tmp_path / "uniform.json"
+    SelectionSet({"benchmark": "videomme", "method": "uniform", "k": 4}).save(sel)
+    args = ["quality", "--benchmark", "videomme", "--tsv", str(official_dir / "VideoMME.tsv"), str(sel)]
+    with pytest.raises(SystemExit, match="videomme annotations hold no time references.*lvbench"):
+        cli.main([*args, "--annotations", str(official_dir / "videomme.json")])
+
+
+def test_quality_without_annotations_asks_for_them(official_dir, tmp_path):
+    sel = tmp_path / "uniform.json"
+    SelectionSet({"benchmark": "lvbench", "method": "uniform", "k": 4}).save(sel)
+    with pytest.raises(SystemExit, match="pass --annotations video_info.meta.jsonl"):
+        cli.main(["quality", "--benchmark", "lvbench", "--tsv", str(official_dir / "LVBench.tsv"), str(sel)])
+
+
+def test_a_zero_time_scale_is_named_not_called_truncated(numbered_video_factory, tmp_path):
+    from tspo_eval.video import FrameReader, VideoError
+
+    raw = bytearray(numbered_video_factory(num_frames=50).read_bytes())
+    at = raw.find(b"mdhd")
+    assert raw[at + 4] == 0  # version 0: 4 bytes each of flags, creation, modification, then the time scale
+    raw[at + 16:at + 20] = bytes(4)
+    zero = tmp_path / "zero.mp4"
+    zero.write_bytes(bytes(raw))
+    for backend in ("pyav", "decord"):
+        with pytest.raises(VideoError, match="time scale is 0") as err:
+            FrameReader(str(zero), backend).candidates(1.0, None)
+        assert "truncated" not in str(err.value)
+
+
+def test_aks_choosing_nothing_fails_those_questions_and_names_the_flag(bench, tmp_path):
+    from tspo_eval.agent import random_agent
+    from tspo_eval.selections import SelectConfig, select_benchmark
+
+    videos, jsonl, tsv = bench
+    agent = random_agent("clip-tiny", seed=0)
+    questions = load_benchmark("lvbench", tsv)
+    result = select_benchmark(questions, videos, agent.encoder, FeatureCache(tmp_path / "cache"),
+                              SelectConfig(method="aks", k=8), progress=False)  # depth 5: 32 leaves > 8
+    assert not result.selections and set(result.failed) == {q.index for q in questions}  # the run went on
+    assert all("--params preset=tspo" in why for why in result.failed.values())
+    fixed = select_benchmark(questions, videos, agent.encoder, FeatureCache(tmp_path / "cache"),
+                             SelectConfig(method="aks", k=8, params={"preset": "tspo"}), progress=False)
+    assert len(fixed.selections) == len(questions) and not fixed.failed

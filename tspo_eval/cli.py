@@ -235,6 +235,20 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _time_ref_hint(ns: argparse.Namespace) -> str:
+    """Why no question has a time reference: the annotations were not passed, or this benchmark has none."""
+    from .benchmarks import BENCHMARKS, get_benchmark
+    from .benchmarks.core import no_time_refs
+
+    having = [f"{s.name} ({s.annotation_file})" for s in BENCHMARKS.values() if s.time_refs is not no_time_refs]
+    spec = get_benchmark(ns.benchmark)
+    if spec.time_refs is no_time_refs:
+        return f"{spec.name} annotations hold no time references (those of {', '.join(having)} do)"
+    if ns.annotations is None:
+        return f"pass --annotations {spec.annotation_file} (the original annotation file holds them)"
+    return f"{ns.annotations} gives none of these questions a known time reference"
+
+
 def cmd_quality(ns: argparse.Namespace) -> int:
     from .quality import quality_table
     from .selections import SelectionSet
@@ -246,8 +260,7 @@ def cmd_quality(ns: argparse.Namespace) -> int:
     questions = _questions(ns)
     table = quality_table(runs, questions, ns.tolerance)
     if table["questions"].max() == 0:
-        raise SystemExit(f"error: none of the {len(questions)} questions has a time reference; "
-                         "pass --annotations (LVBench video_info.meta.jsonl or LongVideoBench lvb_val.json)")
+        raise SystemExit(f"error: none of the {len(questions)} questions has a time reference; {_time_ref_hint(ns)}")
     print(table.to_string(float_format=lambda x: f"{x:.3f}"))
     return 0
 
@@ -269,7 +282,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     print(result.table.to_markdown(floatfmt=".3f"))
     if not (result.table["questions"] > 0).any():
         print(f"NOTE: none of the {len(questions)} questions has a time reference: hit rate and coverage are n/a "
-              "(LVBench and LongVideoBench have them: pass --annotations with the original annotation file)")
+              f"({_time_ref_hint(ns)})")
     print(f"wrote {', '.join(str(p) for p in paths[:3])} and {len(paths) - 3} selections files")
     return 1 if not any(run.selections for run in result.runs.values()) else 0
 

@@ -135,8 +135,11 @@ def select_for_question(vf: VideoFeatures, text: torch.Tensor, cfg: SelectConfig
                                  official=cfg.official, features=vf.features, **params)
     frames = np.asarray(frames, dtype=np.int64)
     if frames.size == 0:
-        raise ValueError(f"method {cfg.method!r} with {cfg.params or 'default parameters'} chose no frames at k={cfg.k} "
-                         "(aks gives each leaf floor(k / 2**depth) frames): use a smaller depth, e.g. preset=tspo")
+        hint = (f"aks gives a leaf at depth d floor(k / 2**d) frames, none when k < 2**depth; use preset=tspo "
+                f"(depth 3) or depth=N with 2**N <= {cfg.k}: `tspo-eval select --params preset=tspo`, "
+                "`tspo-eval compare --methods aks:preset=tspo`" if cfg.method == "aks" else "try a larger --k")
+        raise ValueError(f"method {cfg.method!r} with {cfg.params or 'default parameters'} chose no frames at "
+                         f"k={cfg.k}; {hint}")
     selection = Selection(video=vf.video, frame_numbers=frames.tolist(), timestamps=(frames / vf.fps).tolist(),
                           num_candidates=len(vf.frame_numbers), fps=vf.fps)
     return selection, scores
@@ -171,5 +174,8 @@ def select_benchmark(questions: Sequence[Question], video_root: str | Path, enco
                 result.failed[questions[i].index] = str(err)
             continue
         for i in members:
-            result.selections[questions[i].index], _ = select_for_question(vf, texts[i], cfg, benchmark, agent)
+            try:
+                result.selections[questions[i].index], _ = select_for_question(vf, texts[i], cfg, benchmark, agent)
+            except ValueError as err:  # e.g. no frame chosen: this question fails, the run goes on
+                result.failed[questions[i].index] = str(err)
     return result

@@ -29,6 +29,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
 
 import av
@@ -334,12 +335,24 @@ def _open_decord(path: str, num_threads: int, size: tuple[int, int] | None = Non
 
 
 def _header_frame_count(path: str) -> int:
-    """Frames the container header promises (0 where it keeps no count, e.g. mkv)."""
+    """Frames the container header promises (0 where it keeps no count, e.g. mkv); VideoError when
+    the header's time scale is unusable (`_check_time_scale`)."""
     try:
         with av.open(path) as container:
-            return container.streams.video[0].frames if container.streams.video else 0
+            if not container.streams.video:
+                return 0
+            _check_time_scale(path, container.streams.video[0].time_base)
+            return container.streams.video[0].frames
     except av.FFmpegError:
         return 0
+
+
+def _check_time_scale(path: str, time_base: Fraction | None) -> None:
+    """VideoError for a stream whose header time scale is 0: FFmpeg then counts time in whole
+    seconds, so frames share timestamps and some are dropped (it would read as truncated)."""
+    if time_base is None or time_base == 1:
+        raise VideoError(f"{path}: the video stream's time scale is 0 in its header (FFmpeg falls back to whole "
+                         "seconds, so frames collide); re-encode it (e.g. ffmpeg -i IN -r 30 OUT.mp4)")
 
 
 def _decord_batch(vr: decord.VideoReader, frame_numbers: list[int], path: str) -> np.ndarray:
@@ -383,6 +396,7 @@ class _PyAVReader:
             if not self._container.streams.video:
                 raise VideoError(f"{path}: the file has no video stream; check that it is a video")
             self._stream = self._container.streams.video[0]
+            _check_time_scale(path, self._stream.time_base)
             self._stream.thread_type = "AUTO"
             self._stream.codec_context.thread_count = num_threads
             self._pts, self.keyframes = index or self._index()
