@@ -103,7 +103,8 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 @pytest.mark.parametrize(("preset", "command", "cls"), [
     ("tspo_paper.yaml", "train", "TrainConfig"), ("tspo_official.yaml", "train", "TrainConfig"),
-    ("temporal_rlt_lora.yaml", "train-llm", "LLMTrainConfig"), ("select_data.yaml", "select-data", "VarianceConfig")])
+    ("temporal_rlt_lora.yaml", "train-llm", "LLMTrainConfig"), ("temporal_rlt_qwen_lora.yaml", "train-llm", "LLMTrainConfig"),
+    ("select_data.yaml", "select-data", "VarianceConfig")])
 def test_presets_are_valid_configs(preset, command, cls):
     from tspo_eval.training import config, llm_grpo, variance
     from tspo_eval.training.cli import config_with_file

@@ -305,8 +305,12 @@ class LLMTrainer:
         from .trainer import total_steps
 
         self.cfg, self.samples, self.chooser = cfg, samples, chooser
-        # cpu=True (which also turns DeepSpeed off) only to keep a CPU backbone on the CPU of a GPU machine
+        # A 16-bit model runs under autocast, so the float32 adapters' matmuls (and saved activations)
+        # are 16-bit too; DeepSpeed instead casts every weight, keeping fp32 master copies.
+        # cpu=True (which also turns DeepSpeed off) only to keep a CPU backbone on the CPU of a GPU machine.
         self.accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                                       mixed_precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+                                           backbone.dtype, "no"),
                                        cpu=backbone.device.type == "cpu" and torch.cuda.is_available())
         self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         self.params = make_trainable(backbone, cfg)
@@ -329,14 +333,15 @@ class LLMTrainer:
 
         sample = self.samples[index]
         query, times, duration = frames_for(sample, self.cfg, self.cfg.video_root, self.chooser)
-        return answer_group(self.policy, sample, query, times, duration, self.cfg.rollouts, self.cfg.temperature,
-                            self.cfg.max_new_tokens, sample_seed(self.cfg.seed, epoch, index), self.cfg.rewards)
+        with self.accelerator.autocast():  # the precision of the training forward
+            return answer_group(self.policy, sample, query, times, duration, self.cfg.rollouts, self.cfg.temperature,
+                                self.cfg.max_new_tokens, sample_seed(self.cfg.seed, epoch, index), self.cfg.rewards)
 
     def reference_logp(self, prompt: Prompt, ids: torch.Tensor) -> torch.Tensor | None:
         """Token log-probs under the reference policy (LoRA off, or the frozen copy)."""
         if self.cfg.kl_coef <= 0:
             return None
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():
             if self.ref_net is not None:
                 live, self.policy.net = self.policy.net, self.ref_net
                 logp = self.policy(*prompt, ids, self.cfg.temperature)[0]
