@@ -197,3 +197,22 @@ def test_encoder_identity_ignores_the_head_but_not_clip():
         assert weights_fingerprint(agent) == before
         agent.visual_projection.weight.add_(1.0)
         assert weights_fingerprint(agent) != before
+
+
+def test_random_agent_is_built_on_its_device_and_dtype(monkeypatch):
+    """Parameters are created where the agent will run (a ViT-L initialised on the CPU first took
+    20 s on the H200 before moving); the default dtype is restored afterwards."""
+    from tspo_eval import agent as agent_module
+
+    built = []
+    init = agent_module.TemporalAgent.__init__
+
+    def recording_init(self, config):
+        init(self, config)
+        built.append({(p.device.type, p.dtype) for p in self.parameters()})
+
+    monkeypatch.setattr(agent_module.TemporalAgent, "__init__", recording_init)
+    agent = agent_module.random_agent("clip-tiny", torch_dtype=torch.bfloat16, device="meta")
+    assert built == [{("meta", torch.bfloat16)}]
+    assert {(p.device.type, p.dtype) for p in agent.parameters()} == {("meta", torch.bfloat16)}
+    assert torch.get_default_dtype() == torch.float32

@@ -9,20 +9,21 @@ features without the positional encoding.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import transformers
 from safetensors import safe_open
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
 from .encoders import Frames, HFClipEncoder, write_clip_tokenizer_files
 
@@ -128,6 +129,8 @@ class TemporalAgent(CLIPModel):
         super().save_pretrained(str(save_directory), **kwargs)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(save_directory))
+        from transformers import CLIPImageProcessor  # only here: image processing imports torchvision
+
         size = self.config.vision_config.image_size
         CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
             str(save_directory))
@@ -194,9 +197,22 @@ def random_agent(config: str = "clip-tiny", seed: int = 0, torch_dtype: torch.dt
         raise ValueError(f"unknown agent config {config!r}; known: {', '.join(names)}")
     spec = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
     torch.manual_seed(seed)
-    agent = TemporalAgent(CLIPConfig(**spec))
+    # built where it will run: a ViT-L initialised on the CPU first took 20 s on the H200's cores
+    with torch.device(device), _default_dtype(torch_dtype):
+        agent = TemporalAgent(CLIPConfig(**spec))
     agent.tokenizer = load_clip_tokenizer(None)
     return agent.to(device=device, dtype=torch_dtype).eval()
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Floating-point tensors made inside are `dtype` (parameters are created in it, not cast after)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def load_agent(spec: str | Path, torch_dtype: torch.dtype | None = None,
