@@ -218,3 +218,45 @@ def test_a_decoding_process_that_hangs_is_stopped(numbered_video):
     with POOL.lend(1) as fresh:
         assert fresh is not worker
         assert read_frame_number(fresh.read(str(numbered_video), args, np.array([60]), (48, 64, 3))[0]) == 60
+
+
+@pytest.mark.parametrize("given, cores, want", [
+    ({}, 1, ("auto", 2, 2, False)),
+    ({}, 2, ("auto", 2, 2, False)),
+    ({}, 7, ("auto", 2, 2, False)),
+    ({}, 8, ("pyav", 8, 1, True)),
+    ({}, 16, ("pyav", 16, 1, True)),
+    ({}, 128, ("pyav", 32, 1, True)),
+    ({"backend": "decord"}, 16, ("decord", 2, 2, False)),  # a chosen decoder runs in threads
+    ({"backend": "pyav", "readers": 4}, 16, ("pyav", 4, 2, False)),
+    ({"decode_processes": True}, 2, ("pyav", 2, 1, True)),
+    ({"decode_processes": True, "backend": "decord", "decode_threads": 3}, 16, ("decord", 16, 3, True)),
+    ({"readers": 5, "decode_threads": 3}, 16, ("pyav", 5, 3, True)),
+])
+def test_decoding_left_at_its_defaults_is_sized_from_the_cores(given, cores, want):
+    from tspo_eval.extract import decode_plan
+
+    cfg = ExtractConfig(batch_size=16, **given)
+    plan = decode_plan(cfg, cores)
+    assert (plan.backend, plan.readers, plan.decode_threads, plan.decode_processes) == want
+    assert (plan.batch_size, plan.fps, plan.cache_identity("e")) == (16, cfg.fps, cfg.cache_identity("e"))
+
+
+def test_available_cores_follows_the_affinity_mask_and_the_cgroup_quota(monkeypatch, tmp_path):
+    from tspo_eval import extract
+
+    monkeypatch.setattr(extract, "_CGROUP_CPU_MAX", tmp_path / "cpu.max")  # none: the mask alone
+    monkeypatch.setattr(extract.os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert extract.available_cores() == 3
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert extract.available_cores() == 3
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs of time: 2 readers' worth
+    assert extract.available_cores() == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine share its cores
+    assert extract.available_cores() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.delattr(extract.os, "sched_getaffinity")  # not Linux
+    monkeypatch.setattr(extract.os, "cpu_count", lambda: 12)
+    (tmp_path / "cpu.max").unlink()
+    assert extract.available_cores() == 12

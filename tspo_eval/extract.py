@@ -6,9 +6,11 @@ as they finish (decoding and encoding overlap within a video, not only across vi
 memory stays flat in video length, and a broken video is recorded as failed while the run
 goes on.  Finished videos are in the cache, so an interrupted run resumes where it stopped.
 
-With `decode_processes` each reader thread drives a worker process instead (`decode_workers`):
+With `decode_processes` each reader thread drives worker processes instead (`decode_workers`):
 PyAV's per-packet Python work then runs without contention for Python's lock, and its
 skipping of unreferenced frames pays (the fastest set-up on the H200, see BENCHMARKS.md).
+Left at their defaults, the decoder, readers and threads are sized from the cores
+(`decode_plan`): PyAV processes on machines of 8+ cores, 2 x 2 decord threads below.
 
 For a CUDA encoder the decoder threads hand over pinned batches and the encoder's batches
 are queued without waiting for the GPU (one copy back per video).  `compile` runs the
@@ -20,13 +22,15 @@ reference resize (so it is part of the cache key).
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import math
+import os
 import queue
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
@@ -48,28 +52,78 @@ class ExtractConfig:
     max_frames: int | None = field(default=None, metadata={
         "help": "cap on candidates per video, spread uniformly when exceeded (TSPO evaluation: none)"})
     batch_size: int = field(default=64, metadata={"help": "frames per encoder batch"})
-    backend: Literal["auto", "decord", "pyav"] = field(default="auto", metadata={"help": "video decoder"})
-    decode_threads: int = field(default=2, metadata={"help": "decoder threads per reader (0: FFmpeg decides)"})
-    readers: int = field(default=2, metadata={
-        "help": "decoding threads per video, each taking runs of candidates that start at a keyframe"})
+    backend: Literal["auto", "decord", "pyav"] = field(default="auto", metadata={
+        "help": "video decoder (auto: sized from the cores, see decode_plan)"})
+    decode_threads: int = field(default=0, metadata={"help": "decoder threads per reader (0: sized from the cores)"})
+    readers: int = field(default=0, metadata={
+        "help": "decoding readers per video, each taking runs of candidates that start at a keyframe "
+                "(0: sized from the cores)"})
     prefetch: int = field(default=2, metadata={"help": "videos decoded concurrently ahead of the encoder"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the encoder's image path: faster encoding when decoding keeps up, "
                 "10-30 s start-up per process"})
     decode_processes: bool = field(default=False, metadata={
         "help": "decode in `readers` worker processes instead of threads, frames returned through shared "
-                "memory: PyAV's threads contend for Python's lock, its processes do not"})
+                "memory: PyAV's threads contend for Python's lock, its processes do not (with --backend "
+                "auto on a machine of 8+ cores this is chosen anyway)"})
     decode_resize: bool = field(default=False, metadata={
         "help": "scale frames to the encoder's input size while decoding (faster for large videos; "
                 "features within tolerance of the reference resize, cached under their own key)"})
 
     def __post_init__(self) -> None:
-        if self.fps <= 0 or min(self.batch_size, self.prefetch, self.readers) < 1:
-            raise ValueError("fps must be > 0; batch_size, prefetch and readers >= 1")
+        if self.fps <= 0 or min(self.batch_size, self.prefetch) < 1 or min(self.readers, self.decode_threads) < 0:
+            raise ValueError("fps must be > 0; batch_size and prefetch >= 1; readers and decode_threads >= 0 "
+                             "(0: sized from the cores)")
 
     def cache_identity(self, encoder_identity: str) -> str:
         """The encoder identity the cache is keyed on: decode-time scaling changes the features."""
         return encoder_identity + ("+decode-resize" if self.decode_resize else "")
+
+
+PROCESS_CORES = 8  # from this many cores up, "auto" decodes with PyAV in one worker process per core
+MAX_AUTO_READERS = 32  # beyond this decoding outruns the encoder (~2,900 frames/s on an H200) anyway
+_CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cores() -> int:
+    """The CPUs this process may use: its affinity mask (taskset, cpusets), capped by a cgroup CPU
+    quota (containers), which os.cpu_count() ignores, and shared with the other ranks on this
+    machine under torchrun / accelerate (LOCAL_WORLD_SIZE)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:  # cgroup v2: "<quota> <period>" or "max <period>"
+        quota, period = _CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+
+
+def decode_plan(cfg: ExtractConfig, cores: int | None = None) -> ExtractConfig:
+    """`cfg` with its decoding sized to the machine: what was left at 0 / "auto" filled in, what was
+    given kept (the cache key depends on none of it).
+
+    - `backend` "auto" on `PROCESS_CORES`+ cores (PyAV installed), or `decode_processes`: PyAV (for
+      "auto") in one worker process per core (at most `MAX_AUTO_READERS`), one decoder thread each. PyAV drops the frames
+      nothing references undecoded, and its per-packet Python work needs Python's lock, so it
+      scales in processes, not threads (BENCHMARKS.md: 16 PyAV processes decoded 8.2-8.6x the
+      published loader on the H200, 16 decord threads 6.3-7.9x).
+    - otherwise threads in this process: 2 readers x 2 decoder threads, which through the CLI on
+      the H200 beat 16 x 1 (issue 17) and is what laptops were measured with.
+    """
+    cores = cores or available_cores()
+    processes = cfg.decode_processes or (cfg.backend == "auto" and cores >= PROCESS_CORES and _has_pyav())
+    backend = "pyav" if processes and cfg.backend == "auto" else cfg.backend
+    readers = cfg.readers or (min(cores, MAX_AUTO_READERS) if processes else 2)
+    threads = cfg.decode_threads or (1 if processes else 2)
+    return replace(cfg, backend=backend, readers=readers, decode_threads=threads, decode_processes=processes)
+
+
+def _has_pyav() -> bool:
+    return importlib.util.find_spec("av") is not None
 
 
 @dataclass
@@ -251,7 +305,7 @@ def _prepare(encoder: Encoder, cfg: ExtractConfig) -> bool:
 def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: FeatureCache,
                    cfg: ExtractConfig | None = None, progress: bool = True) -> ExtractReport:
     """Cache features for every video in `paths` (skipping cached ones); never raises per video."""
-    cfg = cfg or ExtractConfig()
+    cfg = decode_plan(cfg or ExtractConfig())
     identity = cfg.cache_identity(encoder.identity)
     report = ExtractReport()
     todo: list[tuple[str, str, str]] = []  # (path, fingerprint, key)
