@@ -22,6 +22,13 @@ Measures, on generated videos (CLIP ViT-L/14 at full size, random weights):
             per question. Ratios are given at each benchmark's real questions per video
             (from the published TSVs), per video and for all videos in one run.
   memory    peak RSS and GPU memory per video length (flat in length = streaming works)
+  select    per-question selection time from cached features (--sections select; CPU, no
+            model): CLIP cosine + each method scored by CLIP (every registered one but the
+            agent's `tspo`), T = 60 x --minutes candidates of --clip's width in the cache's
+            dtypes (fp32: CPU extraction, bf16: GPU), K in --select-k, one torch thread:
+            wall median and p95, and the median thread CPU time (which a loaded machine
+            cannot inflate), of --select-questions questions after one warm-up; aks with
+            preset=tspo (its own depth 5 chooses nothing at K = 16)
 
 Prints a table and writes JSON (medians of --repeats runs).
 
@@ -471,6 +478,42 @@ def summarise(extract: dict, videos: list[Path], durations: dict[str, float], qp
     return rows
 
 
+def measure_select(args: argparse.Namespace) -> list[dict]:
+    """Selection time per question (ms) from in-memory cached features, per method x T x K x dtype."""
+    from tspo_eval.cache import VideoFeatures
+    from tspo_eval.selection import SELECTORS
+    from tspo_eval.selections import SelectConfig, select_for_question
+
+    config = json.loads((Path(__file__).resolve().parents[1] / "tspo_eval" / "configs" / f"{args.clip}.json")
+                        .read_text())
+    dim, rng, rows = config["projection_dim"], torch.Generator().manual_seed(0), []
+    methods = [m for m in sorted(SELECTORS) if SelectConfig(method=m).score_source == "clip"]
+    torch.set_num_threads(1)  # a question is selected on one thread; CPU time is the load-independent figure
+    for minutes in args.minutes:
+        T = int(minutes * 60)
+        for dtype in (torch.float32, torch.bfloat16):
+            vf = VideoFeatures(features=torch.randn(T, dim, generator=rng).to(dtype), frame_numbers=np.arange(T) * 25,
+                               timestamps=np.arange(T, dtype=np.float64), fps=25.0, num_frames=25 * T, encoder="bench",
+                               fingerprint="bench", video="bench.mp4")
+            texts = torch.randn(args.select_questions + 1, dim, generator=rng).to(dtype)
+            for k in args.select_k:
+                for method in methods:
+                    cfg = SelectConfig(method=method, k=k, params={"preset": "tspo"} if method == "aks" else {})
+                    wall, cpu = [], []
+                    for text in texts:
+                        start, start_cpu = time.perf_counter(), time.thread_time()
+                        select_for_question(vf, text, cfg, "lvbench")
+                        wall.append(1000 * (time.perf_counter() - start))
+                        cpu.append(1000 * (time.thread_time() - start_cpu))
+                    wall, cpu = np.array(wall[1:]), np.array(cpu[1:])  # the first call is the warm-up
+                    rows.append({"method": method, "T": T, "k": k, "dtype": str(dtype).removeprefix("torch."),
+                                 "median_ms": float(np.median(wall)), "p95_ms": float(np.percentile(wall, 95)),
+                                 "cpu_median_ms": float(np.median(cpu))})
+                    print(f"select {method:8s} T={T:5d} k={k:3d} {rows[-1]['dtype']:8s} median {np.median(wall):7.2f} "
+                          f"ms  p95 {np.percentile(wall, 95):7.2f} ms  cpu {np.median(cpu):7.2f} ms", flush=True)
+    return rows
+
+
 def decode_config(text: str) -> tuple[str, int, int, bool]:
     """'[BACKEND:]READERSxTHREADS[p]' -> (backend, readers, threads, readers are processes)."""
     backend, _, sizes = text.rpartition(":")
@@ -501,8 +544,11 @@ def main() -> None:
         "compile-static+cudagraphs", "compile-static+cudnn-attention"],
         help="bare-model variants, NAME[@BATCH,...] (a static compile recompiles per batch size); "
              "also compile-max-autotune")
-    p.add_argument("--sections", nargs="+", default=["encode", "extract"], choices=["encode", "extract"],
-                   help="encode: encoder paths, variants, accuracy; extract: decode and end to end")
+    p.add_argument("--sections", nargs="+", default=["encode", "extract"], choices=["encode", "extract", "select"],
+                   help="encode: encoder paths, variants, accuracy; extract: decode and end to end; "
+                        "select: selection time per question from cached features (CPU)")
+    p.add_argument("--select-k", type=int, nargs="+", default=[16, 64], help="frame budgets timed (select)")
+    p.add_argument("--select-questions", type=int, default=50, help="questions timed per case (select)")
     p.add_argument("--freezing-encoder", action="store_true", help="also time ours compiled with freezing")
     p.add_argument("--encode-frames", type=int, default=1024, help="frames per encode measurement")
     p.add_argument("--accuracy-frames", type=int, default=32)
@@ -569,6 +615,9 @@ def main() -> None:
         del agent, encoders
         if cuda:
             torch.cuda.empty_cache()
+    if "select" in args.sections:
+        results["select"] = measure_select(args)
+        save()
     if "extract" not in args.sections:
         return
     videos_ready()

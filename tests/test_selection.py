@@ -478,3 +478,15 @@ def test_dpp_needs_features_and_checks_them():
     feats = torch.eye(10, dtype=torch.bfloat16)
     assert sel(S10, 3, "dpp", features=feats) == sel(S10, 3, "topk")  # orthogonal frames: relevance decides
     assert sel(S10[:4], 6, "dpp", features=np.eye(4)) == [0, 1, 2, 3]  # T <= k
+
+
+def test_clip_scores_are_the_cosine():
+    torch = pytest.importorskip("torch")
+    from tspo_eval.selections import question_scores
+
+    gen = torch.Generator().manual_seed(0)
+    feats, text = torch.randn(50, 16, generator=gen).bfloat16(), torch.randn(16, generator=gen)
+    feats[3] = 0  # a black frame: score 0, not NaN
+    expected = torch.nn.functional.cosine_similarity(feats.float(), text.reshape(1, -1), dim=-1)
+    torch.testing.assert_close(question_scores(feats, text, "clip", None), expected, rtol=0, atol=1e-6)
+    assert question_scores(feats, text, "clip", None)[3] == 0
