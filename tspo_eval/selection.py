@@ -414,8 +414,10 @@ def dpp(scores: np.ndarray, k: int, *, features: np.ndarray, lam: float = DPP_LA
         if np.isnan(gain).all():
             break
         i = int(np.nanargmax(gain))
-        column = _multi_gaussian(np.clip(x @ x[i], -1.0, 1.0))
-        basis[j] = (column - basis[:j].T @ basis[:j, i]) / np.sqrt(residual[i])
+        # einsum, not `@`: BLAS gemv calls interleaved with other work wake and park OpenBLAS's
+        # threads each step, 3-10x slower per question on a busy machine (BENCHMARKS.md)
+        column = _multi_gaussian(np.clip(np.einsum("td,d->t", x, x[i]), -1.0, 1.0))
+        basis[j] = (column - np.einsum("jt,j->t", basis[:j], basis[:j, i])) / np.sqrt(residual[i])
         residual = residual - basis[j] ** 2
         chosen.append(i)
     if len(chosen) < k:
