@@ -47,16 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_extract import make_video
 from bench_kernels import ORDERS, backend
 
-from tspo_eval.answering import (
-    AnswerConfig,
-    FrameConfig,
-    FramePlanner,
-    QuestionRef,
-    answer_questions,
-)
+from tspo_eval.answering import AnswerConfig, answer_questions
+from tspo_eval.policy import FramePolicy
 from tspo_eval.backbones import VideoQuery
 from tspo_eval.benchmarks.docs import build_docs, prompt
-from tspo_eval.selections import Selection, SelectionSet
+from tspo_eval.selections import FramePlanner, QuestionRef, Selection, SelectionSet
 from tspo_eval.video import iter_frames, probe
 
 SYNTHETIC = ("Question {q} about the video?\nA. one\nB. two\nC. three\nD. four\n"
@@ -183,7 +178,7 @@ def ours(refs: list[QuestionRef], sel_path: Path, backbone, batch_size: int, max
     stock_vision_attention(backbone, False)
     prefix_reuse(backbone, True)
     backbone.timings.reset()
-    planner = FramePlanner(FrameConfig(k=len(next(iter(SelectionSet.load(sel_path).selections.values()))
+    planner = FramePlanner(FramePolicy(k=len(next(iter(SelectionSet.load(sel_path).selections.values()))
                                              .frame_numbers), selections=str(sel_path)))
     start = time.perf_counter()
     answer_questions(refs, planner, backbone, AnswerConfig(batch_size=batch_size, max_new_tokens=max_new_tokens),

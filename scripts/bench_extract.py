@@ -59,7 +59,8 @@ from tspo_eval import encoders as encoders_module  # noqa: E402
 from tspo_eval.agent import random_agent  # noqa: E402
 from tspo_eval.cache import FeatureCache  # noqa: E402
 from tspo_eval.encoders import HFClipEncoder, clip_resize_shape, compile_batched  # noqa: E402
-from tspo_eval.extract import ExtractConfig, _Decoder, extract_videos  # noqa: E402
+from tspo_eval.extract import _Decoder, extract_videos  # noqa: E402
+from tspo_eval.policy import ExtractConfig, Sampling  # noqa: E402
 from tspo_eval.synthetic import write_video  # noqa: E402
 from tspo_eval.video import iter_frames, probe, sample_candidates  # noqa: E402
 
@@ -154,14 +155,14 @@ def measure_decode(args: argparse.Namespace, video: Path, image_size: int) -> di
     rows = []
     for backend, readers, threads, processes in args.decode_configs:
         for resize in (False, True):
-            cfg = ExtractConfig(batch_size=args.batch_size, readers=readers, decode_threads=threads,
+            cfg = ExtractConfig(encode_batch=args.batch_size, readers=readers, decode_threads=threads,
                                 backend=backend, decode_processes=processes)
             count: list[int] = []
 
             def run() -> None:
-                decoder = _Decoder(str(video), cfg, image_size if resize else None)
+                decoder = _Decoder(str(video), Sampling(decode_resize=resize), cfg, image_size if resize else None)
                 decoder.candidates()
-                count.append(sum(len(b) for group in decoder.batches(cfg.batch_size) for _, b in group))
+                count.append(sum(len(b) for group in decoder.batches(cfg.encode_batch) for _, b in group))
 
             seconds = timed(run, args.repeats, False)
             rows.append({"backend": backend, "readers": readers, "decode_threads": threads,
@@ -402,19 +403,19 @@ def e2e_child(args: argparse.Namespace) -> None:
                                    **peaks(device)}
                 print(video.name, out[video.name], file=sys.stderr, flush=True)
         else:
-            base = dict(batch_size=args.batch_size, readers=args.readers, decode_threads=args.decode_threads,
+            base = dict(encode_batch=args.batch_size, readers=args.readers, decode_threads=args.decode_threads,
                         decode_processes=args.decode_processes,
-                        prefetch=args.prefetch, backend=args.backend)
+                        prefetch_videos=args.prefetch, backend=args.backend)
             compiled = ExtractConfig(**base, compile=True)
-            passes = [("compiled", agent.encoder, compiled),
-                      ("compiled+decode_resize", agent.encoder, replace(compiled, decode_resize=True)),
-                      ("eager", HFClipEncoder(agent, agent.tokenizer), ExtractConfig(**base))]
-            for name, encoder, cfg in passes:
+            passes = [("compiled", agent.encoder, Sampling(), compiled),
+                      ("compiled+decode_resize", agent.encoder, Sampling(decode_resize=True), compiled),
+                      ("eager", HFClipEncoder(agent, agent.tokenizer), Sampling(), ExtractConfig(**base))]
+            for name, encoder, sampling, cfg in passes:
                 fresh = iter(range(10**6))  # a new cache directory per run: every run extracts
 
                 def extract(paths: list[Path]) -> float:
                     cache = FeatureCache(Path(tmp) / f"{name}{next(fresh)}")
-                    return clock(lambda: extract_videos(paths, encoder, cache, cfg, progress=False))
+                    return clock(lambda: extract_videos(paths, encoder, cache, sampling, cfg, progress=False))
 
                 row: dict = {"warmup_s": extract([warmup])}  # the compile, for a compiled encoder
                 for video in videos:

@@ -15,12 +15,12 @@ import torch
 
 from tspo_eval.answering import (
     AnswerConfig,
-    FrameConfig,
     FramePlanner,
     QuestionRef,
     answer_questions,
 )
 from tspo_eval.backbones import Backbone, VideoQuery
+from tspo_eval.policy import FramePolicy
 from tspo_eval.selections import Selection, SelectionSet
 from tspo_eval.synthetic import read_frame_number
 
@@ -73,7 +73,7 @@ def test_answers_come_from_exactly_the_selected_frames(videos, tmp_path, batch_s
     sel_path = _selections(tmp_path, refs)
     expected = {k: v.frame_numbers for k, v in SelectionSet.load(sel_path).selections.items()}
     backbone = PixelReadingBackbone()
-    planner = FramePlanner(FrameConfig(method="tspo", k=6, selections=str(sel_path)))
+    planner = FramePlanner(FramePolicy(method="tspo", k=6, selections=str(sel_path)))
     record = tmp_path / "answers.jsonl"
     answers = answer_questions(refs, planner, backbone, AnswerConfig(batch_size=batch_size), record=record,
                                progress=False)
@@ -101,14 +101,14 @@ def test_published_frame_idx_file_is_accepted(videos, tmp_path, official_dir):
     idx_path.write_text(json.dumps(items))
     refs = [QuestionRef(index=item["id"], benchmark="longvideobench", video_path=str(videos[v]), question="q",
                         prompt="p") for item, v in zip(items, "ab")]
-    answers = answer_questions(refs, FramePlanner(FrameConfig(selections=str(idx_path))), PixelReadingBackbone(),
+    answers = answer_questions(refs, FramePlanner(FramePolicy(selections=str(idx_path))), PixelReadingBackbone(),
                                progress=False)
     assert [a.text for a in answers] == ["0 10 299", "5 149"]
 
 
 def test_uniform_is_lmms_eval_sampling_over_all_frames(videos):
     ref = _refs(videos)[0]
-    (answer,) = answer_questions([ref], FramePlanner(FrameConfig(method="uniform", k=8)), PixelReadingBackbone(),
+    (answer,) = answer_questions([ref], FramePlanner(FramePolicy(method="uniform", k=8)), PixelReadingBackbone(),
                                  progress=False)
     # lmms-eval: np.linspace(0, total_frames - 1, k, dtype=int) over all 300 frames
     assert answer.frame_numbers == [0, 42, 85, 128, 170, 213, 256, 299]
@@ -123,7 +123,7 @@ def test_missing_and_corrupt_videos_are_recorded_and_the_run_finishes(videos, tm
         QuestionRef("bad", "lvbench", str(corrupt), "q", "p"),
     ]
     record = tmp_path / "answers.jsonl"
-    answers = answer_questions(refs, FramePlanner(FrameConfig(method="uniform", k=4)), PixelReadingBackbone(),
+    answers = answer_questions(refs, FramePlanner(FramePolicy(method="uniform", k=4)), PixelReadingBackbone(),
                                record=record, progress=False)
     by_index = {a.index: a for a in answers}
     assert by_index["q0"].error is None and by_index["q1"].error is None
@@ -148,7 +148,7 @@ def test_questions_on_one_video_decode_each_frame_once(videos, monkeypatch, work
     monkeypatch.setattr(answering, "read_frames", slow_counting)
     refs = [r for r in _refs(videos) if r.video_path.endswith("a.mp4")]
     backbone = PixelReadingBackbone()
-    answers = answer_questions(refs, FramePlanner(FrameConfig(method="uniform", k=8)), backbone,
+    answers = answer_questions(refs, FramePlanner(FramePolicy(method="uniform", k=8)), backbone,
                                AnswerConfig(decode_workers=workers), progress=False)
     assert sorted(decoded) == [0, 42, 85, 128, 170, 213, 256, 299]  # three questions, one decode
     assert [a.text for a in answers] == ["0 42 85 128 170 213 256 299"] * 3
@@ -163,7 +163,7 @@ def test_a_decoding_error_reaches_every_question_waiting_for_those_frames(videos
 
     monkeypatch.setattr(answering, "read_frames", failing)
     refs = [r for r in _refs(videos) if r.video_path.endswith("a.mp4")]
-    answers = answer_questions(refs, FramePlanner(FrameConfig(method="uniform", k=8)), PixelReadingBackbone(),
+    answers = answer_questions(refs, FramePlanner(FramePolicy(method="uniform", k=8)), PixelReadingBackbone(),
                                AnswerConfig(decode_workers=4), progress=False)
     assert [a.error for a in answers] == [f"{refs[0].video_path}: {refs[0].video_path}: corrupt at frame 0"] * 3
     # The memo itself, shared by three threads: all see the error, none keeps a stale claim.
@@ -175,11 +175,11 @@ def test_a_decoding_error_reaches_every_question_waiting_for_those_frames(videos
     assert memo.read("v.mp4", [42, 0, 42]).shape == (3, 2, 2, 3)
 
 
-def test_frame_config_rejects_unknown_methods():
-    with pytest.raises(ValueError, match="unknown method 'best'"):
-        FrameConfig(method="best")
+def test_frame_policy_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="method='best' is not one of"):
+        FramePolicy(method="best")
     with pytest.raises(ValueError, match="needs an agent"):
-        FramePlanner(FrameConfig(method="tspo"))
+        FramePlanner(FramePolicy(method="tspo"))
 
 
 def test_questions_missing_from_the_file_are_selected_now_with_the_agent(videos, tmp_path):
@@ -188,7 +188,7 @@ def test_questions_missing_from_the_file_are_selected_now_with_the_agent(videos,
     refs = _refs(videos)[:2]
     sel_path = SelectionSet({"benchmark": "lvbench"}, {"q0": Selection("a.mp4", [3, 4], [0.1, 0.13], 300, 29.97)}
                             ).save(tmp_path / "sel.json")
-    planner = FramePlanner(FrameConfig(method="topk", k=3, selections=str(sel_path)), agent="random:clip-tiny",
+    planner = FramePlanner(FramePolicy(method="topk", k=3, selections=str(sel_path)), agent="random:clip-tiny",
                            cache=FeatureCache(tmp_path / "cache"))
     first, second = answer_questions(refs, planner, PixelReadingBackbone(), progress=False)
     assert first.frame_numbers == [3, 4]
@@ -202,14 +202,14 @@ def test_frames_selected_on_the_fly_equal_the_select_stage(mini_benchmarks, tmp_
     from tspo_eval.agent import random_agent
     from tspo_eval.benchmarks import load_benchmark, resolve_video
     from tspo_eval.cache import FeatureCache
-    from tspo_eval.selections import SelectConfig, select_benchmark
+    from tspo_eval.selections import select_benchmark
 
     annotations, videos = mini_benchmarks["lvbench"]
     questions = load_benchmark("lvbench", annotation_path=annotations)
     agent, cache = random_agent("clip-tiny"), FeatureCache(tmp_path / "cache")
-    selected = select_benchmark(questions, videos, agent.encoder, cache, SelectConfig(method="tspo", k=4),
+    selected = select_benchmark(questions, videos, agent.encoder, cache, FramePolicy(method="tspo", k=4),
                                 agent=agent, progress=False).selections
-    planner = FramePlanner(FrameConfig(method="tspo", k=4), agent=agent, cache=cache)
+    planner = FramePlanner(FramePolicy(method="tspo", k=4), agent=agent, cache=cache)
     for q in questions:
         ref = QuestionRef(q.index, "lvbench", str(resolve_video(videos, q.video_name, "lvbench")), q.question, "p")
         assert planner.plan(ref).frame_numbers == selected[q.index].frame_numbers

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tspo_eval.cache import FeatureCache, VideoFeatures, video_fingerprint
+from tspo_eval.cache import FeatureCache, VideoFeatures, video_fingerprint, video_key
+from tspo_eval.policy import Sampling
 
 
 def entry(t: int = 5, seed: int = 0) -> VideoFeatures:
@@ -22,7 +23,7 @@ def entry(t: int = 5, seed: int = 0) -> VideoFeatures:
 
 def test_round_trip_keeps_everything(tmp_path):
     cache = FeatureCache(tmp_path)
-    key = cache.video_key("fp", "enc-a", 1.0, None)
+    key = video_key("fp", "enc-a", Sampling(1.0, None))
     assert cache.get_video(key) is None
     cache.put_video(key, entry())
     got = cache.get_video(key)
@@ -34,12 +35,12 @@ def test_round_trip_keeps_everything(tmp_path):
 
 
 def test_key_covers_encoder_sampling_and_video():
-    cache = FeatureCache("unused")
-    base = cache.video_key("fp", "enc-a", 1.0, None)
-    variants = [cache.video_key("fp2", "enc-a", 1.0, None), cache.video_key("fp", "enc-b", 1.0, None),
-                cache.video_key("fp", "enc-a", 2.0, None), cache.video_key("fp", "enc-a", 1.0, 128)]
-    assert len({base, *variants}) == 5
-    assert cache.video_key("fp", "enc-a", 1, None) == base  # 1 and 1.0 are one sampling
+    base = video_key("fp", "enc-a", Sampling(1.0, None))
+    variants = [video_key("fp2", "enc-a", Sampling(1.0, None)), video_key("fp", "enc-b", Sampling(1.0, None)),
+                video_key("fp", "enc-a", Sampling(2.0, None)), video_key("fp", "enc-a", Sampling(1.0, 128)),
+                video_key("fp", "enc-a", Sampling(1.0, None, decode_resize=True))]
+    assert len({base, *variants}) == 6
+    assert video_key("fp", "enc-a", Sampling(1, None)) == base  # 1 and 1.0 are one sampling
 
 
 def test_fingerprint_follows_content_not_name(tmp_path):
@@ -54,7 +55,7 @@ def test_fingerprint_follows_content_not_name(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "wrong-key"])
 def test_damaged_entry_is_removed_and_reported(tmp_path, caplog, damage):
     cache = FeatureCache(tmp_path)
-    key = cache.video_key("fp", "enc-a", 1.0, None)
+    key = video_key("fp", "enc-a", Sampling(1.0, None))
     path = cache.put_video(key, entry())
     data = path.read_bytes()
     if damage == "truncate":
@@ -64,7 +65,7 @@ def test_damaged_entry_is_removed_and_reported(tmp_path, caplog, damage):
     elif damage == "empty":
         path.write_bytes(b"")
     else:
-        other = cache.video_key("other", "enc-a", 1.0, None)
+        other = video_key("other", "enc-a", Sampling(1.0, None))
         path.write_bytes(cache.put_video(other, entry()).read_bytes())
     assert cache.get_video(key) is None
     assert not path.exists()
@@ -92,7 +93,7 @@ def test_text_features_compute_only_missing(tmp_path):
 
 def _writer(root: str, seed: int, rounds: int) -> None:
     cache = FeatureCache(root)
-    key = cache.video_key("fp", "enc-a", 1.0, None)
+    key = video_key("fp", "enc-a", Sampling(1.0, None))
     for i in range(rounds):
         cache.put_video(key, entry(t=50, seed=seed * 1000 + i))
 
@@ -103,7 +104,7 @@ def test_concurrent_writers_never_leave_a_partial_entry(tmp_path):
     for p in procs:
         p.start()
     cache = FeatureCache(tmp_path)
-    key = cache.video_key("fp", "enc-a", 1.0, None)
+    key = video_key("fp", "enc-a", Sampling(1.0, None))
     reads = 0
     while any(p.is_alive() for p in procs):
         got = cache.get_video(key)

@@ -44,7 +44,10 @@ def test_demo_writes_table_selections_and_pictures(tmp_path):
         run_ = SelectionSet.load(out / "selections" / f"{method}.json")
         for sel in run_.selections.values():
             frames = np.asarray(sel.frame_numbers)
-            assert len(frames) == 8 and (frames % 8 == 0).all()  # 8-fps video, 1-fps candidates
+            if method == "uniform":  # lmms-eval's linspace(0, N-1, 8) over all 320 frames, not the candidates
+                assert frames.tolist() == np.linspace(0, 319, 8, dtype=int).tolist()
+            else:
+                assert len(frames) == 8 and (frames % 8 == 0).all()  # 8-fps video, 1-fps candidates
             np.testing.assert_allclose(sel.timestamps, frames / 8.0)
         for kind in ("timeline", "frames"):
             with Image.open(out / "plots" / f"{method}_{kind}.png") as im:
@@ -112,7 +115,10 @@ def test_bad_options_fail_before_any_work(bench):
     root, videos, jsonl, tsv = bench
     proc = run("tspo-eval", "select", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
                *AGENT, "--method", "nope", check=False)
-    assert proc.returncode == 2 and "unknown method 'nope'" in proc.stderr and "topk" in proc.stderr
+    assert proc.returncode == 2 and "method='nope' is not one of" in proc.stderr and "topk" in proc.stderr
+    proc = run("tspo-eval", "select", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
+               *AGENT, "--method", "aks", "--params", "preset=tsp", check=False)  # a bad parameter value
+    assert proc.returncode == 2 and "unknown aks preset 'tsp'" in proc.stderr
     proc = run("tspo-eval", "extract", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
                "--no-such-flag", check=False)
     assert proc.returncode == 2 and "--no-such-flag" in proc.stderr

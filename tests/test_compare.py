@@ -121,8 +121,8 @@ def test_accuracy_joins_the_table_in_fractions(bench, tmp_path, monkeypatch):
     write_comparison(result, cfg.out, "lvbench")
     seen = {}
 
-    def fake_evaluate(eval_cfg):  # lmms-eval's per-method table: rows metrics, columns methods
-        seen["cfg"] = eval_cfg
+    def fake_evaluate(eval_cfg, policy, extract):  # lmms-eval's per-method table: rows metrics, columns methods
+        seen["cfg"], seen["policy"] = eval_cfg, policy
         assert all((eval_cfg.out / "selections" / f"{m}_lvbench.json").is_file() for m in eval_cfg.methods)
         return pd.DataFrame({"uniform": {"lvbench_acc": 0.25, "lvbench_acc_reasoning": 0.0},
                              "bolt": {"lvbench_acc": 0.75, "lvbench_acc_reasoning": 1.0}})
@@ -131,7 +131,7 @@ def test_accuracy_joins_the_table_in_fractions(bench, tmp_path, monkeypatch):
     add_accuracy(result, cfg, "lvbench", jsonl, videos, tmp_path / "cache", agent="random:clip-tiny")
     assert result.table["accuracy"].to_dict() == {"uniform": 0.25, "bolt": 0.75}
     assert seen["cfg"].methods == ("uniform", "bolt") and seen["cfg"].backbone == "qwen2_5_vl"
-    assert seen["cfg"].k == 4 and seen["cfg"].agent == "random:clip-tiny"
+    assert seen["policy"].k == 4 and seen["cfg"].agent == "random:clip-tiny"
     assert compare_mod.BACKBONES == ("llava_video", "qwen2_5_vl")
 
 

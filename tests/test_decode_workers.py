@@ -17,7 +17,8 @@ from tspo_eval import decode_workers, extract
 from tspo_eval.agent import random_agent
 from tspo_eval.cache import FeatureCache
 from tspo_eval.decode_workers import DecodeWorker, _Block, _Pool, sweep_stale_blocks
-from tspo_eval.extract import ExtractConfig, _Decoder, extract_videos, load_features
+from tspo_eval.extract import _Decoder, extract_videos, load_features
+from tspo_eval.policy import ExtractConfig, Sampling
 from tspo_eval.synthetic import read_frame_number
 from tspo_eval.video import VideoError, read_frames
 
@@ -54,17 +55,17 @@ def test_a_prefetched_video_never_starves_the_current_one_of_workers(numbered_vi
     its queue is full before the current video starts."""
     current = numbered_video_factory(num_frames=300)  # 10 candidates, a keyframe before each
     later = numbered_video_factory(num_frames=600)  # 20 candidates: more than its queue and readers hold
-    cfg = ExtractConfig(batch_size=1, readers=2, prefetch=2, backend="pyav", decode_processes=True)
-    ahead = _Decoder(str(later), cfg)
+    cfg = ExtractConfig(encode_batch=1, readers=2, prefetch_videos=2, backend="pyav", decode_processes=True)
+    ahead = _Decoder(str(later), Sampling(), cfg)
     ahead.candidates()
     deadline = time.monotonic() + 60
     while not ahead.done.full():
         assert time.monotonic() < deadline, "the video ahead never filled its queue"
         time.sleep(0.05)
-    now = _Decoder(str(current), cfg)
+    now = _Decoder(str(current), Sampling(), cfg)
 
     def drain(decoder: _Decoder) -> list[int]:
-        return sorted(read_frame_number(frame) for group in decoder.batches(cfg.batch_size)
+        return sorted(read_frame_number(frame) for group in decoder.batches(cfg.encode_batch)
                       for _, batch in group for frame in batch)
 
     def encode_now() -> list[int]:
@@ -89,12 +90,12 @@ def test_many_videos_prefetched_with_fewer_workers_than_readers(numbered_video_f
         path = tmp_path / f"v{i}.mp4"
         path.write_bytes(sources[i % 2].read_bytes() + bytes([i]))  # a trailing byte mp4 ignores
         paths.append(path)
-    cfg = ExtractConfig(batch_size=1, readers=2, prefetch=3, backend="pyav", decode_processes=True)
+    cfg = ExtractConfig(encode_batch=1, readers=2, prefetch_videos=3, backend="pyav", decode_processes=True)
     cache = FeatureCache(tmp_path / "cache")
-    report = finishes(lambda: extract_videos(paths, encoder, cache, cfg, progress=False), 120, pool.close)
+    report = finishes(lambda: extract_videos(paths, encoder, cache, Sampling(), cfg, progress=False), 120, pool.close)
     assert sorted(report.encoded) == sorted(map(str, paths)) and not report.failed
     for i, path in enumerate(paths):
-        got = load_features(path, encoder.identity, cache, cfg)
+        got = load_features(path, encoder.identity, cache, Sampling())
         frames = np.arange(0, 300 * (1 + i % 2), 30)
         np.testing.assert_array_equal(got.frame_numbers, frames)
         np.testing.assert_allclose(got.features, encoder.encode_frames(read_frames(path, frames)), atol=1e-5,

@@ -10,7 +10,8 @@ import torch
 
 from tspo_eval.agent import random_agent
 from tspo_eval.cache import FeatureCache
-from tspo_eval.extract import ExtractConfig, extract_videos, load_features, video_features
+from tspo_eval.extract import extract_videos, load_features, video_features
+from tspo_eval.policy import ExtractConfig, Sampling
 from tspo_eval.synthetic import read_frame_number
 from tspo_eval.video import FrameReader, VideoError, read_frames
 
@@ -56,8 +57,8 @@ def test_extract_caches_the_candidates_features_and_records_failures(videos, enc
     good_a, good_b, corrupt, missing = videos
     counting = CountingEncoder(encoder)
     cache = FeatureCache(tmp_path / "cache")
-    cfg = ExtractConfig(batch_size=4, prefetch=2, readers=readers, backend=backend, decode_processes=processes)
-    report = extract_videos([good_a, corrupt, missing, good_b], counting, cache, cfg, progress=False)
+    cfg = ExtractConfig(encode_batch=4, prefetch_videos=2, readers=readers, backend=backend, decode_processes=processes)
+    report = extract_videos([good_a, corrupt, missing, good_b], counting, cache, Sampling(), cfg, progress=False)
 
     assert sorted(report.encoded) == sorted([str(good_a), str(good_b)])
     assert set(report.failed) == {str(corrupt), str(missing)}
@@ -66,13 +67,13 @@ def test_extract_caches_the_candidates_features_and_records_failures(videos, enc
     # memory bounded by the batch, never the whole video (good_a: 10 candidates, good_b: 4)
     assert max(counting.batches) <= 4 and sum(counting.batches) == 14
 
-    a = load_features(good_a, encoder.identity, cache, cfg)
+    a = load_features(good_a, encoder.identity, cache, Sampling())
     np.testing.assert_array_equal(a.frame_numbers, np.arange(0, 300, 30))
     np.testing.assert_allclose(a.timestamps, np.arange(0, 300, 30) * 1001 / 30000)
     assert a.num_frames == 300 and abs(a.fps - 30000 / 1001) < 1e-6
     direct = encoder.encode_frames(read_frames(good_a, a.frame_numbers))
     torch.testing.assert_close(a.features, direct, atol=1e-5, rtol=1e-5)
-    b = load_features(good_b, encoder.identity, cache, cfg)
+    b = load_features(good_b, encoder.identity, cache, Sampling())
     np.testing.assert_array_equal(b.frame_numbers, [0, 25, 50, 75])
 
 
@@ -93,7 +94,8 @@ def test_runs_finishing_out_of_order_come_back_in_time_order(numbered_video, enc
     seen: list[int] = []
     counting.encode_frames = lambda frames: (seen.extend(map(read_frame_number, np.asarray(frames))),
                                              encoder.encode_frames(frames))[1]
-    got = video_features(numbered_video, counting, FeatureCache(tmp_path), ExtractConfig(batch_size=4, readers=3, backend=backend))
+    got = video_features(numbered_video, counting, FeatureCache(tmp_path), Sampling(),
+                       ExtractConfig(encode_batch=4, readers=3, backend=backend))
     candidates = np.arange(0, 300, 30)
     assert seen[-1] == 0 and sorted(seen) == candidates.tolist()
     np.testing.assert_array_equal(got.frame_numbers, candidates)
@@ -104,26 +106,26 @@ def test_runs_finishing_out_of_order_come_back_in_time_order(numbered_video, enc
 def test_second_run_resumes_from_the_cache(videos, encoder, tmp_path):
     good_a, good_b, *_ = videos
     cache = FeatureCache(tmp_path / "cache")
-    cfg = ExtractConfig(batch_size=8)
-    extract_videos([good_a], encoder, cache, cfg, progress=False)  # an "interrupted" first run
+    cfg = ExtractConfig(encode_batch=8)
+    extract_videos([good_a], encoder, cache, Sampling(), cfg, progress=False)  # an "interrupted" first run
     counting = CountingEncoder(encoder)
-    report = extract_videos([good_a, good_b], counting, cache, cfg, progress=False)
+    report = extract_videos([good_a, good_b], counting, cache, Sampling(), cfg, progress=False)
     assert report.cached == [str(good_a)] and report.encoded == [str(good_b)]
     assert sum(counting.batches) == 4  # only good_b's 4 candidates were encoded
 
     # a truncated entry is detected and recomputed
     entry = next((tmp_path / "cache" / "videos").rglob("*.safetensors"))
     entry.write_bytes(entry.read_bytes()[:100])
-    report = extract_videos([good_a, good_b], encoder, cache, cfg, progress=False)
+    report = extract_videos([good_a, good_b], encoder, cache, Sampling(), cfg, progress=False)
     assert len(report.encoded) == 1 and len(report.cached) == 1 and not report.failed
 
 
 def test_changing_sampling_never_returns_stale_features(videos, encoder, tmp_path):
     good_a = videos[0]
     cache = FeatureCache(tmp_path / "cache")
-    one = video_features(good_a, encoder, cache, ExtractConfig(fps=1.0))
-    two = video_features(good_a, encoder, cache, ExtractConfig(fps=2.0))
-    capped = video_features(good_a, encoder, cache, ExtractConfig(fps=2.0, max_frames=5))
+    one = video_features(good_a, encoder, cache, Sampling(fps=1.0))
+    two = video_features(good_a, encoder, cache, Sampling(fps=2.0))
+    capped = video_features(good_a, encoder, cache, Sampling(fps=2.0, max_frames=5))
     assert len(one.frame_numbers) == 10 and len(two.frame_numbers) == 20
     np.testing.assert_array_equal(capped.frame_numbers, np.round(np.linspace(0, 299, 5)).astype(int))
 
@@ -138,8 +140,8 @@ def test_decode_resize_is_cached_apart_and_close_to_the_reference(numbered_video
     get their own cache entry; they stay close to the reference-resize features."""
     path = numbered_video_factory(num_frames=90, height=180, width=320)
     cache = FeatureCache(tmp_path)
-    exact = video_features(path, encoder, cache, ExtractConfig(batch_size=2))
-    resized = video_features(path, encoder, cache, ExtractConfig(batch_size=2, decode_resize=True))
+    exact = video_features(path, encoder, cache, Sampling(), ExtractConfig(encode_batch=2))
+    resized = video_features(path, encoder, cache, Sampling(decode_resize=True), ExtractConfig(encode_batch=2))
     assert exact.encoder == encoder.identity and resized.encoder == encoder.identity + "+decode-resize"
     assert len(list((tmp_path / "videos").rglob("*.safetensors"))) == 2
     np.testing.assert_array_equal(exact.frame_numbers, resized.frame_numbers)
@@ -236,10 +238,10 @@ def test_a_decoding_process_that_hangs_is_stopped(numbered_video):
 def test_decoding_left_at_its_defaults_is_sized_from_the_cores(given, cores, want):
     from tspo_eval.extract import decode_plan
 
-    cfg = ExtractConfig(batch_size=16, **given)
+    cfg = ExtractConfig(encode_batch=16, **given)
     plan = decode_plan(cfg, cores)
     assert (plan.backend, plan.readers, plan.decode_threads, plan.decode_processes) == want
-    assert (plan.batch_size, plan.fps, plan.cache_identity("e")) == (16, cfg.fps, cfg.cache_identity("e"))
+    assert (plan.encode_batch, plan.prefetch_videos, plan.compile) == (16, cfg.prefetch_videos, cfg.compile)
 
 
 def test_available_cores_follows_the_affinity_mask_and_the_cgroup_quota(monkeypatch, tmp_path):

@@ -35,7 +35,8 @@ def selections(mini_benchmarks, tmp_path_factory) -> Path:
     from tspo_eval.agent import random_agent
     from tspo_eval.benchmarks import load_benchmark
     from tspo_eval.cache import FeatureCache
-    from tspo_eval.selections import SelectConfig, select_benchmark
+    from tspo_eval.policy import FramePolicy
+    from tspo_eval.selections import select_benchmark
 
     folder = tmp_path_factory.mktemp("selections")
     agent = random_agent("clip-tiny")
@@ -43,7 +44,7 @@ def selections(mini_benchmarks, tmp_path_factory) -> Path:
         questions = (load_benchmark(benchmark, annotation_file) if annotation_file.suffix == ".tsv"
                      else load_benchmark(benchmark, annotation_path=annotation_file))
         result = select_benchmark(questions, videos, agent.encoder, FeatureCache(folder / "cache"),
-                                  SelectConfig(method="tspo", k=4), agent=agent, progress=False)
+                                  FramePolicy(method="tspo", k=4), agent=agent, progress=False)
         assert not result.failed
         result.save(folder / f"tspo_{benchmark}.json")
     return folder
@@ -126,7 +127,7 @@ def test_model_args_are_validated_per_backbone():
     from tspo_eval.integrations.models import parse_model_args
 
     args = parse_model_args("qwen_2_5_vl_uniform", {"k": "32", "max_pixels": 1000, "official": "true"})
-    assert (args.k, args.max_pixels, args.official, args.method) == (32, 1000, True, "uniform")
+    assert (args.policy.k, args.max_pixels, args.policy.official, args.policy.method) == (32, 1000, True, "uniform")
     assert args.pretrained == "Qwen/Qwen2.5-VL-7B-Instruct"
     with pytest.raises(ValueError, match="unknown model_args max_pixels"):
         parse_model_args("llava_vid_tspo", {"max_pixels": 1000})

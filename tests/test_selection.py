@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tspo_eval.selection import (AKS_PRESETS, BOLT_POWER, SELECTORS, TSPO_DEFAULT_METHOD, frames_for_question,
-                                 register_selector, select)
+                                 published_feed, register_selector, select, uniform_frames)
 
 BUILTINS = ["uniform", "topk", "bin-max", "aks", "tspo", "bolt"]
 # T = 10. Bin-max (k=3) anchors 0, 4, 9 -> bins {0,1,2} {3..6} {7,8,9}.
@@ -263,14 +263,61 @@ CANDS = np.arange(0, 300, 30)  # 10 candidates at 1 fps of a 30 fps, 300-frame v
 
 def test_frames_for_question_maps_positions():
     assert frames_for_question(CANDS, S10, 3, "topk", 300).tolist() == [30, 90, 150]
-    assert frames_for_question(CANDS, S10, 3, "uniform", 300).tolist() == [0, 120, 270]
+    with pytest.raises(ValueError, match="uniform_frames"):  # uniform frames come from the whole video
+        frames_for_question(CANDS, S10, 3, "uniform", 300)
+
+
+def test_uniform_frames_span_the_whole_video():
+    # linspace(0, 299, 3) = 0, 149.5, 299 -> 0, 149, 299: all 300 frames, not the 10 candidates
+    assert uniform_frames(300, 30.0, 3).tolist() == [0, 149, 299]
+    assert uniform_frames(5, 30.0, 8).tolist() == [0, 1, 2, 3, 4]  # N <= k: every frame once
+    # VLMEvalKit's convention through the method's parameter: int(i * 300 / 4), i = 1..3
+    assert uniform_frames(300, 30.0, 3, convention="vlmevalkit").tolist() == [75, 150, 225]
+
+
+def test_official_uniform_llava_video_loader():
+    # 30 fps, 300 frames: range(0, 300, 30) = 10 one-fps frames; k = 16 > 10 -> all of them (load_video
+    # only spreads k frames when there are more than k), k = 10 too; k = 4 -> linspace(0, 299, 4) truncated
+    assert uniform_frames(300, 30.0, 16, official=True).tolist() == list(range(0, 300, 30))
+    assert uniform_frames(300, 30.0, 10, official=True).tolist() == list(range(0, 300, 30))
+    assert uniform_frames(300, 30.0, 4, official=True).tolist() == [0, 99, 199, 299]
+    # round(29.97 / 1) = 30; fps=2 candidates: round(29.97 / 2) = 15 -> range(0, 100, 15) = 7 frames
+    assert uniform_frames(100, 29.97, 8, official=True, fps=2.0).tolist() == [0, 15, 30, 45, 60, 75, 90]
+
+
+def test_official_uniform_qwen_loader():
+    # 10 s at 10 fps: n = 100 / 10 * 2 = 20 frames at 2 fps, grid = round(linspace(0, 99, 20)) (step 99/19);
+    # k = 8 of them: linspace(0, 19, 8, int) = 0, 2, 5, 8, 10, 13, 16, 19 (19 = n - 1 already there)
+    grid = [round(i * 99 / 19) for i in range(20)]
+    assert uniform_frames(100, 10.0, 8, official=True, loader="qwen2_5_vl").tolist() == \
+        [grid[i] for i in (0, 2, 5, 8, 10, 13, 16, 19)]
+    # a 3 s video (n = 6) at k = 8: linspace(0, 5, 8, int) = 0, 0, 1, 2, 2, 3, 4, 5 -> repeats, as published
+    grid6 = [round(i * 29 / 5) for i in range(6)]
+    assert uniform_frames(30, 10.0, 8, official=True, loader="qwen2_5_vl").tolist() == \
+        [grid6[i] for i in (0, 0, 1, 2, 2, 3, 4, 5)]
+    # n is capped at floor-to-even(min(768, N)): 1000 frames at 1 fps -> 2000 wanted -> n = 768;
+    # picks linspace(0, 767, 4, int) = 0, 255, 511, 767 of round(linspace(0, 999, 768)): 255 * 999 / 767 = 332.1
+    assert uniform_frames(1000, 1.0, 4, official=True, loader="qwen2_5_vl").tolist() == [0, 332, 666, 999]
+    with pytest.raises(ValueError, match="llava_video, qwen2_5_vl"):
+        uniform_frames(100, 10.0, 8, official=True, loader="decord")
+
+
+def test_published_feed_sorts_the_first_k_and_falls_back_when_short():
+    assert published_feed([90.0, 30.0, 60.0, 0.0], 3, 300).tolist() == [30, 60, 90]  # first 3 in list order
+    # fewer than k: linspace(0, 299, 4) over the whole video, the list is dropped
+    assert published_feed([0, 30], 4, 300).tolist() == [0, 99, 199, 299]
+    assert published_feed([0, 1], 4, 3).tolist() == [0, 0, 1, 2]  # fewer than k video frames: repeats
 
 
 def test_official_fallback_is_uniform_over_all_video_frames():
     # linspace(0, 299, 16): step 299/15 = 19.93 -> 0, 19.93, 39.87, ..., 279.07, 299 truncated
     expected = [0, 19, 39, 59, 79, 99, 119, 139, 159, 179, 199, 219, 239, 259, 279, 299]
-    for method in BUILTINS:
+    for method in BUILTINS[1:]:
         assert frames_for_question(CANDS, S10, 16, method, 300, official=True).tolist() == expected
+    # an aks whose leaves drop remainders chooses fewer than k even with T > k: published fallback too
+    # (k = 3, depth 1: two halves of 5, floor(3 / 2) = 1 frame each -> 2 < 3)
+    assert len(select(S10, 3, "aks", t1=2.0, depth=1)) == 2
+    assert frames_for_question(CANDS, S10, 3, "aks", 300, official=True, t1=2.0, depth=1).tolist() == [0, 149, 299]
     # without `official` (and for T == k even with it) the candidates themselves
     assert frames_for_question(CANDS, S10, 16, "topk", 300).tolist() == CANDS.tolist()
     assert frames_for_question(CANDS, S10, 10, "topk", 300, official=True).tolist() == CANDS.tolist()

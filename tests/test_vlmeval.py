@@ -18,12 +18,12 @@ import torch
 
 from tspo_eval.answering import (
     AnswerConfig,
-    FrameConfig,
     FramePlanner,
     answer_questions,
 )
 from tspo_eval.backbones import Backbone
 from tspo_eval.benchmarks import read_tsv
+from tspo_eval.policy import FramePolicy
 from tspo_eval.integrations import vlmeval as tv
 from tspo_eval.integrations.vlmeval_tsv import (
     QuestionIndex,
@@ -184,8 +184,9 @@ def test_handwritten_vlmeval_tsvs_convert_with_their_quirks(tmp_path):
 def test_model_args_are_the_lmms_eval_ones_plus_questions():
     args, extra = tv.parse_args("qwen_2_5_vl_uniform", {"k": "8", "max_pixels": 1000, "max_new_tokens": "4",
                                                         "questions": "data"})
-    assert (args.k, args.max_pixels, args.method, extra.max_new_tokens, extra.questions) == (8, 1000, "uniform", 4,
-                                                                                             "data")
+    assert (args.policy.k, args.max_pixels, args.policy.method, extra.max_new_tokens, extra.questions) == \
+        (8, 1000, "uniform", 4, "data")
+    assert args.policy.loader == "qwen2_5_vl"  # official uniform frames: this backbone's published loader
     with pytest.raises(ValueError, match=r"unknown model_args frames.*k.*questions"):
         tv.parse_args("llava_vid_tspo", {"frames": 8})
     with pytest.raises(ValueError, match="pass questions="):
@@ -247,14 +248,14 @@ def mini_selections(mini_benchmarks, tmp_path_factory) -> Path:
     """`tspo_<benchmark>.json` for every mini benchmark, chosen by a random agent (k=4)."""
     from tspo_eval.agent import random_agent
     from tspo_eval.cache import FeatureCache
-    from tspo_eval.selections import SelectConfig, select_benchmark
+    from tspo_eval.selections import select_benchmark
 
     folder = tmp_path_factory.mktemp("selections")
     agent = random_agent("clip-tiny")
     for benchmark, (source, videos) in mini_benchmarks.items():
         questions = tv.load_registry(source, benchmark)
         result = select_benchmark(questions, videos, agent.encoder, FeatureCache(folder / "cache"),
-                                  SelectConfig(method="tspo", k=4), agent=agent, progress=False)
+                                  FramePolicy(method="tspo", k=4), agent=agent, progress=False)
         result.save(folder / f"tspo_{benchmark}.json")
     return folder
 
@@ -270,7 +271,7 @@ def test_same_question_gets_the_same_frames_in_lmms_eval_and_vlmevalkit(dataset,
     annotations, videos = mini_benchmarks[benchmark]
     expected = {k: v.frame_numbers for k, v in SelectionSet.load(mini_selections / f"tspo_{benchmark}.json")
                 .selections.items()}
-    frames = FrameConfig(method="tspo", k=4, selections=str(mini_selections))
+    frames = FramePolicy(method="tspo", k=4, selections=str(mini_selections))
     # lmms-eval: the task's documents through the lmms-eval adapter
     docs = build_docs(benchmark, annotations, videos)
     lmms_refs = [lmms_question_ref(doc, prompt(doc), None, "") for doc in docs]

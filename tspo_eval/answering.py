@@ -3,12 +3,9 @@
 This is the one place where frames meet a video LLM; the lmms-eval and VLMEvalKit
 adapters and the `tspo-eval evaluate` runner all call `answer_questions`.
 
-Which frames (`FrameConfig`):
-- a selections file (ours, or the published `frame_idx` JSON) when it names the question;
-- otherwise `method="uniform"`: lmms-eval's own video sampling, `np.linspace(0, N-1, k)`
-  over all N decoded frames, so a uniform baseline differs from TSPO only in frame choice;
-- otherwise computed now: the video's cached candidate features (extracted on the fly
-  when missing) scored by the agent (or CLIP) and selected as `tspo-eval select` does.
+Which frames: `selections.FramePlanner` under one `FramePolicy`, the same planner
+`tspo-eval select` uses (a selections file, uniform frames over the whole video, or computed
+now from cached features), so a uniform baseline differs from TSPO only in frame choice.
 
 Speed: questions are planned and decoded on worker threads while the backbone works on
 earlier ones; decoded frames of a video are kept while later questions on the same video
@@ -30,49 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .agent import TemporalAgent, load_agent
 from .backbones import Backbone, VideoQuery
-from .benchmarks import read_frame_idx
-from .cache import FeatureCache
-from .encoders import Encoder
-from .extract import ExtractConfig, video_features
 from .prefetch import prefetched
-from .selections import SelectConfig, Selection, SelectionSet, select_for_question
-from .video import VideoError, probe, read_frames
+from .selections import FramePlanner, QuestionRef, Selection
+from .video import VideoError, read_frames
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FrameConfig:
-    """Which frames a question gets."""
-
-    method: str = field(default="tspo", metadata={"help": "uniform (lmms-eval sampling over all frames) or a "
-                                                           "selection method computed from cached features"})
-    k: int = field(default=64, metadata={"help": "frame budget per question"})
-    fps: float = field(default=1.0, metadata={"help": "candidate fps for computed selections"})
-    max_frames: int | None = field(default=None, metadata={"help": "candidate cap for computed selections"})
-    selections: str | None = field(default=None, metadata={
-        "help": "precomputed selections: a tspo-eval selections file, a published frame_idx JSON, or a "
-                "folder of <method>_<benchmark>.json files (as `tspo-eval select` writes them)"})
-    official: bool = field(default=False, metadata={"help": "published short-video fallback (see select)"})
-
-    def __post_init__(self) -> None:
-        if self.method != "uniform":
-            SelectConfig(method=self.method, k=self.k)  # validates the method name and k
-        elif self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-
-
-@dataclass
-class QuestionRef:
-    """What answering needs from a benchmark question: its id, video, stem and LLM prompt."""
-
-    index: str
-    benchmark: str
-    video_path: str
-    question: str
-    prompt: str
 
 
 @dataclass
@@ -84,80 +44,6 @@ class Answer:
     frame_numbers: list[int]
     timestamps: list[float]
     error: str | None = None
-
-
-class FramePlanner:
-    """Chooses each question's frames per `FrameConfig` (see the module docstring)."""
-
-    def __init__(self, cfg: FrameConfig, agent: TemporalAgent | str | None = None, encoder: Encoder | None = None,
-                 cache: FeatureCache | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
-        """`agent` may be a checkpoint spec (directory, hub id, random:<config>), loaded when
-        a question first needs it: a run served entirely from a selections file never loads it."""
-        if cfg.method != "uniform" and cfg.selections is None and agent is None and encoder is None:
-            raise ValueError(f"method {cfg.method!r} needs an agent (or encoder) to score frames, "
-                             "or a precomputed selections file")
-        self.cfg = cfg
-        self._agent, self._encoder = agent, encoder
-        self.cache = cache or FeatureCache("feature_cache")
-        self.device, self.dtype = device, dtype
-        self._precomputed: dict[str, dict[str, list[int]]] = {}
-        self._lock = threading.Lock()
-
-    def _scorer(self) -> tuple[TemporalAgent | None, Encoder]:
-        with self._lock:
-            if isinstance(self._agent, str):
-                self._agent = load_agent(self._agent, torch_dtype=self.dtype, device=self.device)
-            if self._encoder is None:
-                if self._agent is None:
-                    raise ValueError(f"method {self.cfg.method!r} needs an agent to select frames")
-                self._encoder = self._agent.encoder
-            return self._agent, self._encoder
-
-    def _load_selections(self, benchmark: str) -> dict[str, list[int]]:
-        """Frame numbers by question index for one benchmark ({} when a folder has no file for it)."""
-        with self._lock:
-            if benchmark not in self._precomputed:
-                path = Path(self.cfg.selections)
-                if path.is_dir():
-                    path = path / f"{self.cfg.method}_{benchmark}.json"
-                    if not path.is_file():
-                        self._precomputed[benchmark] = {}
-                        return {}
-                elif not path.is_file():
-                    raise FileNotFoundError(f"selections file {path} does not exist; run `tspo-eval select` first")
-                payload = json.loads(path.read_text())
-                if isinstance(payload, dict) and str(payload.get("format", "")).startswith("tspo-eval/selections"):
-                    sset = SelectionSet.load(path)
-                    self._precomputed[benchmark] = {k: v.frame_numbers for k, v in sset.selections.items()}
-                else:
-                    self._precomputed[benchmark] = read_frame_idx(path, benchmark)
-            return self._precomputed[benchmark]
-
-    def plan(self, ref: QuestionRef) -> Selection:
-        """The frames for one question; raises VideoError / ValueError when it has none."""
-        if self.cfg.selections is not None:
-            chosen = self._load_selections(ref.benchmark).get(ref.index)
-            if chosen is not None:
-                info = probe(ref.video_path)
-                return Selection(video=Path(ref.video_path).name, frame_numbers=[int(f) for f in chosen],
-                                 timestamps=[f / info.fps for f in chosen], num_candidates=info.num_frames,
-                                 fps=info.fps)
-            if self._agent is None and self._encoder is None and self.cfg.method != "uniform":
-                raise ValueError(f"question {ref.index} is not in {self.cfg.selections} and no agent was given "
-                                 "to select its frames now")
-        if self.cfg.method == "uniform":
-            info = probe(ref.video_path)
-            frames = np.linspace(0, info.num_frames - 1, self.cfg.k, dtype=int)
-            return Selection(video=Path(ref.video_path).name, frame_numbers=frames.tolist(),
-                             timestamps=(frames / info.fps).tolist(), num_candidates=info.num_frames, fps=info.fps)
-        agent, encoder = self._scorer()
-        vf = video_features(ref.video_path, encoder, self.cache,
-                            ExtractConfig(fps=self.cfg.fps, max_frames=self.cfg.max_frames))
-        text = self.cache.text_features(encoder.identity, [ref.question], encoder.encode_text)[0]
-        cfg = SelectConfig(method=self.cfg.method, k=self.cfg.k, official=self.cfg.official)
-        selection, _ = select_for_question(vf, text, cfg, ref.benchmark, agent)
-        return selection
 
 
 class _FrameMemo:

@@ -35,6 +35,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .policy import Sampling
+
 log = logging.getLogger(__name__)
 
 FORMAT = "tspo-eval/video-features@1"
@@ -112,6 +114,18 @@ def _hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
 
 
+def features_identity(encoder: str, sampling: Sampling) -> str:
+    """The encoder identity cached features are stored under: decode-time scaling changes them."""
+    return encoder + ("+decode-resize" if sampling.decode_resize else "")
+
+
+def video_key(fingerprint: str, encoder: str, sampling: Sampling) -> str:
+    """The one cache key of a video's features: its content, the encoder, and the candidate
+    sampling (`Sampling`: fps, cap, decode-time scaling). Every reader and writer uses it."""
+    return _hash({"format": FORMAT, "video": fingerprint, "encoder": features_identity(encoder, sampling),
+                  "fps": float(sampling.fps), "max_frames": sampling.max_frames})
+
+
 class FeatureCache:
     """Per-video frame features and per-text question features under one root."""
 
@@ -120,10 +134,6 @@ class FeatureCache:
         self._swept = False
 
     # keys ---------------------------------------------------------------------------
-    def video_key(self, fingerprint: str, encoder: str, fps: float, max_frames: int | None) -> str:
-        return _hash({"format": FORMAT, "video": fingerprint, "encoder": encoder,
-                      "fps": float(fps), "max_frames": max_frames})
-
     def _video_path(self, key: str) -> Path:
         return self.root / "videos" / key[:2] / f"{key}.safetensors"
 

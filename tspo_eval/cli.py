@@ -21,10 +21,12 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 # ----------------------------------------------------------------------------- dataclass <-> argparse
-def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--flag` per field of the config dataclass `cls`."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
+    """One `--flag` per field of the config dataclass `cls` (but those in `exclude`)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         help_ = f.metadata.get("help", "")
@@ -158,9 +160,10 @@ def cmd_extract(ns: argparse.Namespace) -> int:
     from . import distributed
     from .benchmarks import resolve_video
     from .cache import FeatureCache
-    from .extract import ExtractConfig, ExtractReport, extract_videos
+    from .extract import ExtractReport, extract_videos
+    from .policy import extract_from_args, policy_from_args
 
-    cfg = config_from_args(ExtractConfig, ns)
+    sampling, cfg = policy_from_args(ns).sampling, extract_from_args(ns)
     refused: list = []
     questions = _questions(ns, refused)
     videos = sorted({str(resolve_video(ns.video_root, q.video_name, ns.benchmark)) for q in questions})
@@ -170,7 +173,7 @@ def cmd_extract(ns: argparse.Namespace) -> int:
     _, encoder = _models(ns)
     mine = distributed.shard(videos)
     reports = ns.cache / "reports" / ns.benchmark
-    report = extract_videos(mine, encoder, FeatureCache(ns.cache), cfg, progress=distributed.rank() == 0)
+    report = extract_videos(mine, encoder, FeatureCache(ns.cache), sampling, cfg, progress=distributed.rank() == 0)
     report.save(reports / f"extract.rank{distributed.rank()}.json")
     distributed.barrier()
     if distributed.rank() != 0:
@@ -190,20 +193,20 @@ def cmd_extract(ns: argparse.Namespace) -> int:
 def cmd_select(ns: argparse.Namespace) -> int:
     from .benchmarks import get_benchmark
     from .cache import FeatureCache
-    from .extract import ExtractConfig
-    from .selections import SelectConfig, SelectionSet, select_benchmark
+    from .policy import extract_from_args, policy_from_args
+    from .selections import SelectionSet, select_benchmark
 
-    cfg = config_from_args(SelectConfig, ns)
-    extract_cfg = config_from_args(ExtractConfig, ns)
+    policy, extract = policy_from_args(ns), extract_from_args(ns)
     refused: list = []
     questions = _questions(ns, refused)
     agent, encoder = _models(ns)
     if questions:
-        result = select_benchmark(questions, ns.video_root, encoder, FeatureCache(ns.cache), cfg, extract_cfg, agent)
+        result = select_benchmark(questions, ns.video_root, encoder, FeatureCache(ns.cache), policy, extract, agent)
     else:
-        result = SelectionSet({"benchmark": ns.benchmark, "method": cfg.method, "k": cfg.k})
+        result = SelectionSet({"benchmark": ns.benchmark, "method": policy.method, "k": policy.k,
+                               "policy": policy.identity(), "fingerprint": policy.fingerprint()})
     result.failed.update({row.index: str(row) for row in refused})
-    out = ns.out or Path(f"selections/{cfg.method}_{ns.benchmark}.json")
+    out = ns.out or Path(f"selections/{policy.method}_{ns.benchmark}.json")
     result.save(out)
     print(f"{len(result.selections)} questions selected, {len(result.failed)} failed -> {out}")
     _print_failures(result.failed, {q.index: q.video_name for q in questions})
@@ -220,17 +223,17 @@ def cmd_select(ns: argparse.Namespace) -> int:
 
 def cmd_inspect(ns: argparse.Namespace) -> int:
     from .cache import FeatureCache
-    from .extract import ExtractConfig
     from .inspection import inspect_question
-    from .selections import SelectConfig
+    from .policy import extract_from_args, policy_from_args
 
+    policy, extract = policy_from_args(ns), extract_from_args(ns)
     questions = {q.index: q for q in _questions(ns)}
     if ns.question not in questions:
         raise SystemExit(f"error: no question {ns.question!r} in {ns.tsv}")
     agent, encoder = _models(ns)
     sel, timeline, grid = inspect_question(
-        questions[ns.question], ns.video_root, encoder, FeatureCache(ns.cache), config_from_args(SelectConfig, ns),
-        ns.out / ns.question, config_from_args(ExtractConfig, ns), agent)
+        questions[ns.question], ns.video_root, encoder, FeatureCache(ns.cache), policy, ns.out / ns.question,
+        extract, agent)
     print(f"{len(sel.frame_numbers)} of {sel.num_candidates} candidates chosen -> {timeline}, {grid}")
     return 0
 
@@ -268,16 +271,17 @@ def cmd_quality(ns: argparse.Namespace) -> int:
 def cmd_compare(ns: argparse.Namespace) -> int:
     from .cache import FeatureCache
     from .compare import CompareConfig, add_accuracy, compare_selectors, write_comparison
-    from .extract import ExtractConfig
+    from .policy import extract_from_args, policy_from_args
 
     cfg = config_from_args(CompareConfig, ns)
+    policy, extract = policy_from_args(ns), extract_from_args(ns)
     questions = _questions(ns)
     agent, encoder = _models(ns)
-    result = compare_selectors(questions, ns.video_root, encoder, FeatureCache(ns.cache), cfg,
-                               config_from_args(ExtractConfig, ns), agent)
+    result = compare_selectors(questions, ns.video_root, encoder, FeatureCache(ns.cache), cfg, policy, extract, agent)
     paths = write_comparison(result, cfg.out, ns.benchmark)
     if cfg.backbone:
-        add_accuracy(result, cfg, ns.benchmark, ns.annotations or ns.tsv, ns.video_root, ns.cache, ns.agent)
+        add_accuracy(result, cfg, ns.benchmark, ns.annotations or ns.tsv, ns.video_root, ns.cache, ns.agent, policy,
+                     extract)
         paths = write_comparison(result, cfg.out, ns.benchmark)
     print(result.table.to_markdown(floatfmt=".3f"))
     if not (result.table["questions"] > 0).any():
@@ -288,16 +292,18 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from .demo import DEMO_POLICY, DemoConfig, run_demo
+    from .policy import extract_from_args, policy_from_args
 
-    run_demo(config_from_args(DemoConfig, ns))
+    run_demo(config_from_args(DemoConfig, ns), policy_from_args(ns, DEMO_POLICY), extract_from_args(ns))
     return 0
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
     from .evaluation import EvaluateConfig, evaluate
+    from .policy import extract_from_args, policy_from_args
 
-    table = evaluate(config_from_args(EvaluateConfig, ns))
+    table = evaluate(config_from_args(EvaluateConfig, ns), policy_from_args(ns), extract_from_args(ns))
     print(table.to_markdown(floatfmt=".2f"))
     return 0
 
@@ -305,8 +311,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
     from .evaluation import EvaluateConfig
-    from .extract import ExtractConfig
-    from .selections import SelectConfig
+    from .policy import FramePolicy, add_extract_args, add_policy_args
 
     parser = argparse.ArgumentParser(prog="tspo-eval", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -314,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="decode every benchmark video and cache its frame features")
     _add_benchmark_args(p)
     _add_model_args(p)
-    add_config_args(p, ExtractConfig)
+    add_policy_args(p, include=("fps", "max_frames", "decode_resize"))  # the sampling that keys the cache
+    add_extract_args(p)
     p.set_defaults(run=cmd_extract)
 
     for name, func, help_ in (("select", cmd_select, "choose K frames for every question"),
@@ -322,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         _add_benchmark_args(p, annotations=True)
         _add_model_args(p)
-        add_config_args(p, SelectConfig)
-        add_config_args(p, ExtractConfig)  # the sampling the cache was filled with (its key)
+        add_policy_args(p, exclude=("selections",))  # its sampling: what the cache was filled with (its key)
+        add_extract_args(p)
         p.set_defaults(run=func)
         if name == "select":
             p.add_argument("--out", type=Path, help="selections file (default selections/<method>_<benchmark>.json)")
@@ -344,15 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark_args(p, annotations=True)
     _add_model_args(p)
     add_config_args(p, CompareConfig)
-    add_config_args(p, ExtractConfig)  # the sampling the cache was filled with (its key)
+    add_policy_args(p, include=("official", "fps", "max_frames", "decode_resize"))  # every method runs under these
+    add_extract_args(p)
     p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("evaluate", help="select frames, run lmms-eval per method, one table (uniform vs tspo)")
     add_config_args(p, EvaluateConfig)
+    add_policy_args(p, exclude=("method", "loader"))  # every method runs under these; uniform under the backbone's loader
+    add_extract_args(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("demo", help="offline: generated benchmark -> extract -> select -> quality table + plots")
     add_config_args(p, DemoConfig)
+    add_policy_args(p, FramePolicy(k=16), exclude=("method", "params", "scores", "selections"))
+    add_extract_args(p)
     p.set_defaults(run=cmd_demo)
 
     from .integrations.vlmeval import add_commands as add_vlmeval_commands

@@ -27,10 +27,11 @@ from .agent import TemporalAgent
 from .benchmarks import Question, resolve_video
 from .cache import FeatureCache
 from .encoders import Encoder
-from .extract import ExtractConfig, video_features
+from .extract import video_features
+from .policy import ExtractConfig, FramePolicy
 from .quality import quality_table
 from .selection import SELECTORS
-from .selections import SelectConfig, SelectionSet, select_for_question
+from .selections import SelectionSet, select_for_question
 from .video import VideoError
 
 DEFAULT_METHODS = ("uniform", "topk", "bin-max", "aks", "bolt", "dpp", "tspo")
@@ -69,8 +70,9 @@ class CompareConfig:
                              "(NAME:KEY=VALUE) or the --backbone")
 
 
-def method_spec(spec: str, k: int) -> tuple[str, SelectConfig]:
-    """("label", SelectConfig) of "NAME" or "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself."""
+def method_spec(spec: str, k: int, base: FramePolicy | None = None) -> tuple[str, FramePolicy]:
+    """("label", the policy `base` with this method, k and parameters) of "NAME" or
+    "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself."""
     name, _, raw = spec.partition(":")
     params = {}
     for item in filter(None, raw.split(",")):
@@ -80,7 +82,7 @@ def method_spec(spec: str, k: int) -> tuple[str, SelectConfig]:
         params[key] = _number(value)
     if name not in SELECTORS:
         raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(sorted(SELECTORS))}")
-    return spec, SelectConfig(method=name, k=k, params=params)
+    return spec, (base or FramePolicy()).replace(method=name, k=k, params=params)
 
 
 def _number(text: str) -> int | float | str:
@@ -107,15 +109,16 @@ class Comparison:
 
 
 def compare_selectors(questions: Sequence[Question], video_root: str | Path, encoder: Encoder, cache: FeatureCache,
-                      cfg: CompareConfig, extract_cfg: ExtractConfig | None = None,
+                      cfg: CompareConfig, policy: FramePolicy | None = None, extract: ExtractConfig | None = None,
                       agent: TemporalAgent | None = None, progress: bool = True) -> Comparison:
-    """Run every method of `cfg` over the questions; a video or question that fails is recorded
-    in the method's `failed` and the run goes on."""
-    extract_cfg = extract_cfg or ExtractConfig()
+    """Run every method of `cfg` over the questions, each under `policy` (its sampling, `official`)
+    with the method's name, K and parameters; a video or question that fails is recorded in the
+    method's `failed` and the run goes on. `extract`: how fast missing features are extracted."""
+    policy = policy or FramePolicy()
     if not questions:
         raise ValueError("no questions to compare selectors on")
     benchmark = questions[0].benchmark
-    specs = dict(method_spec(m, cfg.k) for m in cfg.methods)
+    specs = dict(method_spec(m, cfg.k, policy) for m in cfg.methods)
     if agent is None:
         skipped = [label for label, scfg in specs.items() if scfg.score_source == "agent"]
         if skipped:
@@ -127,7 +130,8 @@ def compare_selectors(questions: Sequence[Question], video_root: str | Path, enc
     runs = {label: SelectionSet({"benchmark": benchmark, "method": scfg.method, "label": label, "k": scfg.k,
                                  "scores": scfg.score_source, "params": scfg.params, "encoder": encoder.identity,
                                  "agent": agent.config._name_or_path if agent is not None else None,
-                                 "fps": extract_cfg.fps, "max_frames": extract_cfg.max_frames})
+                                 "policy": scfg.identity(), "fingerprint": scfg.fingerprint(),
+                                 "fps": policy.sampling.fps, "max_frames": policy.sampling.max_frames})
             for label, scfg in specs.items()}
     seconds: dict[str, list[float]] = {label: [] for label in specs}
     by_video: dict[str, list[int]] = {}
@@ -135,7 +139,8 @@ def compare_selectors(questions: Sequence[Question], video_root: str | Path, enc
         by_video.setdefault(q.video_name, []).append(i)
     for video_name, members in tqdm(by_video.items(), desc="compare", unit="video", disable=not progress):
         try:
-            vf = video_features(resolve_video(video_root, video_name, benchmark), encoder, cache, extract_cfg)
+            vf = video_features(resolve_video(video_root, video_name, benchmark), encoder, cache, policy.sampling,
+                                extract)
         except (VideoError, ValueError) as err:
             for run in runs.values():
                 run.failed.update({questions[i].index: str(err) for i in members})
@@ -185,7 +190,8 @@ def write_comparison(comparison: Comparison, out: str | Path, benchmark: str) ->
 
 
 def add_accuracy(comparison: Comparison, cfg: CompareConfig, benchmark: str, annotations: str | Path,
-                 videos: str | Path, cache: str | Path, agent: str | None = None) -> pd.DataFrame:
+                 videos: str | Path, cache: str | Path, agent: str | None = None, policy: FramePolicy | None = None,
+                 extract: ExtractConfig | None = None) -> pd.DataFrame:
     """Run each method's saved selections through lmms-eval (`evaluation.evaluate`, one run per
     method on `cfg.backbone`) and add the benchmark's overall accuracy as an `accuracy` column
     (fractions, whatever the benchmark's own scale). `write_comparison` must have saved the
@@ -200,8 +206,8 @@ def add_accuracy(comparison: Comparison, cfg: CompareConfig, benchmark: str, ann
     kwargs = {"agent": agent} if agent else {}
     eval_cfg = EvaluateConfig(benchmark=benchmark, annotations=Path(annotations), videos=Path(videos),
                               backbone=cfg.backbone, pretrained=cfg.pretrained, methods=tuple(comparison.runs),
-                              k=cfg.k, out=Path(cfg.out), cache=Path(cache), limit=cfg.limit, **kwargs)
-    scores = evaluate(eval_cfg)
+                              out=Path(cfg.out), cache=Path(cache), limit=cfg.limit, **kwargs)
+    scores = evaluate(eval_cfg, (policy or FramePolicy()).replace(k=cfg.k), extract)
     overall = METRICS[benchmark][0].name
     comparison.table["accuracy"] = [float(scores.loc[overall, label]) / SCALE[benchmark]
                                     for label in comparison.table.index]

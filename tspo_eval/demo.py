@@ -20,10 +20,11 @@ import pandas as pd
 from .agent import TemporalAgent, load_agent
 from .benchmarks import convert, load_benchmark, resolve_video, write_tsv
 from .cache import FeatureCache
-from .extract import ExtractConfig, extract_videos
+from .extract import extract_videos
 from .inspection import inspect_question
+from .policy import ExtractConfig, FramePolicy
 from .quality import quality_table
-from .selections import SelectConfig, SelectionSet, select_benchmark
+from .selections import SelectionSet, select_benchmark
 from .synthetic import write_video
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 30),
@@ -43,7 +44,6 @@ class DemoConfig:
     duration: float = field(default=120.0, metadata={"help": "seconds per generated video"})
     video_fps: float = field(default=8.0, metadata={"help": "frame rate of the generated videos"})
     needle: float = field(default=3.0, metadata={"help": "seconds the asked-about segment lasts"})
-    k: int = field(default=16, metadata={"help": "frames per question (TSPO demos: 16)"})
     seed: int = field(default=0, metadata={"help": "random seed of the generated benchmark"})
     trained_agent: str = field(default="toy_demo/agent", metadata={
         "help": "an agent trained by `tspo-eval toy --task demo --out toy_demo`; when the folder exists its selections "
@@ -105,8 +105,13 @@ def make_benchmark(root: Path, cfg: DemoConfig) -> tuple[Path, Path, Path]:
     return videos, jsonl, tsv
 
 
-def run_demo(cfg: DemoConfig) -> pd.DataFrame:
-    """Generate the benchmark, select frames with each method, write the table and plots."""
+# The demo's frame policy: K = 16 as in TSPO's demos; each method of DEMO_METHODS replaces the method.
+DEMO_POLICY = FramePolicy(k=16)
+
+
+def run_demo(cfg: DemoConfig, policy: FramePolicy = DEMO_POLICY, extract: ExtractConfig | None = None) -> pd.DataFrame:
+    """Generate the benchmark, select frames with each method of `policy` (K, official,
+    sampling) and write the table and plots; `extract`: how fast features are extracted."""
     out = Path(cfg.out)
     videos, jsonl, tsv = make_benchmark(out / "benchmark", cfg)
     questions = load_benchmark("lvbench", tsv, jsonl)
@@ -114,29 +119,27 @@ def run_demo(cfg: DemoConfig) -> pd.DataFrame:
     if cfg.agent.startswith("random:"):
         print(f"NOTE: no checkpoint given: using a randomly initialised agent ({cfg.agent}). Its scores are "
               "noise; pass --agent <TSPO-0.4B dir or hub id> for real selections.")
-    encoder, cache, extract_cfg = agent.encoder, FeatureCache(out / "feature_cache"), ExtractConfig()
+    encoder, cache = agent.encoder, FeatureCache(out / "feature_cache")
     report = extract_videos([resolve_video(videos, q.video_name, "lvbench") for q in questions],
-                            encoder, cache, extract_cfg)
+                            encoder, cache, policy.sampling, extract)
     print(f"extracted {len(report.encoded)} videos, {len(report.cached)} from cache, {len(report.failed)} failed")
     runs: dict[str, SelectionSet] = {}
-    for method, params in DEMO_METHODS.items():
-        runs[method] = select_benchmark(questions, videos, encoder, cache,
-                                        SelectConfig(method=method, k=cfg.k, params=params),
-                                        extract_cfg, agent=agent, progress=False)
+    policies = {method: policy.replace(method=method, params=params) for method, params in DEMO_METHODS.items()}
+    for method, method_policy in policies.items():
+        runs[method] = select_benchmark(questions, videos, encoder, cache, method_policy, extract, agent=agent,
+                                        progress=False)
         runs[method].save(out / "selections" / f"{method}.json")
     if Path(cfg.trained_agent).is_dir():
         trained = load_agent(cfg.trained_agent)
         print(f"adding the trained agent in {cfg.trained_agent} as tspo-trained")
         runs["tspo-trained"] = select_benchmark(questions, videos, trained.encoder, cache,
-                                                SelectConfig(method="tspo", k=cfg.k), extract_cfg, agent=trained,
-                                                progress=False)
+                                                policies["tspo"], extract, agent=trained, progress=False)
         runs["tspo-trained"].save(out / "selections" / "tspo-trained.json")
     table = quality_table(runs, questions)
     (out / "quality.txt").write_text(table.to_string(float_format=lambda x: f"{x:.3f}") + "\n")
     table.to_csv(out / "quality.csv")
-    for method, params in DEMO_METHODS.items():
-        inspect_question(questions[0], videos, encoder, cache, SelectConfig(method=method, k=cfg.k, params=params),
-                         out / "plots" / method, extract_cfg, agent)
+    for method, method_policy in policies.items():
+        inspect_question(questions[0], videos, encoder, cache, method_policy, out / "plots" / method, extract, agent)
     print(table.to_string(float_format=lambda x: f"{x:.3f}"))
     print(f"wrote {out}/quality.txt, {out}/selections/*.json, {out}/plots/*.png")
     return table

@@ -18,6 +18,8 @@ from typing import Literal
 
 import pandas as pd
 
+from .policy import ExtractConfig, FramePolicy
+
 TASKS = {"longvideobench": "tspo_longvideobench_val", "mlvu": "tspo_mlvu_dev", "videomme": "tspo_videomme",
          "lvbench": "tspo_lvbench"}
 MODEL_PREFIX = {"llava_video": "llava_vid", "qwen2_5_vl": "qwen_2_5_vl"}
@@ -34,8 +36,8 @@ class EvaluateConfig:
     backbone: Literal["llava_video", "qwen2_5_vl"] = field(default="llava_video", metadata={"help": "video LLM"})
     pretrained: str | None = field(default=None, metadata={"help": "backbone directory / hub id (default: 7B)"})
     agent: str = field(default="hzf666/TSPO-0.4B", metadata={"help": "TSPO-0.4B directory / hub id / random:<cfg>"})
-    methods: tuple[str, ...] = field(default=("uniform", "tspo"), metadata={"help": "frame methods to compare"})
-    k: int = field(default=64, metadata={"help": "frames per question"})
+    methods: tuple[str, ...] = field(default=("uniform", "tspo"), metadata={
+        "help": "frame methods to compare, each under the frame policy given by the policy flags"})
     out: Path = field(default=Path("runs"), metadata={"help": "output folder (selections, lmms-eval logs, table)"})
     cache: Path = field(default=Path("feature_cache"), metadata={"help": "feature cache root"})
     tasks_dir: Path = field(default=REPO_TASKS, metadata={"help": "folder of the tspo task configs"})
@@ -58,10 +60,17 @@ def model_name(backbone: str, method: str) -> str:
     return f"{MODEL_PREFIX[backbone]}_{'uniform' if method == 'uniform' else 'tspo'}"
 
 
-def ensure_selections(cfg: EvaluateConfig, method: str) -> Path:
-    """`<out>/selections/<method>_<benchmark>.json`, computed with the agent unless it exists."""
-    path = cfg.out / "selections" / f"{method}_{cfg.benchmark}.json"
-    if path.is_file():
+def method_policy(cfg: EvaluateConfig, policy: FramePolicy, method: str) -> FramePolicy:
+    """The policy one method runs under: `policy` with that method, uniform frames by this backbone's
+    published loader (what `official` reproduces)."""
+    return policy.replace(method=method, loader=cfg.backbone)
+
+
+def ensure_selections(cfg: EvaluateConfig, policy: FramePolicy, extract: ExtractConfig | None = None) -> Path:
+    """`<out>/selections/<method>_<benchmark>.json` under `policy`, computed with the agent unless a
+    file selected under this very policy exists."""
+    path = cfg.out / "selections" / f"{policy.method}_{cfg.benchmark}.json"
+    if path.is_file() and json.loads(path.read_text()).get("meta", {}).get("fingerprint") == policy.fingerprint():
         return path
     import torch
 
@@ -69,7 +78,7 @@ def ensure_selections(cfg: EvaluateConfig, method: str) -> Path:
     from .benchmarks import load_benchmark
     from .cache import FeatureCache
     from .distributed import local_device
-    from .selections import SelectConfig, select_benchmark
+    from .selections import select_benchmark
 
     refused = None if cfg.strict else []
     questions = (load_benchmark(cfg.benchmark, cfg.annotations, refused=refused) if cfg.annotations.suffix == ".tsv"
@@ -77,23 +86,23 @@ def ensure_selections(cfg: EvaluateConfig, method: str) -> Path:
     device = local_device()
     agent = load_agent(cfg.agent, torch_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
                        device=device)
-    result = select_benchmark(questions, cfg.videos, agent.encoder, FeatureCache(cfg.cache),
-                              SelectConfig(method=method, k=cfg.k), agent=agent)
+    result = select_benchmark(questions, cfg.videos, agent.encoder, FeatureCache(cfg.cache), policy, extract,
+                              agent=agent)
     result.failed.update({row.index: str(row) for row in refused or ()})
     return result.save(path)
 
 
-def lmms_eval_command(cfg: EvaluateConfig, method: str, selections: Path | None) -> list[str]:
-    """The lmms-eval command line for one method."""
+def lmms_eval_command(cfg: EvaluateConfig, policy: FramePolicy, extract: ExtractConfig | None = None) -> list[str]:
+    """The lmms-eval command line for one method's policy: the policy and extraction settings go
+    into `--model_args` spelled as everywhere (`FramePolicy.to_args`), read back by the same parser."""
+    method = policy.method
     name = model_name(cfg.backbone, method)
-    args = [f"k={cfg.k}", f"agent={cfg.agent}", f"cache_dir={cfg.cache}",
+    args = [f"agent={cfg.agent}", f"cache_dir={cfg.cache}",
             f"record={cfg.out / 'answers' / f'{name}_{method}_{cfg.benchmark}.jsonl'}"]
+    args += [f"{k}={v}" for k, v in {**policy.to_args(), "method": method,
+                                    **(extract.to_args() if extract else {})}.items()]
     if cfg.pretrained:
         args.append(f"pretrained={cfg.pretrained}")
-    if method not in ("uniform", "tspo"):
-        args.append(f"method={method}")
-    if selections is not None:
-        args.append(f"selections={selections}")
     if cfg.model_args:
         args.append(cfg.model_args)
     launcher = ([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes),
@@ -125,13 +134,17 @@ def read_results(output_path: Path, task: str) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k}
 
 
-def evaluate(cfg: EvaluateConfig) -> pd.DataFrame:
-    """Run every method; the table has one row per metric and one column per method."""
+def evaluate(cfg: EvaluateConfig, policy: FramePolicy | None = None, extract: ExtractConfig | None = None
+             ) -> pd.DataFrame:
+    """Run every method under `policy` (its method replaced); the table has one row per metric and
+    one column per method."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     columns = {}
     for method in cfg.methods:
-        selections = None if method == "uniform" else ensure_selections(cfg, method)
-        cmd = lmms_eval_command(cfg, method, selections)
+        mp = method_policy(cfg, policy or FramePolicy(), method)
+        if method != "uniform" and mp.selections is None:
+            mp = mp.replace(selections=str(ensure_selections(cfg, mp, extract)))
+        cmd = lmms_eval_command(cfg, mp, extract)
         print("$", " ".join(cmd), flush=True)
         done = subprocess.run(cmd, env=task_environment(cfg), check=False)
         if done.returncode != 0:

@@ -1,6 +1,6 @@
 """Feature extraction: videos -> candidate frames -> encoder -> per-video cache.
 
-Decoding runs on background threads, `prefetch` videos ahead of the encoder and
+Decoding runs on background threads, `prefetch_videos` videos ahead of the encoder and
 `readers` threads per video, into a bounded queue of frame batches that the encoder takes
 as they finish (decoding and encoding overlap within a video, not only across videos):
 memory stays flat in video length, and a broken video is recorded as failed while the run
@@ -16,7 +16,7 @@ For a CUDA encoder the decoder threads hand over pinned batches and the encoder'
 are queued without waiting for the GPU (one copy back per video).  `compile` runs the
 image path through `torch.compile` (+23% encoder throughput on the H200, 10-30 s to compile
 once per process; off by default because extraction there is bound by decoding, see
-BENCHMARKS.md).  `decode_resize` scales frames to the encoder's input scale inside the
+BENCHMARKS.md).  `Sampling.decode_resize` scales frames to the encoder's input scale inside the
 decoder: less to convert, copy and resize, with pixels within a few grey levels of the
 reference resize (so it is part of the cache key).
 """
@@ -32,52 +32,17 @@ import threading
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cache import FeatureCache, VideoFeatures, video_fingerprint
-from .encoders import Encoder, Frames, clip_resize_shape, upload
+from .cache import FeatureCache, VideoFeatures, features_identity, video_fingerprint, video_key
 from .decode_workers import POOL
+from .encoders import Encoder, Frames, clip_resize_shape, upload
+from .policy import ExtractConfig, Sampling
 from .video import Candidates, FrameReader, VideoError, decode_runs
-
-
-@dataclass
-class ExtractConfig:
-    """How candidate frames are sampled and decoded (the sampling fields key the cache)."""
-
-    fps: float = field(default=1.0, metadata={"help": "candidate frames per second (TSPO: 1)"})
-    max_frames: int | None = field(default=None, metadata={
-        "help": "cap on candidates per video, spread uniformly when exceeded (TSPO evaluation: none)"})
-    batch_size: int = field(default=64, metadata={"help": "frames per encoder batch"})
-    backend: Literal["auto", "decord", "pyav"] = field(default="auto", metadata={
-        "help": "video decoder (auto: sized from the cores, see decode_plan)"})
-    decode_threads: int = field(default=0, metadata={"help": "decoder threads per reader (0: sized from the cores)"})
-    readers: int = field(default=0, metadata={
-        "help": "decoding readers per video, each taking runs of candidates that start at a keyframe "
-                "(0: sized from the cores)"})
-    prefetch: int = field(default=2, metadata={"help": "videos decoded concurrently ahead of the encoder"})
-    compile: bool = field(default=False, metadata={
-        "help": "torch.compile the encoder's image path: faster encoding when decoding keeps up, "
-                "10-30 s start-up per process"})
-    decode_processes: bool = field(default=False, metadata={
-        "help": "decode in `readers` worker processes instead of threads, frames returned through shared "
-                "memory: PyAV's threads contend for Python's lock, its processes do not (with --backend "
-                "auto on a machine of 8+ cores this is chosen anyway)"})
-    decode_resize: bool = field(default=False, metadata={
-        "help": "scale frames to the encoder's input size while decoding (faster for large videos; "
-                "features within tolerance of the reference resize, cached under their own key)"})
-
-    def __post_init__(self) -> None:
-        if self.fps <= 0 or min(self.batch_size, self.prefetch) < 1 or min(self.readers, self.decode_threads) < 0:
-            raise ValueError("fps must be > 0; batch_size and prefetch >= 1; readers and decode_threads >= 0 "
-                             "(0: sized from the cores)")
-
-    def cache_identity(self, encoder_identity: str) -> str:
-        """The encoder identity the cache is keyed on: decode-time scaling changes the features."""
-        return encoder_identity + ("+decode-resize" if self.decode_resize else "")
 
 
 PROCESS_CORES = 8  # from this many cores up, "auto" decodes with PyAV in one worker process per core
@@ -159,11 +124,12 @@ class _Decoder:
     encoder's device copy does not wait for.
     """
 
-    def __init__(self, path: str, cfg: ExtractConfig, image_size: int | None = None, pin: bool = False) -> None:
-        self.path, self.cfg, self.image_size, self.pin = path, cfg, image_size, pin
+    def __init__(self, path: str, sampling: Sampling, cfg: ExtractConfig, image_size: int | None = None,
+                 pin: bool = False) -> None:
+        self.path, self.sampling, self.cfg, self.image_size, self.pin = path, sampling, cfg, image_size, pin
         self.cancelled = threading.Event()
         self.head: queue.Queue = queue.Queue(maxsize=1)  # the Candidates, or the error probing raised
-        # bounded: memory stays at (2 + 1 in hand per reader) batches of <= batch_size frames
+        # bounded: memory stays at (2 + 1 in hand per reader) batches of <= encode_batch frames
         self.done: queue.Queue = queue.Queue(maxsize=2 * cfg.readers)
         self.runs: list[tuple[int, int]] = []
         self.frame_numbers = np.zeros(0, np.int64)
@@ -188,9 +154,9 @@ class _Decoder:
             self._put(self.head, err)
             return
         try:
-            cands = reader.candidates(cfg.fps, cfg.max_frames)
+            cands = reader.candidates(self.sampling.fps, self.sampling.max_frames)
             count = len(cands.frame_numbers)
-            run = max(1, min(cfg.batch_size, math.ceil(count / (4 * cfg.readers))))
+            run = max(1, min(cfg.encode_batch, math.ceil(count / (4 * cfg.readers))))
             self.runs = decode_runs(cands.frame_numbers, reader.keyframes, run)
         except Exception as err:
             reader.close()
@@ -244,7 +210,7 @@ class _Decoder:
 
     def _read_runs(self, read: Callable[[np.ndarray], Frames]) -> None:
         """Claim runs until none is left and queue their batches."""
-        size = self.cfg.batch_size
+        size = self.cfg.encode_batch
         while not self.cancelled.is_set() and (claim := next(self._claims)) < len(self.runs):
             start, stop = self.runs[claim]
             for first in range(start, stop, size):
@@ -285,7 +251,7 @@ def _encode(decoder: _Decoder, encoder: Encoder, fingerprint: str, identity: str
     cands = decoder.candidates()
     parts: list[tuple[int, torch.Tensor]] = []
     # features stay on the encoder's device until the video is done: one wait for the GPU per video
-    for group in decoder.batches(decoder.cfg.batch_size):
+    for group in decoder.batches(decoder.cfg.encode_batch):
         frames = torch.cat([upload(b, encoder.device) for _, b in group]) if len(group) > 1 else group[0][1]
         features = encoder.encode_frames(frames).split([len(b) for _, b in group])
         parts += zip((first for first, _ in group), features)
@@ -303,10 +269,12 @@ def _prepare(encoder: Encoder, cfg: ExtractConfig) -> bool:
 
 
 def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: FeatureCache,
-                   cfg: ExtractConfig | None = None, progress: bool = True) -> ExtractReport:
-    """Cache features for every video in `paths` (skipping cached ones); never raises per video."""
-    cfg = decode_plan(cfg or ExtractConfig())
-    identity = cfg.cache_identity(encoder.identity)
+                   sampling: Sampling | None = None, cfg: ExtractConfig | None = None,
+                   progress: bool = True) -> ExtractReport:
+    """Cache features of `sampling`'s candidates for every video in `paths` (skipping cached
+    ones; `cfg`: how fast, never which features); never raises per video."""
+    sampling, cfg = sampling or Sampling(), decode_plan(cfg or ExtractConfig())
+    identity = features_identity(encoder.identity, sampling)
     report = ExtractReport()
     todo: list[tuple[str, str, str]] = []  # (path, fingerprint, key)
     for path in dict.fromkeys(str(p) for p in paths):
@@ -315,21 +283,21 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
         except OSError as err:
             report.failed[path] = f"{path}: cannot read the file ({err.strerror or err}); check the video root"
             continue
-        key = cache.video_key(fingerprint, identity, cfg.fps, cfg.max_frames)
+        key = video_key(fingerprint, encoder.identity, sampling)
         if cache.get_video(key) is not None:
             report.cached.append(path)
         else:
             todo.append((path, fingerprint, key))
 
     pin = _prepare(encoder, cfg) if todo else False
-    image_size = encoder.image_size if cfg.decode_resize else None
+    image_size = encoder.image_size if sampling.decode_resize else None
     bar = tqdm(total=len(todo), desc="extract", unit="video", disable=not progress)
     pending = iter(todo)
     window: deque[tuple[tuple[str, str, str], _Decoder]] = deque()  # videos decoding ahead of the encoder
 
     def refill() -> None:
-        while len(window) < cfg.prefetch and (job := next(pending, None)) is not None:
-            window.append((job, _Decoder(job[0], cfg, image_size, pin)))
+        while len(window) < cfg.prefetch_videos and (job := next(pending, None)) is not None:
+            window.append((job, _Decoder(job[0], sampling, cfg, image_size, pin)))
 
     refill()
     try:
@@ -352,20 +320,19 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
 
 
 def load_features(path: str | Path, encoder_identity: str, cache: FeatureCache,
-                  cfg: ExtractConfig) -> VideoFeatures | None:
+                  sampling: Sampling) -> VideoFeatures | None:
     """The cached features of one video under this encoder and sampling, or None."""
-    key = cache.video_key(video_fingerprint(path), cfg.cache_identity(encoder_identity), cfg.fps, cfg.max_frames)
-    return cache.get_video(key)
+    return cache.get_video(video_key(video_fingerprint(path), encoder_identity, sampling))
 
 
-def video_features(path: str | Path, encoder: Encoder, cache: FeatureCache,
+def video_features(path: str | Path, encoder: Encoder, cache: FeatureCache, sampling: Sampling | None = None,
                    cfg: ExtractConfig | None = None) -> VideoFeatures:
     """Features of one video, from the cache or extracted now; raises VideoError if it fails."""
-    cfg = cfg or ExtractConfig()
-    found = load_features(path, encoder.identity, cache, cfg) if Path(path).is_file() else None
+    sampling = sampling or Sampling()
+    found = load_features(path, encoder.identity, cache, sampling) if Path(path).is_file() else None
     if found is not None:
         return found
-    report = extract_videos([path], encoder, cache, cfg, progress=False)
+    report = extract_videos([path], encoder, cache, sampling, cfg, progress=False)
     if report.failed:
         raise VideoError(next(iter(report.failed.values())))
-    return load_features(path, encoder.identity, cache, cfg)
+    return load_features(path, encoder.identity, cache, sampling)

@@ -7,22 +7,23 @@ from .agent import TemporalAgent
 from .benchmarks import Question, resolve_video
 from .cache import FeatureCache
 from .encoders import Encoder
-from .extract import ExtractConfig, video_features
+from .extract import video_features
 from .plots import frame_grid, score_timeline
+from .policy import ExtractConfig, FramePolicy
 from .quality import reference_spans
-from .selections import SelectConfig, Selection, select_for_question
+from .selections import Selection, select_for_question
 from .video import read_frames
 
 
 def inspect_question(question: Question, video_root: str | Path, encoder: Encoder, cache: FeatureCache,
-                     cfg: SelectConfig, out_prefix: str | Path, extract_cfg: ExtractConfig | None = None,
+                     policy: FramePolicy, out_prefix: str | Path, extract: ExtractConfig | None = None,
                      agent: TemporalAgent | None = None) -> tuple[Selection, Path, Path]:
     """Select frames for one question and write `<prefix>_timeline.png` and `<prefix>_frames.png`."""
     vf = video_features(resolve_video(video_root, question.video_name, question.benchmark), encoder, cache,
-                        extract_cfg or ExtractConfig())
+                        policy.sampling, extract)
     text = cache.text_features(encoder.identity, [question.question], encoder.encode_text)[0]
-    sel, scores = select_for_question(vf, text, cfg, question.benchmark, agent)
-    title = f"{question.index} [{cfg.method}, k={cfg.k}] {question.question}"
+    sel, scores = select_for_question(vf, text, policy, question.benchmark, agent)
+    title = f"{question.index} [{policy.method}, k={policy.k}] {question.question}"
     timeline = score_timeline(vf.timestamps, scores.numpy(), sel.timestamps, f"{out_prefix}_timeline.png", title,
                               reference_spans(question, sel.fps))
     grid = frame_grid(read_frames(vf.video, sel.frame_numbers), sel.timestamps, f"{out_prefix}_frames.png",

@@ -1,8 +1,10 @@
 """Selecting K of T candidate frames from per-candidate scores (SPEC section 3).
 
 `select` returns sorted, unique candidate *positions* (indices into `scores`);
-`frames_for_question` maps them to absolute frame numbers and, under `official=True`,
-reproduces the published evaluation's short-video fallback.
+`frames_for_question` maps them to absolute frame numbers, `uniform_frames` spreads K frames
+over a whole video, and `published_feed` is what the published evaluation feeds for a list
+of frame numbers; under `official=True` the first two end in it (or in the published
+uniform loaders).
 
 Methods live in the `SELECTORS` registry; `@register_selector("name")` adds one from
 outside the package. A selector is `fn(scores, k, *, <keyword params>) -> positions`;
@@ -24,13 +26,15 @@ Where each rule comes from (published code, GitHub):
   `scripts/frame_selection.sh` (power per benchmark).
 - `dpp`: MDP3 (Sun et al., ICCV 2025, arXiv 2501.02885), its public `MDP3` class
   (`MultiGaussianKernel`, `seqdpp_select_super_fast`, `_select_frames_fast`).
-- official fallback: `load_video_index` in Hui-design/TSPO
-  `lmms-eval/lmms_eval/models/simple/llava_vid_tspo.py` and
-  `.../models/simple/utils/qwen25vl_vision_process.py`.
+- official feed and uniform baselines: `load_video_index` and `load_video` in Hui-design/TSPO
+  `lmms-eval/lmms_eval/models/simple/llava_vid_tspo.py`; `load_video_index`,
+  `fetch_video`/`smart_nframes` in `.../models/simple/utils/qwen25vl_vision_process.py` and
+  `generate_until` in `.../models/simple/qwen2_5_vl_tspo.py`.
 """
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from typing import Any, Callable, Literal
 
@@ -160,27 +164,84 @@ def select(scores: Any, k: int, method: str, features: Any = None, **params: Any
     return pos
 
 
+def published_feed(frames: Any, k: int, num_video_frames: int) -> np.ndarray:
+    """The frames the published lmms-eval fork feeds for a list of frame numbers (int64).
+
+    `load_video_index` (LLaVA-Video and Qwen2.5-VL paths alike) takes `sorted(frames[:k])`;
+    when that holds fewer than k frames it feeds `np.linspace(0, num_video_frames - 1, k,
+    dtype=int)` over the whole video instead (numbers repeat when the video has fewer than k
+    frames).  For a list of k or more it keeps the first k *in list order*, then sorts.
+    """
+    chosen = sorted(int(f) for f in list(frames)[:k])
+    if len(chosen) < k:
+        if num_video_frames < 1:
+            raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
+        return np.linspace(0, num_video_frames - 1, k, dtype=int).astype(np.int64)
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def uniform_frames(num_video_frames: int, video_fps: float, k: int, official: bool = False,
+                   loader: str = "llava_video", fps: float = 1.0, **params: Any) -> np.ndarray:
+    """K uniform frame numbers over the whole video (no candidates, no scores).
+
+    Default: `select(..., "uniform", **params)` over all `num_video_frames` frames, i.e.
+    lmms-eval's `np.linspace(0, N-1, k, dtype=int)` (every frame when N <= k).
+    `official=True` reproduces the published fork's uniform baselines (`is_uniform=True`):
+
+    - `loader="llava_video"` (`LlavaVid_TSPO.load_video`, force_sample off): the frames
+      `range(0, N, round(avg_fps / fps))`; only when there are more than k of them,
+      `np.linspace(0, N-1, k, dtype=int)`. A video of at most k seconds gets all its 1-fps
+      frames, fewer than k.
+    - `loader="qwen2_5_vl"` (`process_vision_info` with no fps, then `generate_until`): a grid
+      of n = smart_nframes frames at 2 fps (n = floor-to-even(min(max(N / avg_fps * 2, 4),
+      floor-to-even(min(768, N)), N))), `torch.linspace(0, N-1, n).round()`; then
+      `np.linspace(0, n-1, k, dtype=int)` of that grid, plus its last frame if missing. A
+      video shorter than k/2 seconds gets k frames with repeats.
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
+    n_all = int(num_video_frames)
+    if not official:
+        return np.arange(n_all, dtype=np.int64)[select(np.zeros(n_all), k, "uniform", **params)]
+    if loader == "llava_video":
+        step = max(1, round(video_fps / fps))
+        frames = np.arange(0, n_all, step, dtype=np.int64)
+        return np.linspace(0, n_all - 1, k, dtype=int).astype(np.int64) if len(frames) > k else frames
+    if loader == "qwen2_5_vl":
+        import torch
+
+        def floor_even(x: float) -> int:
+            return int(math.floor(x / 2) * 2)
+
+        n = floor_even(min(min(max(n_all / video_fps * 2.0, 4), floor_even(min(768, n_all))), n_all))
+        if n < 2:
+            raise ValueError(f"the published Qwen2.5-VL loader needs at least 2 frames, the video has {n_all}")
+        grid = torch.linspace(0, n_all - 1, n).round().long().numpy()
+        picks = np.linspace(0, n - 1, k, dtype=int)
+        if n - 1 not in picks:
+            picks = np.append(picks, n - 1)
+        return grid[picks].astype(np.int64)
+    raise ValueError(f"unknown published loader {loader!r}; valid: llava_video, qwen2_5_vl")
+
+
 def frames_for_question(candidate_frames: np.ndarray, scores: Any, k: int, method: str,
                         num_video_frames: int, official: bool = False, features: Any = None,
                         **params: Any) -> np.ndarray:
     """Absolute frame numbers for one question: `candidate_frames[select(...)]`, int64.
 
-    `official=True` reproduces the published evaluation (`load_video_index`): when
-    fewer than k candidates exist (T < k; T == k keeps the candidates) it discards the
-    selection and feeds `np.linspace(0, num_video_frames - 1, k, dtype=int)` over ALL
-    decoded frames, whatever the method. Those k numbers may repeat when the video has
-    fewer than k frames, as in the published code. Otherwise T <= k returns all candidates.
+    `official=True` feeds them as the published evaluation does (`published_feed`): when
+    fewer than k were chosen (T < k, or an `aks` that drops remainders) the selection is
+    discarded for `np.linspace(0, num_video_frames - 1, k, dtype=int)` over ALL decoded
+    frames, whatever the method. Uniform frames need no candidates: see `uniform_frames`.
     """
+    if method == "uniform":
+        raise ValueError("uniform frames are spread over all decoded frames, not candidates: use uniform_frames")
     cands = np.asarray(candidate_frames, dtype=np.int64)
     arr = _as_scores(scores)
-    positions = select(arr, k, method, features, **params)
     if cands.ndim != 1 or len(cands) != len(arr):
         raise ValueError(f"candidate_frames {cands.shape} must be 1-D and match the scores")
-    if official and len(cands) < k:
-        if num_video_frames < 1:
-            raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
-        return np.linspace(0, num_video_frames - 1, k, dtype=int).astype(np.int64)
-    return cands[positions]
+    frames = cands[select(arr, k, method, features, **params)]
+    return published_feed(frames, k, num_video_frames) if official else frames
 
 
 @register_selector("uniform")

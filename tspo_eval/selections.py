@@ -1,9 +1,17 @@
-"""The selection stage over a benchmark: cached features + scores -> K frames per question.
+"""The selection stage: which frames each question gets under a `FramePolicy`.
 
-Output, the project's own format (JSON, one file per benchmark x method):
+`FramePlanner.plan` (and its one-shot form `question_frames`) is the one answer to "which
+frame numbers and timestamps does this question get": from a selections file (ours, or a
+published `frame_idx` JSON) when the policy names one and it holds the question; otherwise
+uniform frames over the whole video, or computed now from the video's cached candidate
+features (extracted on the fly when missing) scored by the agent or CLIP.  `tspo-eval select`,
+`inspect`, answering (lmms-eval, VLMEvalKit, `evaluate`) and the demo all go through it, so a
+question's frames do not depend on the entry point.
+
+Output of `select_benchmark`, the project's own format (JSON, one file per benchmark x method):
 
     {"format": "tspo-eval/selections@1",
-     "meta": {"benchmark", "method", "k", "scores", "encoder", "agent", "fps", ...},
+     "meta": {"benchmark", "method", "k", "policy": {...}, "fingerprint", "encoder", "agent", ...},
      "selections": {"<question index>": {"video": name, "frame_numbers": [...],
                                           "timestamps": [...], "num_candidates": T, "fps": f}},
      "failed": {"<question index>": "why"}}
@@ -13,12 +21,13 @@ that the published lmms-eval fork consumes.
 
 Scores: `tspo` uses the agent's S; the zero-shot methods (`topk`, `bin-max`, `aks`, `bolt`,
 `dpp`) use the CLIP cosine of the cached frame features with the question stem (as AKS and
-BOLT score with CLIP); `uniform` ignores scores.  `scores="agent"` / `"clip"` overrides that.
+BOLT score with CLIP); `uniform` ignores scores.  `scores=agent` / `clip` overrides that.
 Methods that declare `features` (`dpp`) also receive the video's cached frame features.
 """
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -27,44 +36,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .agent import TemporalAgent
-from .benchmarks import Question, resolve_video, write_frame_idx
+from .agent import TemporalAgent, load_agent
+from .benchmarks import Question, read_frame_idx, resolve_video, write_frame_idx
 from .cache import FeatureCache, VideoFeatures
 from .encoders import Encoder
 from .extract import ExtractConfig, video_features
-from .selection import SELECTORS, frames_for_question, takes
-from .video import VideoError
+from .policy import FramePolicy
+from .selection import frames_for_question, published_feed, takes, uniform_frames
+from .video import VideoError, probe
 
 FORMAT = "tspo-eval/selections@1"
-ScoreSource = Literal["auto", "agent", "clip"]
-
-
-@dataclass
-class SelectConfig:
-    """Which frames each question gets."""
-
-    method: str = field(default="tspo", metadata={"help": "uniform | topk | bin-max | aks | bolt | dpp | tspo "
-                                                           "(agent + the benchmark's published default)"})
-    k: int = field(default=64, metadata={"help": "frames per question"})
-    scores: ScoreSource = field(default="auto", metadata={
-        "help": "auto: agent for tspo, CLIP cosine for the others; or force agent / clip"})
-    official: bool = field(default=False, metadata={
-        "help": "reproduce the published short-video fallback (K uniform frames when T < K)"})
-    params: dict[str, Any] = field(default_factory=dict, metadata={"help": "method parameters, e.g. t1=0.2"})
-
-    def __post_init__(self) -> None:
-        if self.method not in SELECTORS:
-            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(sorted(SELECTORS))}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.scores not in ("auto", "agent", "clip"):
-            raise ValueError(f"scores must be auto, agent or clip, got {self.scores!r}")
-
-    @property
-    def score_source(self) -> Literal["agent", "clip"]:
-        if self.scores != "auto":
-            return self.scores
-        return "agent" if self.method == "tspo" else "clip"
 
 
 @dataclass
@@ -129,58 +110,206 @@ def question_scores(features: torch.Tensor, text: torch.Tensor, source: Literal[
         1e-8)
 
 
-def select_for_question(vf: VideoFeatures, text: torch.Tensor, cfg: SelectConfig, benchmark: str,
-                        agent: TemporalAgent | None = None) -> tuple[Selection, torch.Tensor]:
-    """One question's selection from its video's cached features and its stem's features."""
-    scores = question_scores(vf.features, text, cfg.score_source, agent)
-    params = dict(cfg.params)
-    if takes(cfg.method, "benchmark"):
-        params.setdefault("benchmark", benchmark)
-    frames = frames_for_question(vf.frame_numbers, scores.numpy(), cfg.k, cfg.method, vf.num_frames,
-                                 official=cfg.official, features=vf.features, **params)
+def _selection(video: str, frames: np.ndarray, num_candidates: int, fps: float) -> Selection:
     frames = np.asarray(frames, dtype=np.int64)
+    return Selection(video=video, frame_numbers=frames.tolist(), timestamps=(frames / fps).tolist(),
+                     num_candidates=num_candidates, fps=fps)
+
+
+def _method_params(policy: FramePolicy, benchmark: str) -> dict[str, Any]:
+    params = dict(policy.params)
+    if takes(policy.method, "benchmark"):
+        params.setdefault("benchmark", benchmark)
+    return params
+
+
+def uniform_selection(video: str | Path, num_frames: int, fps: float, policy: FramePolicy) -> Selection:
+    """Uniform frames over the whole video (`selection.uniform_frames`): no features needed."""
+    frames = uniform_frames(num_frames, fps, policy.k, policy.official, policy.loader, policy.sampling.fps,
+                            **policy.params)
+    return _selection(str(video), frames, num_frames, fps)
+
+
+def select_for_question(vf: VideoFeatures, text: torch.Tensor, policy: FramePolicy, benchmark: str,
+                        agent: TemporalAgent | None = None) -> tuple[Selection, torch.Tensor]:
+    """One question's selection from its video's cached features and its stem's features,
+    with the per-candidate scores (for plots; a uniform policy ignores them)."""
+    scores = question_scores(vf.features, text, policy.score_source, agent)
+    if policy.method == "uniform":
+        return uniform_selection(vf.video, vf.num_frames, vf.fps, policy), scores
+    frames = frames_for_question(vf.frame_numbers, scores.numpy(), policy.k, policy.method, vf.num_frames,
+                                 official=policy.official, features=vf.features, **_method_params(policy, benchmark))
     if frames.size == 0:
         hint = (f"aks gives a leaf at depth d floor(k / 2**d) frames, none when k < 2**depth; use preset=tspo "
-                f"(depth 3) or depth=N with 2**N <= {cfg.k}: `tspo-eval select --params preset=tspo`, "
-                "`tspo-eval compare --methods aks:preset=tspo`" if cfg.method == "aks" else "try a larger --k")
-        raise ValueError(f"method {cfg.method!r} with {cfg.params or 'default parameters'} chose no frames at "
-                         f"k={cfg.k}; {hint}")
-    selection = Selection(video=vf.video, frame_numbers=frames.tolist(), timestamps=(frames / vf.fps).tolist(),
-                          num_candidates=len(vf.frame_numbers), fps=vf.fps)
+                f"(depth 3) or depth=N with 2**N <= {policy.k}: `tspo-eval select --params preset=tspo`, "
+                "`tspo-eval compare --methods aks:preset=tspo`" if policy.method == "aks" else "try a larger --k")
+        raise ValueError(f"method {policy.method!r} with {policy.params or 'default parameters'} chose no frames at "
+                         f"k={policy.k}; {hint}")
+    selection = _selection(vf.video, frames, len(vf.frame_numbers), vf.fps)
     return selection, scores
 
 
-def select_benchmark(questions: Sequence[Question], video_root: str | Path, encoder: Encoder,
-                     cache: FeatureCache, cfg: SelectConfig, extract_cfg: ExtractConfig | None = None,
-                     agent: TemporalAgent | None = None, progress: bool = True) -> SelectionSet:
-    """Selections for every question; features come from the cache (extracted when missing).
+@dataclass
+class QuestionRef:
+    """What frame planning and answering need from a question: its id, video, stem and LLM prompt."""
 
-    A question whose video fails is recorded in `failed` and the run goes on.
+    index: str
+    benchmark: str
+    video_path: str
+    question: str
+    prompt: str = ""
+
+
+def _policy_mismatch(asked: FramePolicy, meta: dict[str, Any]) -> list[str]:
+    """Settings in which a selections file's recorded policy differs from the asked one."""
+    recorded = meta.get("policy")
+    if not isinstance(recorded, dict):
+        return []  # written before policies were recorded: trusted as is
+    mine = asked.identity()
+    return sorted(k for k in set(mine) | set(recorded)
+                  if k not in ("selections", "format") and recorded.get(k) != mine.get(k))
+
+
+class FramePlanner:
+    """Chooses each question's frames under one `FramePolicy` (see the module docstring).
+
+    `agent` may be a checkpoint spec (directory, hub id, random:<config>), loaded when a
+    question first needs it: a run served entirely from a selections file, or a uniform one,
+    never loads it. `extract` sets how fast missing features are extracted (never which).
     """
-    extract_cfg = extract_cfg or ExtractConfig()
+
+    def __init__(self, policy: FramePolicy, agent: TemporalAgent | str | None = None,
+                 encoder: Encoder | None = None, cache: FeatureCache | None = None,
+                 extract: ExtractConfig | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        if policy.method != "uniform" and policy.selections is None and agent is None and encoder is None:
+            raise ValueError(f"method {policy.method!r} needs an agent (or encoder) to score frames, "
+                             "or a precomputed selections file")
+        if policy.score_source == "agent" and policy.selections is None and agent is None \
+                and policy.method != "uniform":
+            raise ValueError(f"scores=agent (method {policy.method!r}) needs an agent")
+        self.policy, self.extract = policy, extract or ExtractConfig()
+        self._agent, self._encoder = agent, encoder
+        self.cache = cache or FeatureCache("feature_cache")
+        self.device, self.dtype = device, dtype
+        self._precomputed: dict[str, tuple[dict[str, list[int]], bool]] = {}
+        self._features: tuple[str, VideoFeatures] | None = None  # the last video's, for its next question
+        self._lock = threading.Lock()
+
+    def _scorer(self) -> tuple[TemporalAgent | None, Encoder]:
+        with self._lock:
+            if isinstance(self._agent, str):
+                self._agent = load_agent(self._agent, torch_dtype=self.dtype, device=self.device)
+            if self._encoder is None:
+                if self._agent is None:
+                    raise ValueError(f"method {self.policy.method!r} needs an agent to select frames")
+                self._encoder = self._agent.encoder
+            return self._agent, self._encoder
+
+    def _load_selections(self, benchmark: str) -> tuple[dict[str, list[int]], bool]:
+        """(frame numbers by question index, whether they are a published frame_idx file) for one
+        benchmark; ({}, False) when a folder has no file for it."""
+        with self._lock:
+            if benchmark not in self._precomputed:
+                self._precomputed[benchmark] = self._read_selections(benchmark)
+            return self._precomputed[benchmark]
+
+    def _read_selections(self, benchmark: str) -> tuple[dict[str, list[int]], bool]:
+        path = Path(self.policy.selections)
+        if path.is_dir():
+            path = path / f"{self.policy.method}_{benchmark}.json"
+            if not path.is_file():
+                return {}, False
+        elif not path.is_file():
+            raise FileNotFoundError(f"selections file {path} does not exist; run `tspo-eval select` first")
+        payload = json.loads(path.read_text())
+        if isinstance(payload, dict) and str(payload.get("format", "")).startswith("tspo-eval/selections"):
+            sset = SelectionSet.load(path)
+            differ = _policy_mismatch(self.policy, sset.meta)
+            if differ:
+                recorded = sset.meta["policy"]
+                raise ValueError(f"{path} was selected under another frame policy ("
+                                 + ", ".join(f"{k}={recorded.get(k)!r} there, {self.policy.identity().get(k)!r} here"
+                                             for k in differ) + "): select again with these settings, or give "
+                                 "the file's settings")
+            return {k: v.frame_numbers for k, v in sset.selections.items()}, False
+        return read_frame_idx(path, benchmark), True
+
+    def _video_features(self, path: str) -> VideoFeatures:
+        _, encoder = self._scorer()
+        with self._lock:
+            if self._features is not None and self._features[0] == path:
+                return self._features[1]
+        vf = video_features(path, encoder, self.cache, self.policy.sampling, self.extract)
+        with self._lock:
+            self._features = (path, vf)
+        return vf
+
+    def plan(self, ref: QuestionRef, text: torch.Tensor | None = None) -> Selection:
+        """The frames for one question; raises VideoError / ValueError when it has none.
+        `text`: the stem's features when the caller has them already (batch-encoded)."""
+        policy = self.policy
+        if policy.selections is not None:
+            found, published = self._load_selections(ref.benchmark)
+            chosen = found.get(ref.index)
+            if chosen is not None:
+                info = probe(ref.video_path)
+                frames = published_feed(chosen, policy.k, info.num_frames) if published and policy.official \
+                    else np.asarray(chosen, dtype=np.int64)
+                return _selection(Path(ref.video_path).name, frames, info.num_frames, info.fps)
+            if self._agent is None and self._encoder is None and policy.method != "uniform":
+                raise ValueError(f"question {ref.index} is not in {policy.selections} and no agent was given "
+                                 "to select its frames now")
+        if policy.method == "uniform":
+            info = probe(ref.video_path)
+            return uniform_selection(Path(ref.video_path).name, info.num_frames, info.fps, policy)
+        agent, encoder = self._scorer()
+        vf = self._video_features(ref.video_path)
+        if text is None:
+            text = self.cache.text_features(encoder.identity, [ref.question], encoder.encode_text)[0]
+        selection, _ = select_for_question(vf, text, policy, ref.benchmark, agent)
+        return selection
+
+
+def question_frames(ref: QuestionRef, policy: FramePolicy, **planner_args: Any) -> Selection:
+    """Which frame numbers (and timestamps) `ref` gets under `policy`: `FramePlanner(policy,
+    **planner_args).plan(ref)`, for one question (a planner serves many, loading models once)."""
+    return FramePlanner(policy, **planner_args).plan(ref)
+
+
+def select_benchmark(questions: Sequence[Question], video_root: str | Path, encoder: Encoder | None,
+                     cache: FeatureCache, policy: FramePolicy, extract: ExtractConfig | None = None,
+                     agent: TemporalAgent | None = None, progress: bool = True) -> SelectionSet:
+    """Selections for every question through `FramePlanner` (features from the cache, extracted
+    when missing; stems encoded in one batch). A question whose video fails is recorded in
+    `failed` and the run goes on."""
     if not questions:
         raise ValueError("no questions to select frames for")
     benchmark = questions[0].benchmark
-    texts = cache.text_features(encoder.identity, [q.question for q in questions], encoder.encode_text)
-    meta = {"benchmark": benchmark, "method": cfg.method, "k": cfg.k, "scores": cfg.score_source,
-            "official": cfg.official, "params": cfg.params, "encoder": encoder.identity,
+    planner = FramePlanner(policy, agent=agent, encoder=encoder, cache=cache, extract=extract)
+    computed = policy.method != "uniform"
+    texts = cache.text_features(encoder.identity, [q.question for q in questions], encoder.encode_text) \
+        if computed and encoder is not None else None
+    meta = {"benchmark": benchmark, "method": policy.method, "k": policy.k, "scores": policy.score_source,
+            "official": policy.official, "params": dict(policy.params), "policy": policy.identity(),
+            "fingerprint": policy.fingerprint(), "encoder": encoder.identity if encoder is not None else None,
             "agent": agent.config._name_or_path if agent is not None else None,
-            "fps": extract_cfg.fps, "max_frames": extract_cfg.max_frames}
+            "fps": policy.sampling.fps, "max_frames": policy.sampling.max_frames}
     result = SelectionSet(meta)
     by_video: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         by_video.setdefault(q.video_name, []).append(i)
-    for video_name, members in tqdm(by_video.items(), desc=f"select {cfg.method}", unit="video",
+    for video_name, members in tqdm(by_video.items(), desc=f"select {policy.method}", unit="video",
                                     disable=not progress):
-        try:
-            vf = video_features(resolve_video(video_root, video_name, benchmark), encoder, cache, extract_cfg)
-        except (VideoError, ValueError) as err:
-            for i in members:
-                result.failed[questions[i].index] = str(err)
-            continue
-        for i in members:
+        path = str(resolve_video(video_root, video_name, benchmark))
+        for n, i in enumerate(members):
+            q = questions[i]
             try:
-                result.selections[questions[i].index], _ = select_for_question(vf, texts[i], cfg, benchmark, agent)
-            except ValueError as err:  # e.g. no frame chosen: this question fails, the run goes on
-                result.failed[questions[i].index] = str(err)
+                result.selections[q.index] = planner.plan(QuestionRef(q.index, benchmark, path, q.question),
+                                                          None if texts is None else texts[i])
+            except (VideoError, OSError) as err:  # the video failed: so do its other questions
+                result.failed.update({questions[j].index: str(err) for j in members[n:]})
+                break
+            except ValueError as err:  # this question (e.g. a selector that chose nothing)
+                result.failed[q.index] = str(err)
     return result

@@ -1,12 +1,17 @@
 """The model names both framework adapters expose, their arguments, and how they are built.
 
 A name fixes the backbone and the default frame method (`*_uniform` models differ from
-`*_tspo` only in the frames); everything else is a validated `ModelArgs` field.
+`*_tspo` only in the frames); the frame policy keys (`policy.POLICY_KEYS`: method, k, params,
+official, fps, ...) and the extraction knobs (`policy.EXTRACT_KEYS`) are parsed by the same
+parser as on the command line; everything else is a validated `ModelArgs` field.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from ..policy import EXTRACT_KEYS, POLICY_KEYS, ExtractConfig, FramePolicy, parse_extract, parse_policy, \
+    split_settings
 
 BACKBONE_OPTIONS = {
     "llava_video": ("conv_template", "compile_vision"),
@@ -40,12 +45,6 @@ class ModelArgs:
 
     pretrained: str | None = field(default=None, metadata={"help": "backbone directory or hub id"})
     agent: str = field(default="hzf666/TSPO-0.4B", metadata={"help": "TSPO-0.4B directory / hub id / random:<config>"})
-    method: str | None = field(default=None, metadata={"help": "frame method (default: the model name's)"})
-    k: int = field(default=64, metadata={"help": "frames per question"})
-    fps: float = field(default=1.0, metadata={"help": "candidate fps for computed selections"})
-    max_frames: int | None = field(default=None, metadata={"help": "candidate cap"})
-    selections: str | None = field(default=None, metadata={"help": "selections file or published frame_idx JSON"})
-    official: bool = field(default=False, metadata={"help": "published short-video fallback"})
     cache_dir: str = field(default="feature_cache", metadata={"help": "feature cache root"})
     dtype: str = field(default="bfloat16", metadata={"help": "backbone dtype"})
     attn_implementation: str | None = field(default=None, metadata={"help": "sdpa (default) / flash_attention_2"})
@@ -58,6 +57,13 @@ class ModelArgs:
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL min pixels per frame"})
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL max pixels per frame"})
     time_encoding: str | None = field(default=None, metadata={"help": "Qwen2.5-VL: real / mean / none"})
+    policy: FramePolicy = field(default_factory=FramePolicy, metadata={
+        "help": "the frame policy (from the policy keys; method defaults to the model name's)"})
+    extract: ExtractConfig = field(default_factory=ExtractConfig, metadata={
+        "help": "how fast missing features are extracted (from the extraction keys)"})
+
+
+DERIVED_ARGS = ("policy", "extract")  # ModelArgs fields built from other keys, not given directly
 
 
 def _coerce(value: Any, default: Any) -> Any:
@@ -75,14 +81,17 @@ def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
     """Validated `ModelArgs`; an unknown or inapplicable key is an error naming the valid ones."""
     flavour = FLAVOURS[model_name]
     foreign = {o for kind, opts in BACKBONE_OPTIONS.items() if kind != flavour.backbone for o in opts}
-    valid = sorted(f.name for f in fields(ModelArgs) if f.name not in foreign)
-    unknown = sorted(set(raw) - set(valid))
+    own = sorted(f.name for f in fields(ModelArgs) if f.name not in foreign and f.name not in DERIVED_ARGS)
+    policy_raw, extract_raw, rest = split_settings(raw)
+    unknown = sorted(set(rest) - set(own))
     if unknown:
+        valid = sorted([*own, *POLICY_KEYS, *EXTRACT_KEYS])
         raise ValueError(f"{model_name}: unknown model_args {', '.join(unknown)}; valid: {', '.join(valid)}")
     defaults = ModelArgs()
-    args = ModelArgs(**{k: _coerce(v, getattr(defaults, k)) for k, v in raw.items()})
+    args = ModelArgs(**{k: _coerce(v, getattr(defaults, k)) for k, v in rest.items()})
+    args.policy = parse_policy(policy_raw, FramePolicy(method=flavour.method, loader=flavour.backbone), model_name)
+    args.extract = parse_extract(extract_raw, where=model_name)
     args.pretrained = args.pretrained or flavour.pretrained
-    args.method = args.method or flavour.method
     for option, value in BACKBONE_DEFAULTS[flavour.backbone].items():
         if getattr(args, option) is None:
             setattr(args, option, value)
@@ -91,17 +100,16 @@ def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
 
 def build_answering(model_name: str, args: ModelArgs, device, batch_size: int = 1):
     """(backbone, frame planner, answer settings) for one model name: the whole answering pipeline."""
-    from ..answering import AnswerConfig, FrameConfig, FramePlanner
+    from ..answering import AnswerConfig
     from ..backbones import load_backbone
     from ..cache import FeatureCache
+    from ..selections import FramePlanner
 
     kind = FLAVOURS[model_name].backbone
     options = {o: getattr(args, o) for o in BACKBONE_OPTIONS[kind] if getattr(args, o) is not None}
     backbone = load_backbone(kind, args.pretrained, dtype=args.dtype, device=device,
                              attn_implementation=args.attn_implementation, **options)
-    frames = FrameConfig(method=args.method, k=args.k, fps=args.fps, max_frames=args.max_frames,
-                         selections=args.selections, official=args.official)
-    planner = FramePlanner(frames, agent=args.agent, cache=FeatureCache(args.cache_dir), device=device,
-                           dtype=backbone.dtype)
+    planner = FramePlanner(args.policy, agent=args.agent, cache=FeatureCache(args.cache_dir), extract=args.extract,
+                           device=device, dtype=backbone.dtype)
     answer_cfg = AnswerConfig(batch_size=batch_size, decode_workers=args.decode_workers, prefetch=args.prefetch)
     return backbone, planner, answer_cfg

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..benchmarks import Question, get_benchmark
-from .models import FLAVOURS, ModelArgs, build_answering, parse_model_args
+from .models import DERIVED_ARGS, FLAVOURS, ModelArgs, build_answering, parse_model_args
 from .vlmeval_tsv import DATASETS, QuestionIndex, load_registry
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def parse_args(model_name: str, raw: Mapping[str, Any]) -> tuple[ModelArgs, VLME
         args = parse_model_args(model_name, {k: v for k, v in raw.items() if k not in ours})
     except ValueError as err:
         raise ValueError(f"{err}, {', '.join(sorted(ours))}") from None
-    if args.selections is not None and extra.questions is None:
+    if args.policy.selections is not None and extra.questions is None:
         raise ValueError(f"{model_name}: selections are keyed by registry question index; pass questions=<folder or "
                          "file of the registry TSVs / annotation files> so VLMEvalKit's questions can be matched")
     return args, extra
@@ -295,6 +295,7 @@ def run(model: str, dataset: str, work_dir: str | Path = "vlmeval_outputs", *, d
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """`tspo-eval vlmeval run` and `tspo-eval vlmeval convert` (VLMEvalKit is imported only when run)."""
     from ..cli import add_config_args
+    from ..policy import add_extract_args, add_policy_args
 
     parser = subparsers.add_parser("vlmeval", help="run tspo-eval models in VLMEvalKit; convert its dataset TSVs")
     sub = parser.add_subparsers(dest="vlmeval_command", required=True)
@@ -310,7 +311,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                                                          "(LongVideoBench needs > 0; our models pick their own k)")
     p.add_argument("--work-dir", type=Path, default=Path("vlmeval_outputs"), help="VLMEvalKit output folder")
     p.add_argument("--judge", default="exact_matching", help="VLMEvalKit answer judge (exact_matching: no API)")
-    add_config_args(p, ModelArgs)
+    add_config_args(p, ModelArgs, exclude=DERIVED_ARGS)
+    add_policy_args(p, defaults=None)
+    add_extract_args(p)
     add_config_args(p, VLMEvalArgs)
     p.set_defaults(run=cmd_run)
 
@@ -326,13 +329,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _model_args(ns: argparse.Namespace) -> dict[str, Any]:
-    """Flags given a non-default value (backbone options of the other backbone stay unset)."""
+    """Flags given a non-default value (backbone options of the other backbone stay unset); frame
+    policy and extraction flags that were given, for `parse_model_args` to parse as everywhere."""
+    from ..policy import EXTRACT_KEYS, POLICY_KEYS
+
     raw = {}
     for cls in (ModelArgs, VLMEvalArgs):
         for f in dataclasses.fields(cls):
+            if f.name in DERIVED_ARGS:
+                continue
             value = getattr(ns, f.name)
             if value != f.default:
                 raw[f.name] = value
+    raw.update({k: getattr(ns, k) for k in (*POLICY_KEYS, *EXTRACT_KEYS) if getattr(ns, k, None) is not None})
     return raw
 
 

@@ -21,6 +21,7 @@ random order, from cached features: nothing is decoded to build them.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -38,7 +39,8 @@ from .. import distributed
 from ..benchmarks import Question
 from ..cache import FeatureCache, VideoFeatures
 from ..encoders import Encoder
-from ..extract import ExtractConfig, extract_videos, video_features
+from ..extract import extract_videos, video_features
+from ..policy import ExtractConfig, Sampling
 from ..video import probe, read_frames
 
 Kind = Literal["multiple_choice", "grounding", "grounded_qa", "open"]
@@ -228,9 +230,14 @@ class EpisodeBuilder:
     def __init__(self, video_root: str | Path | None, encoder: Encoder, cache: FeatureCache,
                  max_candidates: int = 128, min_candidates: int = 50, distractors: int = 12,
                  clip_len: int = 50, max_repeats: int = 4, span_tolerance: float = 0.5,
-                 distractor_videos: Sequence[str | Path] = ()) -> None:
+                 distractor_videos: Sequence[str | Path] = (), decode_resize: bool = False,
+                 extract: ExtractConfig | None = None) -> None:
+        """`decode_resize` keys the cached features (as for evaluation); `extract` only sets how
+        fast missing ones are extracted."""
         self.root = Path(video_root) if video_root else None
         self.encoder, self.cache = encoder, cache
+        self.sampling = Sampling(fps=1.0, max_frames=max_candidates, decode_resize=decode_resize)
+        self.extract = extract or ExtractConfig()
         self.max_candidates, self.min_candidates = max_candidates, min_candidates
         self.distractors, self.clip_len, self.max_repeats = distractors, clip_len, max_repeats
         self.span_tolerance = span_tolerance
@@ -243,10 +250,10 @@ class EpisodeBuilder:
 
     def _features(self, path: str) -> VideoFeatures:
         """1-fps candidates capped at max_candidates; too few -> max_candidates over all frames."""
-        vf = video_features(path, self.encoder, self.cache, ExtractConfig(fps=1.0, max_frames=self.max_candidates))
+        vf = video_features(path, self.encoder, self.cache, self.sampling, self.extract)
         if len(vf.frame_numbers) < self.min_candidates:
-            vf = video_features(path, self.encoder, self.cache,
-                                ExtractConfig(fps=vf.fps, max_frames=self.max_candidates))
+            vf = video_features(path, self.encoder, self.cache, dataclasses.replace(self.sampling, fps=vf.fps),
+                                self.extract)
         return vf
 
     def prepare(self, samples: Sequence[Sample], progress: bool = True) -> dict[str, str]:
@@ -254,8 +261,8 @@ class EpisodeBuilder:
         rank its share; returns {video: why} for the videos that failed, over all ranks.
         Videos too short for 1-fps candidates get their uniform variant on first use."""
         paths = sorted({self.path(s) for s in samples} | set(self.pool))
-        report = extract_videos(distributed.shard(paths), self.encoder, self.cache,
-                                ExtractConfig(fps=1.0, max_frames=self.max_candidates), progress=progress)
+        report = extract_videos(distributed.shard(paths), self.encoder, self.cache, self.sampling, self.extract,
+                                progress=progress)
         failed = dict(report.failed)
         if dist.is_available() and dist.is_initialized():
             gathered: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]

@@ -30,10 +30,10 @@ from ..agent import TemporalAgent, load_agent
 from ..benchmarks import load_benchmark, resolve_video
 from ..cache import FeatureCache
 from ..demo import DemoConfig, make_benchmark
-from ..extract import ExtractConfig
 from ..plots import frame_grid, score_timeline
 from ..quality import quality_table
-from ..selections import SelectConfig, select_benchmark
+from ..policy import FramePolicy
+from ..selections import select_benchmark
 from ..synthetic import write_video
 from .config import TrainConfig
 from .data import EpisodeBuilder, Sample, sample_from_question
@@ -217,14 +217,13 @@ def heldout_table(cfg: ToyConfig, agent: TemporalAgent, initial_head: dict, cach
     """Hit rate on held-out generated videos: uniform vs the untrained vs the trained agent."""
     questions, video_dir = demo_questions(cfg, "heldout", cfg.eval_videos, cfg.seed + 1000)
     trained_head = {k: v.clone() for k, v in agent.selector.state_dict().items()}
-    runs, extract_cfg = {}, ExtractConfig()
-    encoder = agent.encoder
-    runs["uniform"] = select_benchmark(questions, video_dir, encoder, cache, SelectConfig("uniform", cfg.k),
-                                       extract_cfg, progress=False)
+    runs, encoder = {}, agent.encoder
+    runs["uniform"] = select_benchmark(questions, video_dir, encoder, cache, FramePolicy("uniform", cfg.k),
+                                       progress=False)
     for name, head in (("untrained agent", initial_head), ("trained agent", trained_head)):
         agent.selector.load_state_dict(head)
-        runs[name] = select_benchmark(questions, video_dir, encoder, cache, SelectConfig("topk", cfg.k, "agent"),
-                                      extract_cfg, agent, progress=False)
+        runs[name] = select_benchmark(questions, video_dir, encoder, cache,
+                                      FramePolicy("topk", cfg.k, scores="agent"), agent=agent, progress=False)
     agent.selector.load_state_dict(trained_head)
     table = quality_table(runs, questions)
     table.to_csv(cfg.out / "heldout_quality.csv")
