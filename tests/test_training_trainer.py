@@ -234,7 +234,8 @@ def test_toy_on_the_generated_demo_benchmark_beats_uniform_and_untrained_on_held
     assert rates["trained agent"] >= rates["untrained agent"] + 0.3, rates
     # the demo shows the trained agent next to the other methods when it exists
     from tspo_eval.demo import DemoConfig, run_demo
+    from tspo_eval.policy import FramePolicy
 
-    table = run_demo(DemoConfig(out=tmp_path / "demo_out", videos=2, duration=40, k=8,
-                                trained_agent=str(tmp_path / "demo" / "agent")))
+    table = run_demo(DemoConfig(out=tmp_path / "demo_out", videos=2, duration=40,
+                                trained_agent=str(tmp_path / "demo" / "agent")), FramePolicy(k=8))
     assert "tspo-trained" in table.index and (tmp_path / "demo_out" / "selections" / "tspo-trained.json").is_file()
