@@ -17,7 +17,10 @@ One command, four stages:
   4. resume: the DeepSpeed run's step-1 checkpoint copied to a fresh output dir and continued
      with --resume; its later steps and final adapters against the uninterrupted run's.
 
-Random weights never emit EOS: every answer is `--max-new-tokens` long.  Writes JSON (`--out`,
+Random weights never emit EOS: every answer is `--max-new-tokens` long.  The 7B runs use
+`--gradient-checkpointing` (as Temporal-RLT-style trainers do): 8 answers x (16 frames at the
+published pixels = 2048 video tokens + text + 128 answer tokens) keep ~110 GB of activations
+without it.  Writes JSON (`--out`,
 default $OUT/bench_train_llm.json) and exits 1 when a check fails.  On a CPU with
 `--size tiny` it takes a few minutes.
 
@@ -117,6 +120,9 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=None, help="frames per question (default 16 for 7b, 4 for tiny)")
     ap.add_argument("--rollouts", type=int, default=8, help="G")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default 128 for 7b, 8 for tiny)")
+    ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                    help="train-llm --gradient-checkpointing (default on for 7b: G x ~2.2k tokens of activations "
+                         "would need ~120 GB without it)")
     ap.add_argument("--side", type=int, default=448, help="video frame side (448: 256 tokens per frame pair)")
     ap.add_argument("--seconds", type=int, default=64, help="video length, 2 fps")
     ap.add_argument("--loss-atol", type=float, default=2e-3, help="plain vs DeepSpeed step-1 loss tolerance")
@@ -126,6 +132,7 @@ def main() -> int:
     a = ap.parse_args()
     k = a.k or (16 if a.size == "7b" else 4)
     new_tokens = a.max_new_tokens or (128 if a.size == "7b" else 8)
+    checkpointing = a.size == "7b" if a.gradient_checkpointing is None else a.gradient_checkpointing
     work = a.workdir
     for stale in ("plain", "deepspeed", "resumed"):
         shutil.rmtree(work / stale, ignore_errors=True)
@@ -135,7 +142,8 @@ def main() -> int:
     setup_s = time.perf_counter() - began
     train = ["-m", "tspo_eval.cli", "train-llm", "--backbone", "qwen2_5_vl", "--backbone-path", str(model_dir),
              "--data", str(data), "--finetune", "lora", "--k", str(k), "--rollouts", str(a.rollouts),
-             "--max-new-tokens", str(new_tokens), "--max-steps", str(a.steps), "--save-every", "1", "--think"]
+             "--max-new-tokens", str(new_tokens), "--max-steps", str(a.steps), "--save-every", "1", "--think",
+             *(["--gradient-checkpointing"] if checkpointing else [])]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "scripts/accelerate/deepspeed.yaml"), "--deepspeed_config_file",
               str(ROOT / "scripts/deepspeed/zero2.json"), "--num_processes", "1", "--num_machines", "1",
@@ -177,7 +185,8 @@ def main() -> int:
         "bench": "train_llm", "size": a.size, "device": torch.cuda.get_device_name() if torch.cuda.is_available()
         else platform.processor() or "cpu", "versions": {"torch": torch.__version__, **_versions()},
         "config": {"k": k, "rollouts": a.rollouts, "max_new_tokens": new_tokens, "steps": a.steps, "side": a.side,
-                   "video_seconds": a.seconds, "finetune": "lora", "lora_r": 16, "think": True},
+                   "video_seconds": a.seconds, "finetune": "lora", "lora_r": 16, "think": True,
+                   "gradient_checkpointing": checkpointing},
         "setup_s": round(setup_s, 1), "plain": step_summary(plain), "deepspeed": step_summary(ds),
         "checks": checks, "ok": all(c["ok"] for c in checks.values()), "runs": runs,
         "total_s": round(time.perf_counter() - began, 1)}

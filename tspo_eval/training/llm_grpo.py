@@ -93,6 +93,8 @@ class LLMTrainConfig:
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimiser steps"})
     save_every: int = field(default=500, metadata={"help": "checkpoint every N steps (and at the end)"})
     seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each LM layer in the backward instead of keeping its activations"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
 
     def __post_init__(self) -> None:
@@ -252,6 +254,9 @@ def make_trainable(backbone: Any, cfg: LLMTrainConfig) -> list[nn.Parameter]:
         params = [p for n, p in net.named_parameters() if "lora_" in n]
         for param in params:
             param.data = param.data.float()
+        for module in net.modules():  # under autocast the 16-bit input goes in as is: no float32 copy kept
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
         return params
     frozen = tuple(backbone.vision_modules)
     if not frozen:
@@ -314,6 +319,8 @@ class LLMTrainer:
                                        cpu=backbone.device.type == "cpu" and torch.cuda.is_available())
         self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         self.params = make_trainable(backbone, cfg)
+        if cfg.gradient_checkpointing:
+            backbone.net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = VideoPolicy(backbone)
         self.ref_net = (copy.deepcopy(backbone.net).requires_grad_(False)
                         if cfg.finetune == "full" and cfg.kl_coef > 0 else None)
@@ -354,7 +361,11 @@ class LLMTrainer:
 
     def loss(self, g: AnswerGroup, advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The GRPO token loss of one question's answers (forward with grad through the prepared model)."""
-        logp, entropy = self.model(*g.prompt, g.ids, self.cfg.temperature)
+        self.policy.net.train(self.cfg.gradient_checkpointing)  # transformers checkpoints in training mode only
+        try:
+            logp, entropy = self.model(*g.prompt, g.ids, self.cfg.temperature)
+        finally:
+            self.policy.net.eval()  # sampling keeps its KV cache
         return grpo_token_loss(logp, g.old_logp, self.reference_logp(g.prompt, g.ids), entropy, g.mask, advantages,
                                self.cfg.clip_eps, self.cfg.kl_coef, self.cfg.entropy_coef)
 
