@@ -60,7 +60,7 @@ from tspo_eval.agent import random_agent  # noqa: E402
 from tspo_eval.cache import FeatureCache  # noqa: E402
 from tspo_eval.encoders import HFClipEncoder, clip_resize_shape, compile_batched  # noqa: E402
 from tspo_eval.extract import _Decoder, extract_videos  # noqa: E402
-from tspo_eval.policy import ExtractConfig, Sampling  # noqa: E402
+from tspo_eval.policy import ExtractConfig, FramePolicy, Sampling  # noqa: E402
 from tspo_eval.synthetic import write_video  # noqa: E402
 from tspo_eval.video import iter_frames, probe, sample_candidates  # noqa: E402
 
@@ -483,12 +483,12 @@ def measure_select(args: argparse.Namespace) -> list[dict]:
     """Selection time per question (ms) from in-memory cached features, per method x T x K x dtype."""
     from tspo_eval.cache import VideoFeatures
     from tspo_eval.selection import SELECTORS
-    from tspo_eval.selections import SelectConfig, select_for_question
+    from tspo_eval.selections import select_for_question
 
     config = json.loads((Path(__file__).resolve().parents[1] / "tspo_eval" / "configs" / f"{args.clip}.json")
                         .read_text())
     dim, rng, rows = config["projection_dim"], torch.Generator().manual_seed(0), []
-    methods = [m for m in sorted(SELECTORS) if SelectConfig(method=m).score_source == "clip"]
+    methods = [m for m in sorted(SELECTORS) if FramePolicy(method=m).score_source == "clip"]
     torch.set_num_threads(1)  # a question is selected on one thread; CPU time is the load-independent figure
     for minutes in args.minutes:
         T = int(minutes * 60)
@@ -499,7 +499,7 @@ def measure_select(args: argparse.Namespace) -> list[dict]:
             texts = torch.randn(args.select_questions + 1, dim, generator=rng).to(dtype)
             for k in args.select_k:
                 for method in methods:
-                    cfg = SelectConfig(method=method, k=k, params={"preset": "tspo"} if method == "aks" else {})
+                    cfg = FramePolicy(method=method, k=k, params={"preset": "tspo"} if method == "aks" else {})
                     wall, cpu = [], []
                     for text in texts:
                         start, start_cpu = time.perf_counter(), time.thread_time()
