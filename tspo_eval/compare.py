@@ -5,8 +5,9 @@ selects from them, so methods differ in nothing but their rule. Per method the t
 the time-reference hit rate and coverage (`quality.quality_table`: LVBench, LongVideoBench),
 the questions whose selection failed, and the mean selection time per question: scoring (CLIP
 cosine, or the agent's forward pass for `tspo`) plus selection, from the cached features,
-without decoding or cache reads (one untimed warm-up call per method first). With a backbone, each method's selections also go through
-lmms-eval (`evaluation.evaluate`) and the benchmark's overall accuracy joins the table.
+without decoding or cache reads (one untimed warm-up call per method first). With a
+backbone, each method's selections also go through lmms-eval (`evaluation.evaluate`) and
+the benchmark's overall accuracy joins the table.
 
 Outputs under `out`: `compare_<benchmark>.csv` and `.md` (the table), `compare_<benchmark>.png`
 (the chart) and `selections/<label>_<benchmark>.json` (each method's selections).
@@ -28,7 +29,7 @@ from .benchmarks import Question, resolve_video
 from .cache import FeatureCache
 from .encoders import Encoder
 from .extract import video_features
-from .policy import ExtractConfig, FramePolicy
+from .policy import ExtractConfig, FramePolicy, parse_params
 from .quality import quality_table
 from .selection import SELECTORS
 from .selections import SelectionSet, select_for_question
@@ -74,24 +75,13 @@ def method_spec(spec: str, k: int, base: FramePolicy | None = None) -> tuple[str
     """("label", the policy `base` with this method, k and parameters) of "NAME" or
     "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself."""
     name, _, raw = spec.partition(":")
-    params = {}
-    for item in filter(None, raw.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"method {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
-        params[key] = _number(value)
+    try:
+        params = parse_params(raw.replace(",", ";"))
+    except ValueError:
+        raise ValueError(f"method {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]") from None
     if name not in SELECTORS:
         raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(sorted(SELECTORS))}")
     return spec, (base or FramePolicy()).replace(method=name, k=k, params=params)
-
-
-def _number(text: str) -> int | float | str:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def file_label(label: str) -> str:
@@ -134,6 +124,7 @@ def compare_selectors(questions: Sequence[Question], video_root: str | Path, enc
                                  "fps": policy.sampling.fps, "max_frames": policy.sampling.max_frames})
             for label, scfg in specs.items()}
     seconds: dict[str, list[float]] = {label: [] for label in specs}
+    warmed: set[str] = set()
     by_video: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         by_video.setdefault(q.video_name, []).append(i)
@@ -146,7 +137,8 @@ def compare_selectors(questions: Sequence[Question], video_root: str | Path, enc
                 run.failed.update({questions[i].index: str(err) for i in members})
             continue
         for label, scfg in specs.items():
-            if not seconds[label] and not runs[label].failed:  # warm-up, untimed: lazy imports, first allocations
+            if label not in warmed:  # untimed warm-up: lazy imports, first allocations
+                warmed.add(label)
                 try:
                     select_for_question(vf, texts[members[0]], scfg, benchmark, agent)
                 except ValueError:
