@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -376,7 +377,11 @@ def e2e_child(args: argparse.Namespace) -> None:
     dtype = torch.bfloat16 if cuda else torch.float32
     t0 = time.perf_counter()
     agent = random_agent(args.clip, torch_dtype=dtype, device=device)
-    out: dict = {"model_load_s": time.perf_counter() - t0, "rss_after_load_mb": peaks(device)["peak_rss_mb"]}
+    if cuda:
+        torch.cuda.synchronize()
+    out: dict = {"model_load_s": time.perf_counter() - t0, "rss_after_load_mb": peaks(device)["peak_rss_mb"],
+                 # interpreter start, imports and model build: what the process spent before its first video
+                 "startup_s": time.time() - _process_start()}
     videos = [Path(v) for v in args.child_videos]
     warmup = Path(args.warmup_video)
 
@@ -402,6 +407,8 @@ def e2e_child(args: argparse.Namespace) -> None:
                 out[video.name] = {"per_question_s": times, "median_question_s": statistics.median(times),
                                    **peaks(device)}
                 print(video.name, out[video.name], file=sys.stderr, flush=True)
+            with torch.no_grad():  # what ours adds per question (the select step's text encoding)
+                out["text_per_question_s"] = timed(lambda: agent.encoder.encode_text([QUESTION]), 20, cuda)
         else:
             base = dict(encode_batch=args.batch_size, readers=args.readers, decode_threads=args.decode_threads,
                         decode_processes=args.decode_processes,
@@ -429,18 +436,242 @@ def e2e_child(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
-def run_child(args: argparse.Namespace, method: str, videos: list[Path], warmup: Path) -> dict:
+def run_child(args: argparse.Namespace, method: str, videos: list[Path], warmup: Path,
+              published_questions: int | None = None) -> dict:
+    questions = args.published_questions if published_questions is None else published_questions
     cmd = [sys.executable, __file__, "--child", method, "--child-videos", *map(str, videos),
            "--warmup-video", str(warmup), "--device", args.device, "--clip", args.clip,
-           "--batch-size", str(args.batch_size), "--decode-threads", str(args.decode_threads),
-           "--backend", args.backend,
-           "--readers", str(args.readers), "--prefetch", str(args.prefetch),
+           "--batch-size", str(args.batch_size), "--prefetch", str(args.prefetch),
+           *[item for flag, value in (("--decode-threads", args.decode_threads), ("--backend", args.backend),
+                                      ("--readers", args.readers)) if value is not None for item in (flag, str(value))],
            *(["--decode-processes"] if args.decode_processes else []),
-           "--published-questions", str(args.published_questions), "--repeats", str(args.repeats)]
+           "--published-questions", str(questions), "--repeats", str(args.repeats)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     sys.stderr.write(proc.stderr[-3000:])
     proc.check_returncode()
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ the real CLI
+def _process_start() -> float:
+    """When this process started (epoch seconds), from /proc where there is one."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except ImportError:
+        return time.time() - time.perf_counter()  # only an approximation without psutil
+
+
+def distinct_copies(source: Path, count: int, folder: Path) -> list[Path]:
+    """`count` files of one video, each ending in its own mp4 `free` box (valid mp4, ignored by
+    demuxers): their fingerprints, so their cache entries, differ, as different videos' would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = source.read_bytes()
+    out = []
+    for i in range(count):
+        path = folder / f"{source.stem}_{i}.mp4"
+        if not path.exists():
+            path.write_bytes(data + (12).to_bytes(4, "big") + b"free" + i.to_bytes(4, "big"))
+        out.append(path)
+    return out
+
+
+def write_questions(videos: list[Path], tsv: Path) -> None:
+    """One question per video, in the published LVBench TSV layout."""
+    lines = ["index\ttask_name\tvideo_name\tquestion_id\tquestion\tanswer_number\tcandidates\tanswer"]
+    for i, video in enumerate(videos):
+        lines.append(f"q{i}\tbench\t{video.name}\tq{i}\t{QUESTION}\t0\t['a', 'b', 'c', 'd']\ta")
+    tsv.write_text("\n".join(lines) + "\n")
+
+
+def run_watched(cmd: list[str], env: dict | None = None, poll_s: float = 0.2) -> dict:
+    """Run `cmd`; wall-clock seconds, and the peak memory of its whole process tree (its decoding
+    workers included): RSS summed over the tree, GPU memory through NVML where it is installed."""
+    import psutil
+
+    nvml = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        nvml = pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # noqa: BLE001 - no NVML (CPU machine, or not installed): GPU memory not reported
+        pass
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    streams: dict = {}
+    pumps = [threading.Thread(target=lambda k=k, f=f: streams.__setitem__(k, f.read()), daemon=True)
+             for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for pump in pumps:
+        pump.start()
+    peak_rss = peak_gpu = 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree))
+            if nvml is not None:
+                pids = {p.pid for p in tree}
+                used = sum(g.usedGpuMemory or 0 for g in pynvml.nvmlDeviceGetComputeRunningProcesses(nvml)
+                           if g.pid in pids)
+                peak_gpu = max(peak_gpu, used)
+        except (psutil.Error, OSError):
+            pass
+        time.sleep(poll_s)
+    wall = time.perf_counter() - t0
+    for pump in pumps:
+        pump.join()
+    return {"wall_s": wall, "returncode": proc.returncode, "peak_tree_rss_mb": peak_rss / 2**20,
+            "peak_gpu_mb": peak_gpu / 2**20 if nvml is not None else None,
+            "stdout_tail": streams.get("stdout", "")[-600:], "stderr_tail": streams.get("stderr", "")[-1500:]}
+
+
+def cli_env() -> dict:
+    """The environment for the CLI subprocesses: this checkout first on the path."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+def measure_startup(args: argparse.Namespace) -> dict:
+    """Fresh-process seconds: `import torch`, `import tspo_eval.agent` (what the extract command
+    imports), `tspo-eval --help`, and the costliest imports under tspo_eval.agent."""
+    env = cli_env()
+    out = {}
+    for name, code in (("python", "pass"), ("import_torch", "import torch"),
+                       ("import_torch_then_agent", "import torch, tspo_eval.agent"),
+                       ("import_extract_path", "import tspo_eval.cli, tspo_eval.extract, tspo_eval.agent")):
+        runs = [run_watched([sys.executable, "-c", code], env)["wall_s"] for _ in range(args.startup_repeats)]
+        out[name + "_s"] = statistics.median(runs)
+    out["help_s"] = statistics.median([run_watched([sys.executable, "-m", "tspo_eval.cli", "--help"], env)["wall_s"]
+                                       for _ in range(args.startup_repeats)])
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tspo_eval.agent"], env=env,
+                          capture_output=True, text=True)
+    rows = []
+    for line in proc.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), parts[2].rstrip()))
+    out["agent_import_costliest_ms"] = [f"{c / 1000:.0f} {name}" for c, name in sorted(rows, reverse=True)[:25]]
+    print("start-up", {k: v for k, v in out.items() if k.endswith("_s")}, flush=True)
+    return out
+
+
+def measure_checksum(frames: int) -> dict:
+    """What an entry of `frames` candidates costs to write and read back through the cache (the
+    checksum included where this checkout's cache has one), and the checksum alone."""
+    from tspo_eval import cache as cache_module
+    from tspo_eval.cache import VideoFeatures
+
+    features = torch.randn(frames, 768).to(torch.bfloat16)
+    entry = VideoFeatures(features=features, frame_numbers=np.arange(frames) * 30,
+                          timestamps=np.arange(frames, dtype=np.float64), fps=30.0, num_frames=frames * 30,
+                          encoder="bench", fingerprint="0" * 32, video="bench.mp4")
+    out: dict = {"frames": frames}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FeatureCache(Path(tmp))
+        keys = iter(range(10**6))
+
+        def put_get() -> None:
+            key = cache.video_key(f"{next(keys):032d}", "bench", 1.0, None)
+            cache.put_video(key, entry)
+            assert cache.get_video(key) is not None
+
+        out["put_and_get_s"] = timed(put_get, 5, False)
+    if hasattr(cache_module, "tensor_checksum"):
+        tensors = {"features": features, "frame_numbers": torch.from_numpy(entry.frame_numbers),
+                   "timestamps": torch.from_numpy(entry.timestamps)}
+        # once on writing, once on reading
+        out["checksum_write_and_read_s"] = 2 * timed(lambda: cache_module.tensor_checksum(tensors), 5, False)
+    print("checksum", out, flush=True)
+    return out
+
+
+def cli_section(args: argparse.Namespace, results: dict, save: Callable[[], None]) -> None:
+    """The published structure in a warm process against `python -m tspo_eval.cli extract` (the
+    console script's code) as a user runs it, per set of videos, one question per video."""
+    env = cli_env()
+    sets = {}
+    for spec in args.cli_sets:  # NAME:MINUTES:HEIGHTxWIDTH:COPIES
+        name, minutes, size, count = spec.split(":")
+        h, w = map(int, size.split("x"))
+        sets[name] = (float(minutes), (h, w), int(count))
+    args.videos.mkdir(parents=True, exist_ok=True)
+    base = {name: args.videos / f"cli_{name}.mp4" for name in sets}
+    warmup = args.videos / "cli_warmup.mp4"
+    makers = [subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, %r); from bench_extract import make_video; from pathlib import Path\n"
+        "make_video(Path(%r), %r, fps=%r, size=%r)") % (str(Path(__file__).parent), str(path), minutes, args.cli_fps,
+                                                        tuple(size))])
+        for path, (minutes, size, _) in [(warmup, (0.5, (270, 480), 0))] + [(base[n], sets[n]) for n in sets]]
+    t0 = time.perf_counter()
+    if any(m.wait() != 0 for m in makers):
+        raise SystemExit("making the videos failed")
+    results["cli_videos_made_s"] = time.perf_counter() - t0
+    print(f"videos made in {results['cli_videos_made_s']:.0f}s", flush=True)
+
+    results["startup"] = measure_startup(args)
+    save()
+    videos = {name: distinct_copies(base[name], count, args.videos / f"cli_{name}")
+              for name, (_, _, count) in sets.items()}
+    # the published structure: one warm process (as a benchmark run), one question per video
+    pub = run_child(args, "published", [v for vs in videos.values() for v in vs], warmup, published_questions=1)
+    text_s = pub["text_per_question_s"]
+    results["published_process"] = {k: pub[k] for k in ("startup_s", "model_load_s", "warmup_s", "text_per_question_s")}
+    out = results.setdefault("cli", {})
+    for name, (minutes, size, count) in sets.items():
+        root = Path(tempfile.mkdtemp(prefix=f"bench_cli_{name}_"))
+        tsv = root / "questions.tsv"
+        write_questions(videos[name], tsv)
+        per_video = [pub[v.name]["median_question_s"] for v in videos[name]]
+        row: dict = {"videos": count, "minutes": minutes, "size": list(size), "fps": args.cli_fps,
+                     "candidates_per_video": len(sample_candidates(videos[name][0]).frame_numbers),
+                     "published": {"per_video_s": per_video, "total_s": sum(per_video),
+                                   "peak_rss_mb": max(pub[v.name]["peak_rss_mb"] for v in videos[name]),
+                                   "peak_gpu_mb": max(pub[v.name]["peak_gpu_mb"] for v in videos[name])}}
+        # its process start-up shared out over the sets by their videos
+        pub_startup = pub["startup_s"] * count / sum(c for _, _, c in sets.values())
+        base_cmd = [sys.executable, "-m", "tspo_eval.cli", "extract", "--benchmark", "lvbench", "--tsv", str(tsv),
+                    "--video-root", str(videos[name][0].parent), "--agent", f"random:{args.clip}",
+                    "--device", args.device]
+        for i, flags in enumerate(args.cli_configs if name in args.cli_alt_sets else args.cli_configs[:1]):
+            label = flags or "defaults"
+            cache = root / f"cache{i}"
+            full = run_watched(base_cmd + ["--cache", str(cache)] + flags.split(), env)
+            if full["returncode"] != 0:
+                row[label] = {"error": full}
+                print(name, label, "FAILED", full["stderr_tail"], flush=True)
+                continue
+            report = json.loads((cache / "reports" / "lvbench" / "extract.json").read_text())
+            extraction = report["seconds"]  # the extraction itself, as the CLI timed it
+            ours, ours_with_startup = extraction + count * text_s, full["wall_s"] + count * text_s
+            pub_total = row["published"]["total_s"]
+            row[label] = {
+                "flags": flags, "encoded": len(report["encoded"]), "failed": len(report["failed"]),
+                "wall_s": full["wall_s"], "extraction_s": extraction, "startup_s": full["wall_s"] - extraction,
+                "per_video_s": extraction / count, "video_s_per_s": row["videos"] * minutes * 60 / extraction,
+                "ratio_excluding_startup": pub_total / ours,
+                "ratio_including_startup": (pub_total + pub_startup) / ours_with_startup,
+                "peak_tree_rss_mb": full["peak_tree_rss_mb"], "peak_gpu_mb": full["peak_gpu_mb"]}
+            print(name, label, row[label], flush=True)
+            out[name] = row
+            save()
+        out[name] = row
+        save()
+    frames = max(r["candidates_per_video"] for r in out.values())
+    results["checksum"] = measure_checksum(frames)
+    per_video = {n: r["defaults"]["per_video_s"] for n, r in out.items() if "defaults" in r}
+    if "checksum_write_and_read_s" in results["checksum"]:  # per video of the longest set: an upper bound
+        results["checksum"]["share_of_extraction"] = {
+            n: results["checksum"]["checksum_write_and_read_s"] / s for n, s in per_video.items()}
+    results["cli_summary"] = {n: {label: {k: r[label][k] for k in ("ratio_excluding_startup",
+                                                                   "ratio_including_startup", "per_video_s",
+                                                                   "wall_s", "startup_s", "peak_tree_rss_mb",
+                                                                   "peak_gpu_mb")}
+                                  for label in r if isinstance(r[label], dict) and "ratio_excluding_startup" in r[label]}
+                              for n, r in out.items()}
+    save()
+    print(json.dumps(results["cli_summary"], indent=1))
 
 
 def questions_per_video(spec: list[str]) -> dict[str, float]:
@@ -545,11 +776,21 @@ def main() -> None:
         "compile-static+cudagraphs", "compile-static+cudnn-attention"],
         help="bare-model variants, NAME[@BATCH,...] (a static compile recompiles per batch size); "
              "also compile-max-autotune")
-    p.add_argument("--sections", nargs="+", default=["encode", "extract"], choices=["encode", "extract", "select"],
-                   help="encode: encoder paths, variants, accuracy; extract: decode and end to end; "
-                        "select: selection time per question from cached features (CPU)")
-    p.add_argument("--select-k", type=int, nargs="+", default=[16, 64], help="frame budgets timed (select)")
+    p.add_argument("--sections", nargs="+", default=["encode", "extract"],
+                   choices=["encode", "extract", "select", "cli"],
+                   help="encode: encoder paths, variants, accuracy; extract: decode and end to end in warm "
+                        "processes; select: selection time per question from cached features (CPU); cli: the "
+                        "published structure against the real `tspo-eval extract`, start-up included and "
+                        "excluded, and the cache checksum's cost")
+    p.add_argument("--select-k", type=int, nargs="+", default=[16, 64], help="frames per question timed (select)")
     p.add_argument("--select-questions", type=int, default=50, help="questions timed per case (select)")
+    p.add_argument("--cli-sets", nargs="+", default=["10min:10:270x480:8", "30min:30:270x480:3", "720p:2:720x1280:6"],
+                   help="cli: NAME:MINUTES:HEIGHTxWIDTH:COPIES (COPIES distinct files of one generated video)")
+    p.add_argument("--cli-configs", nargs="+", default=["", "--backend decord", "--decode-resize"],
+                   help="cli: extract flags per run; the first (default: none) on every set, the rest on --cli-alt-sets")
+    p.add_argument("--cli-alt-sets", nargs="*", default=["10min", "720p"])
+    p.add_argument("--cli-fps", type=float, default=30.0, help="cli: frame rate of the generated videos")
+    p.add_argument("--startup-repeats", type=int, default=1)
     p.add_argument("--freezing-encoder", action="store_true", help="also time ours compiled with freezing")
     p.add_argument("--encode-frames", type=int, default=1024, help="frames per encode measurement")
     p.add_argument("--accuracy-frames", type=int, default=32)
@@ -569,7 +810,7 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    qpv = questions_per_video(args.questions_per_video)
+    qpv = questions_per_video(args.questions_per_video) if set(args.sections) - {"cli"} else {}
     args.videos.mkdir(parents=True, exist_ok=True)
     results: dict = {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
                      "cpu_cores": os.cpu_count(), "torch": torch.__version__, "clip": args.clip,
@@ -580,6 +821,17 @@ def main() -> None:
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
+
+    if "cli" in args.sections:
+        from tspo_eval.extract import available_cores, decode_plan
+
+        plan = decode_plan(ExtractConfig())
+        results["default_plan"] = {"available_cores": available_cores(), "backend": plan.backend,
+                                   "readers": plan.readers, "decode_threads": plan.decode_threads,
+                                   "decode_processes": plan.decode_processes}
+        cli_section(args, results, save)
+        if args.sections == ["cli"]:
+            return
 
     # videos are made in a background process while the (GPU-bound) encoder paths are measured
     specs = [("bench_warmup.mp4", 0.5, (270, 480))] + [(f"bench_{m:g}min.mp4", m, (270, 480)) for m in args.minutes]

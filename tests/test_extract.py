@@ -262,3 +262,14 @@ def test_available_cores_follows_the_affinity_mask_and_the_cgroup_quota(monkeypa
     monkeypatch.setattr(extract.os, "cpu_count", lambda: 12)
     (tmp_path / "cpu.max").unlink()
     assert extract.available_cores() == 12
+
+
+def test_the_report_times_the_extraction_and_merged_ranks_take_the_longer(videos, encoder, tmp_path):
+    from tspo_eval.extract import ExtractReport
+
+    report = extract_videos(videos[:1], encoder, FeatureCache(tmp_path / "cache"), ExtractConfig(), progress=False)
+    assert 0 < report.seconds < 300
+    report.save(tmp_path / "r.json")
+    assert ExtractReport.load(tmp_path / "r.json") == report
+    merged = ExtractReport(["a"], seconds=2.0).merge(ExtractReport(["b"], seconds=3.5))
+    assert merged.encoded == ["a", "b"] and merged.seconds == 3.5

@@ -29,6 +29,7 @@ import math
 import os
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -98,10 +99,12 @@ class ExtractReport:
     encoded: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0  # wall-clock of the extraction itself (no imports or model loading)
 
     def merge(self, other: "ExtractReport") -> "ExtractReport":
+        """Both ranks' videos; they ran at once, so the longer time."""
         return ExtractReport(self.encoded + other.encoded, self.cached + other.cached,
-                             {**self.failed, **other.failed})
+                             {**self.failed, **other.failed}, max(self.seconds, other.seconds))
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +276,7 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
                    progress: bool = True) -> ExtractReport:
     """Cache features of `sampling`'s candidates for every video in `paths` (skipping cached
     ones; `cfg`: how fast, never which features); never raises per video."""
+    start = time.perf_counter()
     sampling, cfg = sampling or Sampling(), decode_plan(cfg or ExtractConfig())
     identity = features_identity(encoder.identity, sampling)
     report = ExtractReport()
@@ -316,6 +320,7 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
         for _, decoder in window:
             decoder.cancel()
         bar.close()
+    report.seconds = time.perf_counter() - start
     return report
 
 
