@@ -267,7 +267,7 @@ def test_available_cores_follows_the_affinity_mask_and_the_cgroup_quota(monkeypa
 def test_the_report_times_the_extraction_and_merged_ranks_take_the_longer(videos, encoder, tmp_path):
     from tspo_eval.extract import ExtractReport
 
-    report = extract_videos(videos[:1], encoder, FeatureCache(tmp_path / "cache"), ExtractConfig(), progress=False)
+    report = extract_videos(videos[:1], encoder, FeatureCache(tmp_path / "cache"), progress=False)
     assert 0 < report.seconds < 300
     report.save(tmp_path / "r.json")
     assert ExtractReport.load(tmp_path / "r.json") == report
