@@ -317,3 +317,125 @@ def test_aks_choosing_nothing_fails_those_questions_and_names_the_flag(bench, tm
     fixed = select_benchmark(questions, videos, agent.encoder, FeatureCache(tmp_path / "cache"),
                              SelectConfig(method="aks", k=8, params={"preset": "tspo"}), progress=False)
     assert len(fixed.selections) == len(questions) and not fixed.failed
+
+
+# ----------------------------------------------------------------------------- VLMEvalKit runs
+from tspo_eval.integrations import vlmeval as tv  # noqa: E402
+from tspo_eval.integrations.models import parse_model_args  # noqa: E402
+from tspo_eval.policy import parse_bool  # noqa: E402
+
+
+def test_boolean_options_accept_true_false_1_0_and_nothing_else():
+    for text, value in (("true", True), ("False", False), ("1", True), ("0", False), (True, True), (0, False)):
+        assert parse_bool(text) is value
+        assert parse_model_args("llava_vid_tspo", {"compile_vision": text}).compile_vision is value
+        assert parse_model_args("llava_vid_tspo", {"official": text}).policy.official is value
+    for bad in ("yes", "flase", "", "2"):
+        with pytest.raises(ValueError, match="compile_vision.*true, false, 1 or 0"):
+            parse_model_args("llava_vid_tspo", {"compile_vision": bad})
+    parser = cli.build_parser()
+    base = ["vlmeval", "run", "--model", "llava_vid_tspo", "--data", "LVBench"]
+    assert parser.parse_args([*base, "--compile-vision", "false"]).compile_vision is False
+    assert parser.parse_args([*base, "--compile-vision", "1"]).compile_vision is True
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--compile-vision", "no"])
+
+
+class FakeDataset:
+    """What `run` uses of a VLMEvalKit dataset; `answer(model keywords) -> prediction` plays the model."""
+
+    def __init__(self, rows: int, answer) -> None:
+        self.rows, self.answer = rows, answer
+
+    def evaluate(self, result_file, model, nproc):
+        predictions = json.loads(open(result_file).read())["prediction"]
+        return {"acc": sum(p == "B" for p in predictions) / len(predictions)} if predictions else None
+
+
+@pytest.fixture
+def fake_vlmeval(monkeypatch):
+    """A stand-in for VLMEvalKit (not on the registry): its inference reuses a complete prediction
+    file, as VLMEvalKit's does, else writes what the dataset's `answer` gives for the registered
+    model's arguments."""
+    import types
+
+    state = {"dataset": None}
+    mods = {name: types.ModuleType(name) for name in (
+        "vlmeval", "vlmeval.config", "vlmeval.dataset", "vlmeval.dataset.video_base",
+        "vlmeval.dataset.video_dataset_config", "vlmeval.inference_video", "vlmeval.smp", "vlmeval.vlm",
+        "vlmeval.vlm.base")}
+    mods["vlmeval.config"].supported_VLM = {}
+    mods["vlmeval.dataset"].build_dataset = lambda name: state["dataset"]
+    mods["vlmeval.dataset"].DATASET_CLASSES, mods["vlmeval.dataset"].SUPPORTED_DATASETS = [], []
+    mods["vlmeval.dataset.video_base"].VideoBaseDataset = type("VideoBaseDataset", (), {})
+    mods["vlmeval.dataset.video_dataset_config"].supported_video_datasets = {}
+    mods["vlmeval.vlm.base"].BaseModel = type("BaseModel", (), {})
+
+    def infer(model, work_dir, model_name, dataset, result_file):
+        if os.path.exists(result_file):
+            return
+        keywords = mods["vlmeval.config"].supported_VLM[model_name].keywords
+        predictions = [dataset.answer(keywords) for _ in range(dataset.rows)]
+        if predictions:
+            with open(result_file, "w") as fh:
+                fh.write(json.dumps({"prediction": predictions}))
+
+    mods["vlmeval.inference_video"].infer_data_job_video = infer
+    mods["vlmeval.smp"].get_pred_file_path = lambda out, model, data, use_env_format: f"{out}/{model}_{data}.json"
+    mods["vlmeval.smp"].load = lambda path: json.loads(open(path).read())
+    mods["vlmeval.smp"].LMUDataRoot = mods["vlmeval.smp"].dump = mods["vlmeval.smp"].get_intermediate_file_path = None
+    for name, module in mods.items():
+        monkeypatch.setitem(sys.modules, name, module)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(mods[parent], child, module)
+    from tspo_eval.integrations.vlmeval_lvbench import lvbench_class
+
+    tv.model_class.cache_clear()
+    lvbench_class.cache_clear()
+    yield state
+    tv.model_class.cache_clear()
+    lvbench_class.cache_clear()
+
+
+def test_rerun_with_other_selections_never_reuses_the_old_predictions(fake_vlmeval, tmp_path):
+    fake_vlmeval["dataset"] = FakeDataset(3, lambda keywords: keywords["selections"])
+    (tmp_path / "q.tsv").write_text("questions")
+    first, second = tmp_path / "tspo.json", tmp_path / "aks.json"
+    first.write_text("tspo frames")
+    second.write_text("aks frames")
+
+    def predictions(selections):
+        tv.run("llava_vid_tspo", "Video-MME", tmp_path / "work",
+               model_args={"selections": str(selections), "questions": str(tmp_path / "q.tsv")})
+        (found,) = [p for p in (tmp_path / "work").rglob("*_Video-MME.json")
+                    if json.loads((p.parent / "policy.json").read_text())["selections"] == str(selections)]
+        return json.loads(found.read_text())["prediction"]
+
+    assert predictions(first) == [str(first)] * 3
+    assert predictions(second) == [str(second)] * 3  # its own answers, not the first run's
+    assert predictions(first) == [str(first)] * 3  # the same policy reuses its complete file
+    second.write_text("aks frames, recomputed")  # same path, new contents: another policy
+    folders = {p.parent for p in (tmp_path / "work").rglob("policy.json")}
+    tv.run("llava_vid_tspo", "Video-MME", tmp_path / "work",
+           model_args={"selections": str(second), "questions": str(tmp_path / "q.tsv")})
+    (new,) = {p.parent for p in (tmp_path / "work").rglob("policy.json")} - folders
+    assert json.loads((new / "llava_vid_tspo_Video-MME.json").read_text())["prediction"] == [str(second)] * 3
+
+
+@pytest.mark.parametrize("rows, answer, message", [
+    (0, None, "wrote no predictions"),  # e.g. a dataset name with no local copy: nothing to run
+    (3, lambda keywords: scoring.NO_ANSWER, "every one of the 3 questions failed")])
+def test_vlmeval_run_that_ran_nothing_exits_non_zero(fake_vlmeval, tmp_path, capsys, rows, answer, message):
+    fake_vlmeval["dataset"] = FakeDataset(rows, answer)
+    code = cli.main(["vlmeval", "run", "--model", "llava_vid_uniform", "--data", "Video-MME",
+                     "--work-dir", str(tmp_path / "work")])
+    assert code == 1 and message in capsys.readouterr().err
+
+
+def test_vlmeval_run_on_lvbench_without_its_variables_exits_non_zero(fake_vlmeval, tmp_path, capsys, monkeypatch):
+    for name in ("TSPO_LVBENCH_ANNOTATIONS", "TSPO_LVBENCH_VIDEOS"):
+        monkeypatch.delenv(name, raising=False)
+    code = cli.main(["vlmeval", "run", "--model", "llava_vid_uniform", "--data", "LVBench",
+                     "--work-dir", str(tmp_path / "work")])
+    assert code != 0 and "TSPO_LVBENCH_ANNOTATIONS" in capsys.readouterr().err

@@ -370,7 +370,8 @@ def test_vlmevalkit_runs_our_model_on_lvbench_from_the_selected_frames_and_score
     chosen = {k: v.frame_numbers for k, v in SelectionSet.load(mini_selections / "tspo_lvbench.json")
               .selections.items()}
     assert {r["index"]: r["frame_numbers"] for r in map(json.loads, record.read_text().splitlines())} == chosen
-    predictions = load(str(vlmeval_env / "out" / "llava_vid_tspo" / "llava_vid_tspo_LVBench.xlsx"))
+    (predictions_file,) = (vlmeval_env / "out" / "llava_vid_tspo").glob("*/llava_vid_tspo_LVBench.xlsx")
+    predictions = load(str(predictions_file))  # in the folder of this frame policy
     for qid, prediction in zip(predictions["question_id"], predictions["prediction"]):
         assert [int(x) for x in str(prediction).split()] == chosen[qid]  # VLMEvalKit stored what the pixels say
 

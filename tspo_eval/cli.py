@@ -46,6 +46,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: Sequenc
             parser.add_argument(flag, choices=args, default=default, help=f"{help_} (default {default})")
         else:
             base = next((a for a in args if a is not type(None)), hint) if _is_union(hint) else hint
+            if base is bool:  # bool(str) is True for "false": accept true/false/1/0 only
+                from .policy import parse_bool as base
             parser.add_argument(flag, type=base, default=default, help=f"{help_} (default {default})")
 
 

@@ -291,14 +291,10 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if origin in (dict, Mapping) or hint in (dict, Mapping):
         return parse_params(value)
     if hint is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes"):
-            return True
-        if text in ("0", "false", "no"):
-            return False
-        raise ValueError(f"{name}={value!r} is not a boolean (true / false)")
+        try:
+            return parse_bool(value)
+        except ValueError as err:
+            raise ValueError(f"{name}={err}") from None
     if hint is int:
         if isinstance(value, bool):
             raise ValueError(f"{name}={value!r} is not an integer")
@@ -317,6 +313,28 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if hint is str:
         return str(value)
     return value
+
+
+def parse_bool(value: Any) -> bool:
+    """A boolean setting: true / false / 1 / 0 (any case) or a bool; anything else is an error
+    (a loose reading takes "false", "no" or a typo as True)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean: use true, false, 1 or 0")
+
+
+def coerce_fields(cls: type, raw: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """`raw`'s values as the field hints of the dataclass `cls` require (typed, or strings from a
+    command line / model arguments); ValueError naming the key (and `where`)."""
+    try:
+        return _coerce_into(cls, None, raw)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where}: {err}" if where else str(err)) from None
 
 
 def _coerce_into(cls: type, base: Any, raw: Mapping[str, Any]) -> dict[str, Any]:

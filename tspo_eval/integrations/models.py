@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..policy import EXTRACT_KEYS, POLICY_KEYS, ExtractConfig, FramePolicy, parse_extract, parse_policy, \
-    split_settings
+from ..policy import EXTRACT_KEYS, POLICY_KEYS, ExtractConfig, FramePolicy, coerce_fields, parse_extract, \
+    parse_policy, split_settings
 
 BACKBONE_OPTIONS = {
     "llava_video": ("conv_template", "compile_vision"),
@@ -66,17 +66,6 @@ class ModelArgs:
 DERIVED_ARGS = ("policy", "extract")  # ModelArgs fields built from other keys, not given directly
 
 
-def _coerce(value: Any, default: Any) -> Any:
-    """lmms-eval passes `--model_args` values as parsed scalars; None-defaulted ones stay as given."""
-    if isinstance(default, bool) and isinstance(value, str):
-        return value.lower() in ("1", "true", "yes")
-    if isinstance(default, int) and not isinstance(default, bool) and value is not None:
-        return int(value)
-    if isinstance(default, float) and value is not None:
-        return float(value)
-    return value
-
-
 def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
     """Validated `ModelArgs`; an unknown or inapplicable key is an error naming the valid ones."""
     flavour = FLAVOURS[model_name]
@@ -87,8 +76,7 @@ def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
     if unknown:
         valid = sorted([*own, *POLICY_KEYS, *EXTRACT_KEYS])
         raise ValueError(f"{model_name}: unknown model_args {', '.join(unknown)}; valid: {', '.join(valid)}")
-    defaults = ModelArgs()
-    args = ModelArgs(**{k: _coerce(v, getattr(defaults, k)) for k, v in rest.items()})
+    args = ModelArgs(**coerce_fields(ModelArgs, rest, where=model_name))
     args.policy = parse_policy(policy_raw, FramePolicy(method=flavour.method, loader=flavour.backbone), model_name)
     args.extract = parse_extract(extract_raw, where=model_name)
     args.pretrained = args.pretrained or flavour.pretrained

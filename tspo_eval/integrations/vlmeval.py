@@ -23,13 +23,16 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..benchmarks import Question, get_benchmark
+from ..scoring import NO_ANSWER
 from .models import DERIVED_ARGS, FLAVOURS, ModelArgs, build_answering, parse_model_args
 from .vlmeval_tsv import DATASETS, QuestionIndex, load_registry
 
@@ -177,7 +180,7 @@ class MessageAnswerer:
         return ref
 
     def answer(self, message: Sequence[Mapping[str, Any]], dataset: str | None) -> str:
-        """The backbone's answer ("" when the question's video failed; the record says why)."""
+        """The backbone's answer (`NO_ANSWER` when the question's video failed; the record says why)."""
         from ..answering import answer_questions
 
         ref = self.ref(message, dataset)
@@ -185,7 +188,7 @@ class MessageAnswerer:
         (answer,) = answer_questions([ref], self.planner, self.backbone,
                                      dataclasses.replace(self.answer_cfg, max_new_tokens=budget),
                                      record=self.record, progress=False)
-        return answer.text
+        return NO_ANSWER if answer.error is not None else answer.text
 
 
 @functools.cache
@@ -265,29 +268,81 @@ def build_dataset(dataset: str, data_file: str | Path | None = None, data_root: 
     return built
 
 
+# model arguments that change no answer: where features are cached and answers recorded, decoding threads
+# (and the extraction knobs, `DERIVED_ARGS`'s "extract": speed only)
+_OPERATIONAL = ("record", "cache_dir", "decode_workers", "prefetch")
+
+
+def frame_policy(model: str, model_args: Mapping[str, Any], nframe: int) -> dict[str, Any]:
+    """Everything a model's predictions depend on besides the dataset: its validated arguments
+    (operational ones aside) and a digest of the selections / questions files' contents (a file
+    rewritten in place is another policy)."""
+    args, extra = parse_args(model, model_args)
+    rest = {f.name: getattr(args, f.name) for f in dataclasses.fields(args)
+            if f.name not in (*_OPERATIONAL, *DERIVED_ARGS)}
+    policy = {"model": model, "frames": args.policy.identity(), **rest, **dataclasses.asdict(extra), "nframe": nframe}
+    for name, path in (("selections", args.policy.selections), ("questions", extra.questions)):
+        if path is not None:
+            policy[f"{name}_digest"] = _content_digest(Path(path))
+    return policy
+
+
+def _content_digest(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and bytes); "missing" when absent."""
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        return "missing"
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0".encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def predictions_dir(work_dir: str | Path, model: str, policy: Mapping[str, Any]) -> Path:
+    """`<work_dir>/<model>/<method>_k<k>_<policy hash>`: one folder per frame policy, so a run with other
+    selections or settings never reuses another policy's predictions (VLMEvalKit reuses a complete file)."""
+    key = hashlib.sha256(json.dumps(policy, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return Path(work_dir) / model / f"{policy['frames']['method']}_k{policy['frames']['k']}_{key}"
+
+
 def run(model: str, dataset: str, work_dir: str | Path = "vlmeval_outputs", *, data_file: str | Path | None = None,
         data_root: str | Path | None = None, nframe: int = 8, judge: str = "exact_matching",
         model_args: Mapping[str, Any] | None = None) -> Any:
     """VLMEvalKit's own inference (`infer_data_job_video`) and evaluation (`dataset.evaluate`) of one
     model on one dataset, in this process.
 
-    Predictions go to `<work_dir>/<model>/<model>_<dataset>.<xlsx|PRED_FORMAT>` as run.py writes
-    them (an existing complete file is reused, as VLMEvalKit does); `judge` is VLMEvalKit's
-    answer-matching judge ("exact_matching": no API calls). On LVBench, `questions` defaults to
-    its annotation file. Returns the evaluation result.
+    Predictions go to `predictions_dir(work_dir, model, policy)/<model>_<dataset>.<xlsx|PRED_FORMAT>`
+    beside a `policy.json` naming the frame policy; VLMEvalKit reuses a complete file there,
+    which then holds this policy's answers. `judge` is VLMEvalKit's answer-matching judge
+    ("exact_matching": no API calls). On LVBench, `questions` defaults to its annotation file.
+    Returns the evaluation result; RuntimeError when VLMEvalKit wrote no predictions or every
+    question failed (nothing ran).
     """
     built = build_dataset(dataset, data_file, data_root, nframe)
     model_args = dict(model_args or {})
     if hasattr(built, "annotation_file"):
         model_args.setdefault("questions", str(built.annotation_file))
+    policy = frame_policy(model, model_args, nframe)
     register([model], **model_args)
     from vlmeval.inference_video import infer_data_job_video
-    from vlmeval.smp import get_pred_file_path
+    from vlmeval.smp import get_pred_file_path, load
 
-    out = Path(work_dir) / model
+    out = predictions_dir(work_dir, model, policy)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "policy.json").write_text(json.dumps(policy, indent=1, sort_keys=True, default=str))
     result_file = get_pred_file_path(str(out), model, dataset, use_env_format=True)
+    log.warning("%s %s: %s predictions of this frame policy in %s", model, dataset,
+                "reusing the complete" if Path(result_file).is_file() else "writing the", out)
     infer_data_job_video(model, work_dir=str(out), model_name=model, dataset=built, result_file=result_file)
+    if not Path(result_file).is_file():
+        raise RuntimeError(f"VLMEvalKit wrote no predictions ({result_file}): nothing ran; see its log above")
+    predictions = [str(p) for p in load(result_file)["prediction"]]
+    failed = sum(p == NO_ANSWER for p in predictions)
+    log.warning("%s %s: %d answered, %d failed (scored wrong)", model, dataset, len(predictions) - failed, failed)
+    if failed == len(predictions):
+        raise RuntimeError(f"every one of the {len(predictions)} questions failed (no video or frames could be read; "
+                           f"the record / log above says why); predictions: {result_file}")
     return built.evaluate(result_file, model=judge, nproc=1)
 
 
@@ -355,10 +410,19 @@ def _flat(result: Any, prefix: str = "") -> list[str]:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    result = run(ns.model, ns.data, ns.work_dir, data_file=ns.data_file, data_root=ns.data_root, nframe=ns.nframe,
-                 judge=ns.judge, model_args=_model_args(ns))
+    try:
+        result = run(ns.model, ns.data, ns.work_dir, data_file=ns.data_file, data_root=ns.data_root,
+                     nframe=ns.nframe, judge=ns.judge, model_args=_model_args(ns))
+    except (RuntimeError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    lines = _flat(result) if result is not None else []
+    if not lines:
+        print(f"error: VLMEvalKit's evaluation of {ns.model} on {ns.data} returned no scores; see its log above",
+              file=sys.stderr)
+        return 1
     print(f"{ns.model} x {ns.data}:")
-    print("\n".join(f"  {line}" for line in _flat(result)))
+    print("\n".join(f"  {line}" for line in lines))
     return 0
 
 
