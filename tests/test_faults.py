@@ -439,3 +439,64 @@ def test_vlmeval_run_on_lvbench_without_its_variables_exits_non_zero(fake_vlmeva
     code = cli.main(["vlmeval", "run", "--model", "llava_vid_uniform", "--data", "LVBench",
                      "--work-dir", str(tmp_path / "work")])
     assert code != 0 and "TSPO_LVBENCH_ANNOTATIONS" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- faults that already held
+_KILLED_EXTRACTION = """
+import sys, time
+from pathlib import Path
+from tspo_eval.agent import random_agent
+from tspo_eval.cache import FeatureCache
+from tspo_eval.extract import ExtractConfig, extract_videos
+
+class StallsOnSecondVideo:
+    def __init__(self, inner):
+        self.inner, self.identity, self.dim, self.image_size = inner, inner.identity, inner.dim, inner.image_size
+        self.device = inner.device
+    def compile(self):
+        return self
+    def encode_frames(self, frames):
+        if list(Path(sys.argv[1]).rglob("*.safetensors")):  # the first video is in the cache
+            time.sleep(600)  # killed here, mid-extraction of the second video
+        return self.inner.encode_frames(frames)
+
+encoder = StallsOnSecondVideo(random_agent("clip-tiny", seed=0).encoder)
+extract_videos(sys.argv[2:], encoder, FeatureCache(sys.argv[1]), ExtractConfig(batch_size=64), progress=False)
+"""
+
+
+def test_kill_9_mid_extraction_loses_only_the_video_in_progress(bench, tmp_path):
+    from tspo_eval.agent import random_agent
+    from tspo_eval.extract import ExtractConfig, extract_videos
+
+    videos = sorted(str(v) for v in bench[0].glob("*.mp4"))
+    cache_root = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_EXTRACTION, str(cache_root), *videos])
+    deadline = time.time() + 120
+    while not list(cache_root.rglob("*.safetensors")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside the second video's stalled encoding
+    proc.kill()
+    proc.wait()
+    assert len(list((cache_root / "videos").rglob("*.safetensors"))) == 1  # the first video, whole
+    encoder = random_agent("clip-tiny", seed=0).encoder
+    report = extract_videos(videos, encoder, FeatureCache(cache_root), ExtractConfig(batch_size=64), progress=False)
+    assert report.cached == videos[:1] and report.encoded == videos[1:] and not report.failed
+    again = extract_videos(videos, encoder, FeatureCache(cache_root), ExtractConfig(batch_size=64), progress=False)
+    assert again.cached == videos and not list(cache_root.rglob("*.tmp"))
+
+
+def test_a_pickle_in_the_cache_is_never_unpickled(tmp_path):
+    """A cache entry replaced by a pickle that runs code when loaded: treated as damaged, never executed."""
+    cache = FeatureCache(tmp_path)
+    key = cache.video_key("fp", "enc", 1.0, None)
+    path = cache.put_video(key, _entry())
+    sentinel = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    torch.save({"features": Payload()}, path)
+    assert cache.get_video(key) is None and not path.exists()
+    assert not sentinel.exists()
