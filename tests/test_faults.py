@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from tspo_eval import cache as cache_module
-from tspo_eval.cache import FeatureCache, VideoFeatures, tensor_checksum
+from tspo_eval.cache import FeatureCache, VideoFeatures, tensor_checksum, video_key
+from tspo_eval.policy import FramePolicy, Sampling
 
 
 # ----------------------------------------------------------------------------- cache
@@ -54,7 +55,7 @@ def _frame_999999(data: bytes) -> bytes:
 @pytest.mark.parametrize("tensor, edit", [("features", _flip_64_bytes), ("frame_numbers", _frame_999999)])
 def test_corrupted_cache_data_is_detected_and_recomputed(tmp_path, caplog, tensor, edit):
     cache = FeatureCache(tmp_path)
-    key = cache.video_key("fp", "enc", 1.0, None)
+    key = video_key("fp", "enc", Sampling())
     path = cache.put_video(key, _entry())
     _edit(path, tensor, edit)
     with caplog.at_level("WARNING"):
@@ -85,7 +86,7 @@ def test_entry_without_checksum_is_recomputed(tmp_path):
     from safetensors.torch import save_file
 
     cache = FeatureCache(tmp_path)
-    key = cache.video_key("fp", "enc", 1.0, None)
+    key = video_key("fp", "enc", Sampling())
     path = cache.put_video(key, _entry())
     from safetensors import safe_open
 
@@ -129,7 +130,7 @@ def test_stale_tmp_files_are_removed_but_never_a_live_writers(tmp_path):
     text_dead.parent.mkdir(parents=True)
     text_dead.write_bytes(b"partial")
     # the first write sweeps the whole cache once
-    cache.put_video(cache.video_key("fp", "enc", 1.0, None), _entry())
+    cache.put_video(video_key("fp", "enc", Sampling()), _entry())
     assert not dead.exists() and not old.exists() and not text_dead.exists()
     assert live.exists() and elsewhere.exists() and legacy.exists()
 
@@ -305,17 +306,17 @@ def test_a_zero_time_scale_is_named_not_called_truncated(numbered_video_factory,
 
 def test_aks_choosing_nothing_fails_those_questions_and_names_the_flag(bench, tmp_path):
     from tspo_eval.agent import random_agent
-    from tspo_eval.selections import SelectConfig, select_benchmark
+    from tspo_eval.selections import select_benchmark
 
     videos, jsonl, tsv = bench
     agent = random_agent("clip-tiny", seed=0)
     questions = load_benchmark("lvbench", tsv)
     result = select_benchmark(questions, videos, agent.encoder, FeatureCache(tmp_path / "cache"),
-                              SelectConfig(method="aks", k=8), progress=False)  # depth 5: 32 leaves > 8
+                              FramePolicy(method="aks", k=8), progress=False)  # depth 5: 32 leaves > 8
     assert not result.selections and set(result.failed) == {q.index for q in questions}  # the run went on
     assert all("--params preset=tspo" in why for why in result.failed.values())
     fixed = select_benchmark(questions, videos, agent.encoder, FeatureCache(tmp_path / "cache"),
-                             SelectConfig(method="aks", k=8, params={"preset": "tspo"}), progress=False)
+                             FramePolicy(method="aks", k=8, params={"preset": "tspo"}), progress=False)
     assert len(fixed.selections) == len(questions) and not fixed.failed
 
 
@@ -330,9 +331,11 @@ def test_boolean_options_accept_true_false_1_0_and_nothing_else():
         assert parse_bool(text) is value
         assert parse_model_args("llava_vid_tspo", {"compile_vision": text}).compile_vision is value
         assert parse_model_args("llava_vid_tspo", {"official": text}).policy.official is value
-    for bad in ("yes", "flase", "", "2"):
+    for bad in ("yes", "flase", "2"):
         with pytest.raises(ValueError, match="compile_vision.*true, false, 1 or 0"):
             parse_model_args("llava_vid_tspo", {"compile_vision": bad})
+        with pytest.raises(ValueError, match="official.*true, false, 1 or 0"):
+            parse_model_args("llava_vid_tspo", {"official": bad})
     parser = cli.build_parser()
     base = ["vlmeval", "run", "--model", "llava_vid_tspo", "--data", "LVBench"]
     assert parser.parse_args([*base, "--compile-vision", "false"]).compile_vision is False
@@ -409,7 +412,7 @@ def test_rerun_with_other_selections_never_reuses_the_old_predictions(fake_vlmev
         tv.run("llava_vid_tspo", "Video-MME", tmp_path / "work",
                model_args={"selections": str(selections), "questions": str(tmp_path / "q.tsv")})
         (found,) = [p for p in (tmp_path / "work").rglob("*_Video-MME.json")
-                    if json.loads((p.parent / "policy.json").read_text())["selections"] == str(selections)]
+                    if json.loads((p.parent / "policy.json").read_text())["frames"]["selections"] == str(selections)]
         return json.loads(found.read_text())["prediction"]
 
     assert predictions(first) == [str(first)] * 3
@@ -461,7 +464,7 @@ class StallsOnSecondVideo:
         return self.inner.encode_frames(frames)
 
 encoder = StallsOnSecondVideo(random_agent("clip-tiny", seed=0).encoder)
-extract_videos(sys.argv[2:], encoder, FeatureCache(sys.argv[1]), ExtractConfig(batch_size=64), progress=False)
+extract_videos(sys.argv[2:], encoder, FeatureCache(sys.argv[1]), cfg=ExtractConfig(encode_batch=64), progress=False)
 """
 
 
@@ -480,16 +483,17 @@ def test_kill_9_mid_extraction_loses_only_the_video_in_progress(bench, tmp_path)
     proc.wait()
     assert len(list((cache_root / "videos").rglob("*.safetensors"))) == 1  # the first video, whole
     encoder = random_agent("clip-tiny", seed=0).encoder
-    report = extract_videos(videos, encoder, FeatureCache(cache_root), ExtractConfig(batch_size=64), progress=False)
+    cfg = ExtractConfig(encode_batch=64)
+    report = extract_videos(videos, encoder, FeatureCache(cache_root), cfg=cfg, progress=False)
     assert report.cached == videos[:1] and report.encoded == videos[1:] and not report.failed
-    again = extract_videos(videos, encoder, FeatureCache(cache_root), ExtractConfig(batch_size=64), progress=False)
+    again = extract_videos(videos, encoder, FeatureCache(cache_root), cfg=cfg, progress=False)
     assert again.cached == videos and not list(cache_root.rglob("*.tmp"))
 
 
 def test_a_pickle_in_the_cache_is_never_unpickled(tmp_path):
     """A cache entry replaced by a pickle that runs code when loaded: treated as damaged, never executed."""
     cache = FeatureCache(tmp_path)
-    key = cache.video_key("fp", "enc", 1.0, None)
+    key = video_key("fp", "enc", Sampling())
     path = cache.put_video(key, _entry())
     sentinel = tmp_path / "executed"
 
