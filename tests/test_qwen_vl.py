@@ -225,6 +225,52 @@ def test_published_pixel_range_sets_the_grid_and_token_count(tiny: QwenVL, heigh
     assert batch.inputs_embeds.shape[1] == batch.input_ids.shape[1]
 
 
+class _Recording:
+    """Wraps a video processor: records what it returns (the pixel values the vision tower gets)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.outputs = inner, []
+
+    def __call__(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        self.outputs.append(out)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _pixels_fed(backbone: QwenVL, query: VideoQuery, monkeypatch) -> torch.Tensor:
+    recording = _Recording(backbone.processor.video_processor)
+    monkeypatch.setattr(backbone.processor, "video_processor", recording)
+    backbone.encode([query])
+    monkeypatch.undo()
+    return recording.outputs[-1]["pixel_values_videos"]
+
+
+def test_published_resize_feeds_the_forks_pixels(tiny: QwenVL, monkeypatch) -> None:
+    """The fork resizes with torchvision (float bicubic + antialias, clamp, round) before the
+    processor. Reference computed here with torch's own interpolate: 360 x 640 -> 364 x 644."""
+    raw = frames(4, seed=3, height=360, width=640)
+    query = VideoQuery(raw, [0.0, 1.0, 2.0, 3.0], "?")
+    published = QwenVL(tiny.model, tiny.processor)  # default resize="published", published pixel range
+    got = _pixels_fed(published, query, monkeypatch)
+
+    x = torch.from_numpy(raw).permute(0, 3, 1, 2).float()
+    ref = torch.nn.functional.interpolate(x, size=(364, 644), mode="bicubic", align_corners=False, antialias=True)
+    ref = ref.clamp(0, 255).round().to(torch.uint8)  # what torchvision returns for uint8 input
+    # the processor then keeps the size: identical pixel values to it given the reference frames
+    want = _pixels_fed(variant(tiny, min_pixels=200704, max_pixels=235200, resize="processor"),
+                       VideoQuery(ref.permute(0, 2, 3, 1).numpy(), [0.0, 1.0, 2.0, 3.0], "?"), monkeypatch)
+    assert got.shape == want.shape and torch.equal(got, want)
+    # the processor's own resize of the raw frames is another kernel: many values differ, visibly
+    other = _pixels_fed(variant(tiny, min_pixels=200704, max_pixels=235200, resize="processor"), query,
+                        monkeypatch)
+    assert other.shape == got.shape
+    differ = (other - got).abs()
+    assert (differ > 1e-6).float().mean() > 0.05 and differ.max() > 0.03
+
+
 def test_vision_features_are_reused_for_the_same_video_and_frames(tiny: QwenVL, video_queries) -> None:
     calls = []
     hook = tiny.model.model.visual.register_forward_hook(lambda *_: calls.append(1))
@@ -265,6 +311,8 @@ def test_7b_architecture_has_the_released_parameter_count() -> None:
 def test_options_are_checked_when_built(tiny: QwenVL) -> None:
     with pytest.raises(ValueError, match="time_encoding"):
         variant(tiny, time_encoding="uniform")
+    with pytest.raises(ValueError, match="resize"):
+        variant(tiny, resize="pil")
     with pytest.raises(ValueError, match="min_pixels"):
         QwenVL(tiny.model, tiny.processor, min_pixels=10, max_pixels=5)
     with pytest.raises(ValueError, match="time order"):

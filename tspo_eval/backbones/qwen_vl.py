@@ -36,15 +36,27 @@ positions whenever the video spans more temporal positions than its spatial grid
 An odd number of frames: the processor repeats the last frame to complete the last pair
 (both transformers 4.5x and 5.x); that pair's time is its one real frame's.
 
-Pixels: one bicubic resize per frame into [min_pixels, max_pixels] at multiples of 28, as
-qwen-vl-utils does; its per-video pixel cap is applied where the processor offers it
-(transformers 5.x) and never binds below 768 frames at the published settings.
+Pixels: one bicubic resize per frame into [min_pixels, max_pixels] at multiples of 28.
+`resize` says whose:
+
+- "published" (default): what the published fork feeds the processor (`fetch_video` in its
+  `qwen25vl_vision_process.py`): torchvision's functional resize of the uint8 frames
+  (computed in float, bicubic, antialiased, then clamped to [0, 255] and rounded) to
+  qwen-vl-utils' `smart_resize` size under its per-video pixel cap, then cast to float; the
+  processor's own resize then keeps that size, so it changes nothing.  Run on the model's
+  device (negligible next to the vision tower there; about 2.5 s per 64 frames of 360p on
+  two CPU cores, so not in the CPU decode threads).
+- "processor": the video processor resizes the uint8 frames itself, with another kernel:
+  for 360x640 frames (to 364x644) about 20% of the pixel values differ from the published
+  ones, by up to 0.146 after normalisation (about 10 grey levels).
 
 Supported transformers: >= 4.56 (the `dtype` loading argument, the video processor class).
 """
 from __future__ import annotations
 
 import copy
+import math
+import os
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -67,10 +79,15 @@ from .qwen_vision import set_grouped_vision_attention
 from .tokenizers import QWEN_CHAT_TEMPLATE, tiny_qwen_tokenizer
 
 TimeEncoding = Literal["real", "mean", "none"]
+Resize = Literal["published", "processor"]
 
 MIN_PIXELS = 256 * 28 * 28  # 200704: the published lmms-eval wrapper's default
 MAX_PIXELS = 300 * 28 * 28  # 235200: the published evaluation script's setting
 MAX_FRAMES = 768  # qwen-vl-utils' and the video processor's frame ceiling
+# qwen-vl-utils (the fork's copy): per-frame ceiling, and the per-video total (its VIDEO_MAX_PIXELS variable)
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+VIDEO_TOTAL_PIXELS = 128000 * 28 * 28 * 0.9
+PIXEL_FACTOR = 28
 PUBLISHED_FPS = 2.0  # what transformers 4.49 assumes when the caller passes no fps
 SYSTEM_PROMPT = "You are a helpful assistant."
 _TIME_EPS = 1e-6  # absorbs float noise in timestamps (e.g. 0.1 + 0.2) before truncation
@@ -173,6 +190,42 @@ class QwenInputs:
     video_grid_thw: torch.Tensor
 
 
+def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PIXEL_FACTOR
+                 ) -> tuple[int, int]:
+    """qwen-vl-utils' target size: multiples of `factor`, aspect kept, pixels in [min_pixels, max_pixels]."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.0f} is above 200")
+    h_bar, w_bar = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def published_resize(frames: torch.Tensor, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+                     ) -> torch.Tensor:
+    """(N, 3, H, W) uint8 frames resized as the published fork's `fetch_video` does, still uint8.
+
+    The size: `smart_resize` with max_pixels capped at max(min(VIDEO_MAX_PIXELS, total / N * 2),
+    min_pixels * 1.05), total = $VIDEO_MAX_PIXELS or VIDEO_TOTAL_PIXELS (the cap never binds
+    below 768 frames at the published settings). The pixels: torchvision's functional resize
+    of the uint8 tensor, bicubic with antialias, which computes in float and clamps and rounds
+    back to uint8 (the fork casts that to float: the same values).
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    n, _, height, width = frames.shape
+    total = float(os.environ.get("VIDEO_MAX_PIXELS", VIDEO_TOTAL_PIXELS))
+    cap = max(min(VIDEO_MAX_PIXELS, total / n * 2), int(min_pixels * 1.05))
+    size = smart_resize(height, width, min_pixels, min(max_pixels, cap))
+    return resize(frames, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
 class QwenVL(Backbone):
     """Qwen2.5-VL answering from pre-selected frames; see the module docstring for time and pixels."""
 
@@ -180,11 +233,13 @@ class QwenVL(Backbone):
     vision_modules = ("model.visual",)  # vision tower + merger: frozen in LLM training
 
     def __init__(self, model: Any, processor: Any, *, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
-                 max_frames: int = MAX_FRAMES, time_encoding: TimeEncoding = "real",
+                 max_frames: int = MAX_FRAMES, time_encoding: TimeEncoding = "real", resize: Resize = "published",
                  vision_cache_size: int = 8, system_prompt: str = SYSTEM_PROMPT) -> None:
         super().__init__()
         if time_encoding not in get_args(TimeEncoding):
             raise ValueError(f"time_encoding must be one of {get_args(TimeEncoding)}, got {time_encoding!r}")
+        if resize not in get_args(Resize):
+            raise ValueError(f"resize must be one of {get_args(Resize)}, got {resize!r}")
         if not 0 < min_pixels <= max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
         if max_frames < 1 or vision_cache_size < 0:
@@ -193,7 +248,7 @@ class QwenVL(Backbone):
         self.device, self.dtype = model.device, model.dtype
         set_grouped_vision_attention(model, True)  # no-op under flash-attn; see qwen_vision
         self.min_pixels, self.max_pixels, self.max_frames = min_pixels, max_pixels, max_frames
-        self.time_encoding, self.system_prompt = time_encoding, system_prompt
+        self.time_encoding, self.system_prompt, self.resize = time_encoding, system_prompt, resize
         self.vision_cache_size = vision_cache_size
         self._vision_cache: OrderedDict[Hashable, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.video_token_id = model.config.video_token_id
@@ -355,6 +410,8 @@ class QwenVL(Backbone):
     def _run_vision(self, videos: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Video processor (resize, normalise, patchify) then the vision tower, for several videos at once."""
         video_processor = self.processor.video_processor
+        if self.resize == "published":
+            videos = [published_resize(v.to(self.device), self.min_pixels, self.max_pixels) for v in videos]
         options: dict[str, Any] = {"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
                                    "do_sample_frames": False, "input_data_format": "channels_first",
                                    "device": str(self.device), "return_tensors": "pt"}
@@ -373,7 +430,8 @@ class QwenVL(Backbone):
 def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "bfloat16",
                     device: str | torch.device | None = None, attn_implementation: str | None = None,
                     min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, max_frames: int = MAX_FRAMES,
-                    time_encoding: TimeEncoding = "real", vision_cache_size: int = 8) -> QwenVL:
+                    time_encoding: TimeEncoding = "real", resize: Resize = "published",
+                    vision_cache_size: int = 8) -> QwenVL:
     """Load Qwen2.5-VL (e.g. `Qwen/Qwen2.5-VL-7B-Instruct` or a saved dir) with its processor.
 
     Args:
@@ -381,6 +439,7 @@ def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "b
         attn_implementation: default flash_attention_2 when flash_attn imports, else sdpa.
         min_pixels, max_pixels: per-frame pixel range for the resize (published 200704 / 235200).
         max_frames: frames beyond it are thinned uniformly.  time_encoding: "real" | "mean" | "none".
+        resize: "published" (the fork's torchvision resize before the processor) | "processor".
         vision_cache_size: videos whose vision features are kept (LRU; keyed by video + frames).
     Example:
         >>> qwen = from_pretrained("Qwen/Qwen2.5-VL-7B-Instruct")
@@ -395,7 +454,7 @@ def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "b
         device_map=str(where))
     processor = AutoProcessor.from_pretrained(str(path_or_hub_id))
     return QwenVL(model.eval(), processor, min_pixels=min_pixels, max_pixels=max_pixels, max_frames=max_frames,
-                  time_encoding=time_encoding, vision_cache_size=vision_cache_size)
+                  time_encoding=time_encoding, resize=resize, vision_cache_size=vision_cache_size)
 
 
 def random_qwen_vl(size: Literal["tiny", "7b"] = "tiny", seed: int = 0, dtype: str | torch.dtype | None = None,

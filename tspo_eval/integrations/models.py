@@ -15,7 +15,7 @@ from ..policy import EXTRACT_KEYS, POLICY_KEYS, ExtractConfig, FramePolicy, coer
 
 BACKBONE_OPTIONS = {
     "llava_video": ("conv_template", "compile_vision"),
-    "qwen2_5_vl": ("min_pixels", "max_pixels", "time_encoding"),
+    "qwen2_5_vl": ("min_pixels", "max_pixels", "time_encoding", "resize"),
 }
 # The published evaluation scripts (evaluation/*llava_video.sh) run LLaVA-Video with
 # conv_template=chatml_direct, for uniform and TSPO alike; the backbone's own default is qwen_1_5.
@@ -57,6 +57,8 @@ class ModelArgs:
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL min pixels per frame"})
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL max pixels per frame"})
     time_encoding: str | None = field(default=None, metadata={"help": "Qwen2.5-VL: real / mean / none"})
+    resize: str | None = field(default=None, metadata={
+        "help": "Qwen2.5-VL: published (the fork's torchvision resize before the processor; default) / processor"})
     policy: FramePolicy = field(default_factory=FramePolicy, metadata={
         "help": "the frame policy (from the policy keys; method defaults to the model name's)"})
     extract: ExtractConfig = field(default_factory=ExtractConfig, metadata={
