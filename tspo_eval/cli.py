@@ -303,9 +303,11 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
     from .evaluation import EvaluateConfig, evaluate
-    from .policy import extract_from_args, policy_from_args
+    from .policy import FramePolicy, extract_from_args, policy_from_args
 
-    table = evaluate(config_from_args(EvaluateConfig, ns), policy_from_args(ns), extract_from_args(ns))
+    cfg = config_from_args(EvaluateConfig, ns)
+    # the policy flags hold for every method (parameters are checked against the first)
+    table = evaluate(cfg, policy_from_args(ns, FramePolicy(method=cfg.methods[0])), extract_from_args(ns))
     print(table.to_markdown(floatfmt=".2f"))
     return 0
 

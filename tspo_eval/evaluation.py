@@ -138,10 +138,10 @@ def evaluate(cfg: EvaluateConfig, policy: FramePolicy | None = None, extract: Ex
              ) -> pd.DataFrame:
     """Run every method under `policy` (its method replaced); the table has one row per metric and
     one column per method."""
+    policies = [method_policy(cfg, policy or FramePolicy(), method) for method in cfg.methods]  # checked first
     cfg.out.mkdir(parents=True, exist_ok=True)
     columns = {}
-    for method in cfg.methods:
-        mp = method_policy(cfg, policy or FramePolicy(), method)
+    for method, mp in zip(cfg.methods, policies):
         if method != "uniform" and mp.selections is None:
             mp = mp.replace(selections=str(ensure_selections(cfg, mp, extract)))
         cmd = lmms_eval_command(cfg, mp, extract)
