@@ -199,3 +199,23 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_gives_the_same_gradi
     assert all(g.abs().sum() > 0 for g in grads[True][1::2])  # lora_B of every layer gets a gradient
     for plain, checkpointed in zip(grads[False], grads[True]):
         torch.testing.assert_close(checkpointed, plain)
+
+
+def test_train_llm_drops_the_questions_of_a_broken_video_and_trains_on_the_rest(rows, tmp_path, caplog):
+    from tspo_eval.training.llm_grpo import run_llm_training
+
+    tiny(9).save_pretrained(tmp_path / "qwen")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {**rows[0], "video": str(broken)}]))
+    cfg = config(tmp_path, data=str(data), backbone="qwen2_5_vl", backbone_path=str(tmp_path / "qwen"), k=2,
+                 rollouts=2, max_new_tokens=2, max_steps=None)
+    with caplog.at_level("WARNING"):
+        history = run_llm_training(cfg)
+    assert [m["step"] for m in history] == [1, 2, 3]  # the three good questions, one per step
+    failed = json.loads((tmp_path / "run" / "failed_videos.json").read_text())
+    assert list(failed) == [str(broken)] and "1 videos do not open" in caplog.text
+    data.write_text(json.dumps({**rows[0], "video": str(broken)}) + "\n")
+    with pytest.raises(ValueError, match="no sample has a video that opens"):
+        run_llm_training(cfg)

@@ -267,12 +267,30 @@ def make_trainable(backbone: Any, cfg: LLMTrainConfig) -> list[nn.Parameter]:
     return params
 
 
+def video_path(sample: Sample, root: str | None) -> str:
+    """The sample's video file (`video` is relative to `root` unless absolute)."""
+    return sample.video if root is None or Path(sample.video).is_absolute() else str(Path(root) / sample.video)
+
+
+def usable_samples(samples: list[Sample], root: str | None) -> tuple[list[Sample], dict[str, str]]:
+    """The samples whose video opens, and {video: why} for those that do not (their samples are dropped)."""
+    from ..video import probe
+
+    failed: dict[str, str] = {}
+    for path in sorted({video_path(s, root) for s in samples}):
+        try:
+            probe(path)
+        except (OSError, ValueError, RuntimeError) as err:  # VideoError is a RuntimeError
+            failed[path] = f"{type(err).__name__}: {err}"
+    return [s for s in samples if video_path(s, root) not in failed], failed
+
+
 def frames_for(sample: Sample, cfg: LLMTrainConfig, root: str | None, chooser: Any = None
                ) -> tuple[VideoQuery, np.ndarray, float]:
     """The question's query (K frames with their real timestamps), the timestamps and the video's duration."""
     from ..video import probe, read_frames
 
-    path = sample.video if root is None or Path(sample.video).is_absolute() else str(Path(root) / sample.video)
+    path = video_path(sample, root)
     info = probe(path)
     if chooser is None:
         numbers = np.linspace(0, info.num_frames - 1, min(cfg.k, info.num_frames), dtype=int)
@@ -512,12 +530,20 @@ def run_llm_training(cfg: LLMTrainConfig) -> list[dict[str, float]]:
     if not cfg.data or not cfg.backbone_path:
         raise ValueError("--data and --backbone-path are required")
     state = PartialState()
+    samples, failed = usable_samples(read_samples(cfg.data), cfg.video_root)
+    if state.is_main_process:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        if failed:
+            (out / "failed_videos.json").write_text(json.dumps(failed, indent=1))
+            log.warning("%d videos do not open; their samples are dropped (%s; all in %s)", len(failed),
+                        "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:3]), out / "failed_videos.json")
+    if not samples:
+        raise ValueError(f"{cfg.data}: no sample has a video that opens ({len(failed)} videos failed)")
     backbone = _load(cfg, state.device)
     chooser = agent_chooser(cfg, cfg.video_root, state.device) if cfg.frames == "agent" else None
-    if state.is_main_process:
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.output_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    return LLMTrainer(cfg, backbone, read_samples(cfg.data), chooser).train()
+    return LLMTrainer(cfg, backbone, samples, chooser).train()
 
 
 def llm_group_rewards(cfg: Any):
