@@ -328,12 +328,8 @@ class LLMTrainer:
         from .trainer import total_steps
 
         self.cfg, self.samples, self.chooser = cfg, samples, chooser
-        # A 16-bit model runs under autocast, so the float32 adapters' matmuls (and saved activations)
-        # are 16-bit too; DeepSpeed instead casts every weight, keeping fp32 master copies.
         # cpu=True (which also turns DeepSpeed off) only to keep a CPU backbone on the CPU of a GPU machine.
         self.accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                                       mixed_precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
-                                           backbone.dtype, "no"),
                                        cpu=backbone.device.type == "cpu" and torch.cuda.is_available())
         self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         self.params = make_trainable(backbone, cfg)
@@ -352,13 +348,20 @@ class LLMTrainer:
         self.timer = PhaseTimer()
 
     # ------------------------------------------------------------------ one question
+    def autocast(self) -> torch.autocast:
+        """Every forward runs in the model's 16-bit dtype: the float32 adapters' matmuls too (under
+        DeepSpeed they are cast to bf16 anyway, with float32 master copies in its optimizer)."""
+        dtype = self.policy.backbone.dtype
+        return torch.autocast(self.accelerator.device.type, dtype=dtype,
+                              enabled=dtype in (torch.bfloat16, torch.float16))
+
     def rollout(self, epoch: int, index: int) -> AnswerGroup:
         """The question's frames, G sampled answers and their rewards (no grad)."""
         from .trainer import sample_seed
 
         sample = self.samples[index]
         query, times, duration = frames_for(sample, self.cfg, self.cfg.video_root, self.chooser)
-        with self.accelerator.autocast():  # the precision of the training forward
+        with self.autocast():
             return answer_group(self.policy, sample, query, times, duration, self.cfg.rollouts, self.cfg.temperature,
                                 self.cfg.max_new_tokens, sample_seed(self.cfg.seed, epoch, index), self.cfg.rewards)
 
@@ -366,7 +369,7 @@ class LLMTrainer:
         """Token log-probs under the reference policy (LoRA off, or the frozen copy)."""
         if self.cfg.kl_coef <= 0:
             return None
-        with torch.no_grad(), self.accelerator.autocast():
+        with torch.no_grad(), self.autocast():
             if self.ref_net is not None:
                 live, self.policy.net = self.policy.net, self.ref_net
                 logp = self.policy(*prompt, ids, self.cfg.temperature)[0]
@@ -381,7 +384,8 @@ class LLMTrainer:
         """The GRPO token loss of one question's answers (forward with grad through the prepared model)."""
         self.policy.net.train(self.cfg.gradient_checkpointing)  # transformers checkpoints in training mode only
         try:
-            logp, entropy = self.model(*g.prompt, g.ids, self.cfg.temperature)
+            with self.autocast():
+                logp, entropy = self.model(*g.prompt, g.ids, self.cfg.temperature)
         finally:
             self.policy.net.eval()  # sampling keeps its KV cache
         return grpo_token_loss(logp, g.old_logp, self.reference_logp(g.prompt, g.ids), entropy, g.mask, advantages,
