@@ -27,13 +27,14 @@ def tiny(seed: int = 0):
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
     """A 10 s video (40 frames at 4 fps) and one question of each Temporal-RLT kind on it."""
-    video = write_video(tmp_path_factory.mktemp("qwen_llm") / "v.mp4", (number_frame(i, 48, 64) for i in range(40)), 4.0)
+    frames = (number_frame(i, 48, 64) for i in range(40))
+    video = write_video(tmp_path_factory.mktemp("qwen_llm") / "v.mp4", frames, 4.0)
     return [
         {"video": str(video), "problem": "Which digit?", "problem_type": "multiple_choice", "options": ["one", "two"],
          "solution": "B"},
         {"video": str(video), "problem": "When is the digit odd?", "problem_type": "grounding", "timestamps": [2, 6]},
-        {"video": str(video), "problem": "What is shown?", "problem_type": "grounded_qa", "options": ["a digit", "a cat"],
-         "solution": "A", "timestamps": [4, 8]},
+        {"video": str(video), "problem": "What is shown?", "problem_type": "grounded_qa",
+         "options": ["a digit", "a cat"], "solution": "A", "timestamps": [4, 8]},
     ]
 
 
