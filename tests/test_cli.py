@@ -6,13 +6,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
 
 from tspo_eval.benchmarks import load_benchmark
-from tspo_eval.demo import DemoConfig, make_benchmark
+from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
 from tspo_eval.selections import SelectionSet
 
 AGENT = ["--agent", "random:clip-tiny"]
@@ -28,30 +25,8 @@ def run(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProce
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    videos, jsonl, tsv = make_benchmark(root, DemoConfig(videos=3, duration=40.0, video_fps=8.0))
+    videos, jsonl, tsv = make_benchmark(root, NeedleBenchmark(videos=3, duration=40.0, video_fps=8.0))
     return root, videos, jsonl, tsv
-
-
-def test_demo_writes_table_selections_and_pictures(tmp_path):
-    out = tmp_path / "demo"
-    proc = run("tspo-eval", "demo", "--out", str(out), "--videos", "2", "--duration", "40", "--k", "8")
-    assert "randomly initialised agent" in proc.stdout
-    table = pd.read_csv(out / "quality.csv", index_col="method")
-    assert list(table.index) == ["uniform", "topk", "aks", "tspo"]
-    assert (table["questions"] == 2).all() and (table["frames"] == 8).all()
-    assert table["hit_rate"].between(0, 1).all()
-    for method in table.index:
-        run_ = SelectionSet.load(out / "selections" / f"{method}.json")
-        for sel in run_.selections.values():
-            frames = np.asarray(sel.frame_numbers)
-            if method == "uniform":  # lmms-eval's linspace(0, N-1, 8) over all 320 frames, not the candidates
-                assert frames.tolist() == np.linspace(0, 319, 8, dtype=int).tolist()
-            else:
-                assert len(frames) == 8 and (frames % 8 == 0).all()  # 8-fps video, 1-fps candidates
-            np.testing.assert_allclose(sel.timestamps, frames / 8.0)
-        for kind in ("timeline", "frames"):
-            with Image.open(out / "plots" / f"{method}_{kind}.png") as im:
-                assert im.size[0] > 300
 
 
 def test_extract_select_quality_and_export(bench, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from tspo_eval.agent import TemporalAgent
 from tspo_eval.benchmarks import load_benchmark, resolve_video
 from tspo_eval.cli import build_parser, main
-from tspo_eval.demo import DemoConfig, make_benchmark
+from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -28,7 +28,7 @@ def rows(tmp_path_factory):
     """Temporal-RLT multiple-choice rows on generated videos: their real spans, a span covering the
     whole video (every rollout sees it) and one outside it (none does)."""
     root = tmp_path_factory.mktemp("cli_bench")
-    videos, jsonl, tsv = make_benchmark(root, DemoConfig(videos=3, duration=40.0, video_fps=4.0, seed=7))
+    videos, jsonl, tsv = make_benchmark(root, NeedleBenchmark(videos=3, duration=40.0, video_fps=4.0, seed=7))
     out = []
     for q in load_benchmark("lvbench", tsv, jsonl):
         base = {"video": str(resolve_video(videos, q.video_name, "lvbench")), "problem": q.question,

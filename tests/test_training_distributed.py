@@ -38,10 +38,10 @@ def train(root: Path, out: Path, grad_accum: int):
 
 @pytest.mark.timeout(600)
 def test_two_ranks_average_gradients_and_match_one_rank_with_accumulation(tmp_path):
-    from tspo_eval.demo import DemoConfig, make_benchmark
+    from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
 
     root = tmp_path / "bench"
-    make_benchmark(root, DemoConfig(videos=4, duration=40.0, video_fps=4.0, seed=3))
+    make_benchmark(root, NeedleBenchmark(videos=4, duration=40.0, video_fps=4.0, seed=3))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
          __file__, str(root), str(tmp_path / "dist")],

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from tspo_eval.agent import TemporalAgent, random_agent
 from tspo_eval.benchmarks import load_benchmark, resolve_video
 from tspo_eval.cache import FeatureCache
-from tspo_eval.demo import DemoConfig, make_benchmark
+from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
 from tspo_eval.synthetic import read_frame_number
 from tspo_eval.training.config import TrainConfig
 from tspo_eval.training.data import EpisodeBuilder, sample_from_question
@@ -31,7 +31,7 @@ RELEASED_HEAD_KEYS = {f"selector.{m}.{p}" for m in ("temporal.Self_q", "temporal
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_bench")
-    videos, jsonl, tsv = make_benchmark(root, DemoConfig(videos=4, duration=40.0, video_fps=4.0, seed=3))
+    videos, jsonl, tsv = make_benchmark(root, NeedleBenchmark(videos=4, duration=40.0, video_fps=4.0, seed=3))
     questions = load_benchmark("lvbench", tsv, jsonl)
     samples = [sample_from_question(q, resolve_video(videos, q.video_name, "lvbench")) for q in questions]
     return root, samples
@@ -222,20 +222,3 @@ def test_toy_beginning_learns_to_look_at_the_start(tmp_path):
         assert (out / name).stat().st_size > 500, name
     agent = TemporalAgent.from_pretrained(out / "agent")  # the trained toy agent, released layout
     assert agent.tau == 0.025
-
-
-def test_toy_on_the_generated_demo_benchmark_beats_uniform_and_untrained_on_heldout_videos(tmp_path):
-    from tspo_eval.training.toy import ToyConfig, run_toy
-
-    summary = run_toy(ToyConfig(out=tmp_path / "demo", task="demo", plot_every=0, train_videos=8, eval_videos=10))
-    rates = {row["method"]: row["hit_rate"] for row in summary["heldout"]}
-    assert all(row["questions"] == 10 for row in summary["heldout"])
-    assert rates["trained agent"] >= rates["uniform"] + 0.3, rates
-    assert rates["trained agent"] >= rates["untrained agent"] + 0.3, rates
-    # the demo shows the trained agent next to the other methods when it exists
-    from tspo_eval.demo import DemoConfig, run_demo
-    from tspo_eval.policy import FramePolicy
-
-    table = run_demo(DemoConfig(out=tmp_path / "demo_out", videos=2, duration=40,
-                                trained_agent=str(tmp_path / "demo" / "agent")), FramePolicy(k=8))
-    assert "tspo-trained" in table.index and (tmp_path / "demo_out" / "selections" / "tspo-trained.json").is_file()

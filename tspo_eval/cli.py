@@ -297,8 +297,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import DEMO_POLICY, DemoConfig, run_demo
     from .policy import extract_from_args, policy_from_args
 
-    run_demo(config_from_args(DemoConfig, ns), policy_from_args(ns, DEMO_POLICY), extract_from_args(ns))
-    return 0
+    table = run_demo(config_from_args(DemoConfig, ns), policy_from_args(ns, DEMO_POLICY), extract_from_args(ns))
+    return 0 if (table["questions"] > 0).all() else 1  # a method with nothing scored: the demo did not work
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
@@ -313,7 +313,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo import DemoConfig
+    from .demo import DEMO_POLICY, DemoConfig
     from .evaluation import EvaluateConfig
     from .policy import FramePolicy, add_extract_args, add_policy_args
 
@@ -364,9 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_extract_args(p)
     p.set_defaults(run=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="offline: generated benchmark -> extract -> select -> quality table + plots")
+    p = sub.add_parser("demo", help="offline, synthetic: train the agent on generated videos, compare it with uniform, "
+                                    "topk and aks on held-out ones (quality table with 95%% intervals + pictures)")
     add_config_args(p, DemoConfig)
-    add_policy_args(p, FramePolicy(k=16), exclude=("method", "params", "scores", "selections"))
+    add_policy_args(p, DEMO_POLICY, exclude=("method", "params", "scores", "selections"))
     add_extract_args(p)
     p.set_defaults(run=cmd_demo)
 

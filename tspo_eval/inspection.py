@@ -24,8 +24,9 @@ def inspect_question(question: Question, video_root: str | Path, encoder: Encode
     text = cache.text_features(encoder.identity, [question.question], encoder.encode_text)[0]
     sel, scores = select_for_question(vf, text, policy, question.benchmark, agent)
     title = f"{question.index} [{policy.method}, k={policy.k}] {question.question}"
+    ylabel = "agent score S" if policy.score_source == "agent" else "CLIP cosine (frame, question)"
     timeline = score_timeline(vf.timestamps, scores.numpy(), sel.timestamps, f"{out_prefix}_timeline.png", title,
-                              reference_spans(question, sel.fps))
+                              reference_spans(question, sel.fps), ylabel)
     grid = frame_grid(read_frames(vf.video, sel.frame_numbers), sel.timestamps, f"{out_prefix}_frames.png",
                       title=title)
     return sel, timeline, grid

@@ -1,14 +1,25 @@
-"""Real video files (mp4, mkv, ...) for tests and the offline demo, written with PyAV.
+"""Real video files (mp4, mkv, ...) and generated benchmarks for tests and the offline demo.
 
 `number_frame` draws a frame whose content spells its own frame number in large
 black/white blocks, so a test can prove that the frame a decoder returns at position
 n really is frame n, whatever lossy codec sits in between (`read_frame_number`).
+
+`make_benchmark` writes a needle-in-a-haystack benchmark: long videos of plain scenes,
+each with one short segment (a coloured square on stripes) that alone shows the answer,
+in LVBench's annotation format with the segment as the time reference.  Every video and
+its question come from a generator seeded by (seed, name prefix, video number), so a
+folder can be regenerated, extended or reused and always matches its annotations, and
+splits with different prefixes (train / heldout) never share a video.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import warnings
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -155,3 +166,137 @@ def solid_frames(colors: Iterable[tuple[int, int, int]], frames_per_color: int,
         frame[:] = color
         for _ in range(frames_per_color):
             yield frame
+
+
+# ----------------------------------------------------------------------------- generated benchmarks
+NEEDLE_COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 30),
+                 "purple": (150, 40, 200), "orange": (250, 140, 20)}
+NEEDLE_QUESTION = "What color is the square shown on the striped background?"
+_MANIFEST = "benchmark.json"
+
+
+@dataclass(frozen=True)
+class NeedleBenchmark:
+    """A generated long-video benchmark: one question per video, answered by one short segment."""
+
+    videos: int = 6
+    duration: float = 120.0  # seconds per video
+    video_fps: float = 8.0
+    needle: float = 3.0  # seconds the answer-bearing segment lasts
+    seed: int = 0
+    prefix: str = "demo"  # video names: <prefix>000.mp4, ...
+    size: tuple[int, int] = (96, 128)  # (H, W)
+
+    def __post_init__(self) -> None:
+        margin = 5.0  # the needle never touches the video's first or last 5 s
+        if self.videos < 1 or self.video_fps <= 0 or self.needle <= 0:
+            raise ValueError("videos must be >= 1, video_fps and needle > 0")
+        if self.duration < self.needle + 2 * margin + 1:
+            raise ValueError(f"duration {self.duration} s leaves no room for a {self.needle} s segment "
+                             f"between the first and last {margin} s")
+        if self.size[0] % 2 or self.size[1] % 2:
+            raise ValueError(f"size must be even (yuv420p), got {self.size}")
+
+    def to_dict(self) -> dict:
+        return {"format": "tspo-eval/needle-benchmark@1", **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class NeedleVideo:
+    """One generated video's question: where its needle is and what it shows."""
+
+    key: str
+    start: int  # first needle frame
+    end: int  # one past the last needle frame
+    answer: str  # the square's colour
+    options: tuple[str, ...]  # four colours, the answer among them
+
+
+def _needle_video(spec: NeedleBenchmark, number: int) -> tuple[NeedleVideo, np.random.Generator]:
+    """The video's question, and the generator (seeded by (seed, prefix, number)) that draws its scenes next."""
+    rng = np.random.default_rng([spec.seed, zlib.crc32(spec.prefix.encode()), number])
+    needle_len = int(round(spec.needle * spec.video_fps))
+    start_s = int(rng.integers(5, int(spec.duration - spec.needle - 5)))  # whole seconds: the MM:SS reference is exact
+    start = int(round(start_s * spec.video_fps))
+    names = list(NEEDLE_COLORS)
+    answer = names[int(rng.integers(len(names)))]
+    options = [answer] + list(rng.choice([c for c in names if c != answer], size=3, replace=False))
+    rng.shuffle(options)
+    return NeedleVideo(f"{spec.prefix}{number:03d}", start, start + needle_len, answer, tuple(options)), rng
+
+
+def needle_frames(spec: NeedleBenchmark, video: NeedleVideo, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Scenes of 8-20 s in muted plain colours; frames in [start, end) show the coloured square on stripes."""
+    h, w = spec.size
+    scene_end, scene = 0, np.zeros((h, w, 3), np.uint8)
+    stripes = (np.indices((h, w)).sum(0) // 8 % 2 * 60 + 90).astype(np.uint8)[..., None].repeat(3, -1)
+    target = stripes.copy()
+    target[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = NEEDLE_COLORS[video.answer]
+    for i in range(int(spec.duration * spec.video_fps)):
+        if video.start <= i < video.end:
+            yield target
+            continue
+        if i >= scene_end:
+            scene = np.empty((h, w, 3), np.uint8)
+            scene[:] = rng.integers(60, 140, size=3)
+            scene_end = i + int(rng.uniform(8, 20) * spec.video_fps)
+        yield scene
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+
+
+def _usable(path: Path, frames: int) -> bool:
+    """Whether an existing file is a complete video of this benchmark (the frame count it must have)."""
+    from .video import VideoError, probe
+
+    try:
+        return path.is_file() and probe(path).num_frames == frames
+    except VideoError:
+        return False
+
+
+def make_benchmark(root: str | Path, spec: NeedleBenchmark,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[Path, Path, Path]:
+    """Write the videos, `video_info.meta.jsonl` (LVBench format) and `LVBench.tsv`; returns their paths.
+
+    Reuses a folder made from the same spec (its `benchmark.json`): present, complete videos
+    are kept, missing ones written.  Any other folder (another spec, or none recorded) has
+    its videos replaced.  Videos are written under a temporary name and renamed when complete, so
+    an interrupted run never leaves a truncated video that a rerun would take as done.
+    `progress(done, total)` is called after each video.
+    """
+    from .benchmarks import convert, write_tsv
+
+    root = Path(root)
+    videos = root / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    manifest, wanted = root / _MANIFEST, json.loads(json.dumps(spec.to_dict()))
+    previous = json.loads(manifest.read_text()) if manifest.is_file() else None
+    if previous not in (None, wanted):  # another spec's videos: never served under this one's annotations
+        for number in range(int(previous.get("videos", 0))):
+            (videos / f"{previous.get('prefix', spec.prefix)}{number:03d}.mp4").unlink(missing_ok=True)
+    manifest.unlink(missing_ok=True)  # rewritten once every video matches the spec
+    lines = []
+    n_frames = int(spec.duration * spec.video_fps)
+    for number in range(spec.videos):
+        video, rng = _needle_video(spec, number)
+        path = videos / f"{video.key}.mp4"
+        if previous != wanted or not _usable(path, n_frames):
+            tmp = path.with_name(f".{path.stem}.tmp.mp4")
+            write_video(tmp, needle_frames(spec, video, rng), spec.video_fps)
+            tmp.replace(path)
+        question = NEEDLE_QUESTION + "\n" + "\n".join(f"({'ABCD'[i]}) {o}" for i, o in enumerate(video.options))
+        span = f"{_clock(video.start / spec.video_fps)}-{_clock(video.end / spec.video_fps)}"
+        lines.append({"key": video.key, "type": "synthetic", "qa": [{
+            "uid": "0", "question": question, "answer": "ABCD"[video.options.index(video.answer)],
+            "question_type": ["key information retrieval"], "time_reference": span}]})
+        if progress is not None:
+            progress(number + 1, spec.videos)
+    jsonl = root / "video_info.meta.jsonl"
+    jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    tsv = root / "LVBench.tsv"
+    write_tsv(convert("lvbench", jsonl), tsv)
+    manifest.write_text(json.dumps(spec.to_dict(), indent=1) + "\n")
+    return videos, jsonl, tsv
