@@ -39,6 +39,12 @@ def demo(tmp_path_factory):
     return out, run_demo("--out", str(out), "--seed", "0")
 
 
+def span_seconds(reference: str) -> tuple[int, int]:
+    """LVBench's "MM:SS-MM:SS" in seconds."""
+    start, end = (int(m) * 60 + int(s) for m, s in (t.split(":") for t in reference.split("-")))
+    return start, end
+
+
 def read_table(out) -> pd.DataFrame:
     return pd.read_csv(out / "quality.csv", index_col="method")
 
@@ -50,17 +56,17 @@ def test_trained_agent_beats_uniform_and_untrained_outside_their_intervals(demo)
     assert (table["questions"] == 60).all() and (table["frames"] == 8).all()
     trained = table.loc[TRAINED]
     for other in ("uniform", UNTRAINED):
-        assert trained["hit_rate"] > table.loc[other, "hit_hi"], table
-        assert trained["hit_lo"] > table.loc[other, "hit_hi"], table  # the intervals do not even touch
+        assert trained["hit_rate"] > table.loc[other, "hit_rate_hi"], table
+        assert trained["hit_rate_lo"] > table.loc[other, "hit_rate_hi"], table  # the intervals do not even touch
     for name in table.index.drop(CHANCE):
         row = table.loc[name]
-        assert row["hit_lo"] <= row["hit_rate"] <= row["hit_hi"]
+        assert row["hit_rate_lo"] <= row["hit_rate"] <= row["hit_rate_hi"]
         assert row["coverage_lo"] <= row["coverage"] <= row["coverage_hi"]
     # Chance, by hand: every video has 120 one-second candidates, 4 of them inside a 3 s segment
     # widened by 0.5 s on each side; K = 8 drawn at random.
     assert table.loc[CHANCE, "hit_rate"] == pytest.approx(1 - math.comb(116, 8) / math.comb(120, 8))
     assert table.loc[CHANCE, "coverage"] == pytest.approx(4 / 120)
-    assert table.loc[CHANCE, ["hit_lo", "hit_hi", "coverage_lo", "coverage_hi"]].isna().all()
+    assert table.loc[CHANCE, ["hit_rate_lo", "hit_rate_hi", "coverage_lo", "coverage_hi"]].isna().all()
 
 
 def test_table_agrees_with_the_selection_files_scored_by_hand(demo):
@@ -69,8 +75,7 @@ def test_table_agrees_with_the_selection_files_scored_by_hand(demo):
     spans = {}
     for line in (out / "benchmark" / "heldout" / "video_info.meta.jsonl").read_text().splitlines():
         item = json.loads(line)
-        start, end = (int(m) * 60 + int(s) for m, s in (t.split(":") for t in item["qa"][0]["time_reference"].split("-")))
-        spans[item["key"] + ".mp4"] = (start, end)
+        spans[item["key"] + ".mp4"] = span_seconds(item["qa"][0]["time_reference"])
     for name, file in (("uniform", "uniform"), (UNTRAINED, "tspo-untrained-head"), (TRAINED, "tspo-trained-head")):
         run = SelectionSet.load(out / "selections" / f"{file}.json")
         hits = [any(spans[s.video.split("/")[-1]][0] - 0.5 <= t <= spans[s.video.split("/")[-1]][1] + 0.5
@@ -149,7 +154,7 @@ def check_videos_match_annotations(root, spec: NeedleBenchmark) -> None:
         item = json.loads(line)
         qa = item["qa"][0]
         options = dict(o[1:].split(") ") for o in qa["question"].splitlines()[1:])
-        start, end = (int(m) * 60 + int(s) for m, s in (t.split(":") for t in qa["time_reference"].split("-")))
+        start, end = span_seconds(qa["time_reference"])
         video = root / "videos" / f"{item['key']}.mp4"
         assert probe(video).num_frames == int(spec.duration * spec.video_fps)
         inside = square_color(video, spec.video_fps, (start + end) / 2)
@@ -177,7 +182,8 @@ def test_generation_is_deterministic_per_video(tmp_path):
     lines = {name: (tmp_path / name / "video_info.meta.jsonl").read_text().splitlines() for name in ("small", "large")}
     assert lines["small"] == lines["large"][:2]
     for name in ("demo000.mp4", "demo001.mp4"):
-        assert (tmp_path / "small" / "videos" / name).read_bytes() == (tmp_path / "large" / "videos" / name).read_bytes()
+        small_video, large_video = (tmp_path / size / "videos" / name for size in ("small", "large"))
+        assert small_video.read_bytes() == large_video.read_bytes()
     other = NeedleBenchmark(videos=2, duration=30.0, video_fps=4.0, seed=5, prefix="heldout")
     make_benchmark(tmp_path / "other", other)
     assert (tmp_path / "other" / "videos" / "heldout000.mp4").read_bytes() != \
@@ -229,10 +235,10 @@ def test_legends_sit_outside_every_axes(tmp_path, monkeypatch):
     plots.method_timelines(panels, [(100.0, 103.0)], tmp_path / "t.png", "title")
     plots.score_timeline(ts, scores, [14.0, 119.0], tmp_path / "s.png", "title", [(118.0, 119.0)], "agent score S")
     plots.reward_curve([{"step": i + 1, "reward": float(i % 2)} for i in range(40)], tmp_path / "r.png", 0.25)
-    table = pd.DataFrame({"hit_rate": [0.5, 0.9, 0.2], "coverage": [0.1, 0.3, 0.05], "hit_lo": [0.4, 0.8, np.nan],
-                          "hit_hi": [0.6, 0.95, np.nan], "coverage_lo": [0.05, 0.2, np.nan],
+    table = pd.DataFrame({"hit_rate": [0.5, 0.9, 0.2], "coverage": [0.1, 0.3, 0.05], "hit_rate_lo": [0.4, 0.8, np.nan],
+                          "hit_rate_hi": [0.6, 0.95, np.nan], "coverage_lo": [0.05, 0.2, np.nan],
                           "coverage_hi": [0.15, 0.4, np.nan]}, index=["a", "b", "chance"])
-    plots.quality_chart(table, tmp_path / "q.png", "chance")
+    plots.comparison_chart(table, tmp_path / "q.png", chance="chance")
     assert len(layouts) == 4
     for legends, axes in layouts:
         assert len(legends) == 1

@@ -43,7 +43,7 @@ def test_quality_table_intervals_count_the_questions_it_scores():
                                          for i, ts in enumerate([near, near, near, far])})
     row = quality_table({"x": run}, questions, intervals=True).loc["x"]
     assert row["questions"] == 4 and row["hit_rate"] == 0.75 and row["coverage"] == pytest.approx(3 / 8)
-    assert (row["hit_lo"], row["hit_hi"]) == pytest.approx(wilson_interval(3, 4))
+    assert (row["hit_rate_lo"], row["hit_rate_hi"]) == pytest.approx(wilson_interval(3, 4))
     assert row["coverage_lo"] <= row["coverage"] <= row["coverage_hi"]
     plain = quality_table({"x": run}, questions)
-    assert "hit_lo" not in plain.columns and plain.loc["x", "hit_rate"] == 0.75
+    assert "hit_rate_lo" not in plain.columns and plain.loc["x", "hit_rate"] == 0.75

@@ -37,12 +37,12 @@ from .agent import TemporalAgent, load_agent
 from .benchmarks import Question, load_benchmark, resolve_video
 from .cache import FeatureCache
 from .extract import ExtractConfig, extract_videos, video_features
-from .plots import Panel, method_frames, method_timelines, quality_chart, reward_curve
+from .plots import Panel, comparison_chart, method_frames, method_timelines, reward_curve
 from .quality import chance_hit_rate, hit_and_coverage, quality_table, reference_spans
 from .selections import SelectConfig, SelectionSet, question_scores, select_benchmark
 from .synthetic import NeedleBenchmark, make_benchmark
 from .training.config import TrainConfig
-from .training.data import EpisodeBuilder, Sample, sample_from_question
+from .training.data import EpisodeBuilder, sample_from_question
 from .training.environment import SyntheticEnvironment
 from .training.export import export_agent
 from .training.trainer import Trainer
@@ -59,8 +59,8 @@ frames     frames chosen per question (K)
 chance     expected values for K candidates drawn uniformly at random (exact, no interval)
 uniform    K evenly spaced candidates; topk / aks rank candidates by the CLIP cosine of frame
            and question (aks with TSPO's preset); tspo ranks by the agent's score S (top-k)
-Synthetic: generated videos and a synthetic answerer{clip}. The numbers measure
-frame selection against known segments, not a video LLM's accuracy."""
+Synthetic: generated videos{clip} and a synthetic answerer.
+The numbers measure frame selection against known segments, not a video LLM's accuracy."""
 
 
 @dataclass
@@ -138,84 +138,153 @@ def _head(agent: TemporalAgent, state: dict[str, torch.Tensor] | None) -> Iterat
         agent.selector.load_state_dict(current)
 
 
-def _chance(questions: list[Question], video_root: Path, encoder, cache: FeatureCache,
-            extract_cfg: ExtractConfig, k: int) -> dict[str, float]:
-    """Expected hit rate and coverage of K candidates drawn uniformly at random, per question, averaged."""
-    hits, coverage = [], []
-    for q in questions:
-        try:
-            vf = video_features(resolve_video(video_root, q.video_name, "lvbench"), encoder, cache, extract_cfg)
-        except ValueError:
-            continue  # its video failed: the methods' rows count it as not selected as well
-        _, inside = hit_and_coverage(vf.timestamps, reference_spans(q, vf.fps))
-        t = len(vf.timestamps)
-        hits.append(chance_hit_rate(t, round(inside * t), k))
-        coverage.append(inside)
-    return {"questions": len(hits), "hit_rate": float(np.mean(hits)), "coverage": float(np.mean(coverage)),
-            "frames": float(k)}
-
-
-def _train(cfg: DemoConfig, agent: TemporalAgent, samples: list[Sample], builder: EpisodeBuilder,
-           out: Path) -> tuple[list[dict], float]:
-    """GRPO on the training split against the synthetic answerer; returns the metrics and the
-    reward random frames would get (the chance line of the reward curve)."""
-    shutil.rmtree(out, ignore_errors=True)  # a rerun trains afresh: no appended metrics, no resumed state
-    accum = 2
-    train_cfg = TrainConfig(agent=cfg.base_agent, output_dir=str(out), environment="synthetic", rollouts=cfg.rollouts,
-                            k=cfg.k, rewards={"accuracy": 1.0}, lr=cfg.lr, grad_accum=accum,
-                            epochs=math.ceil(cfg.steps * accum / len(samples)), max_steps=cfg.steps,
-                            save_every=cfg.steps, seed=cfg.seed, device="cpu", prefetch=0)
-    trainer = Trainer(train_cfg, agent, samples, builder, SyntheticEnvironment(), torch.device("cpu"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # (T, D) = (120, 64) tensors: thread start-up costs more than it saves (6 s vs 47 s)
-    try:
-        history = trainer.train()
-    finally:
-        torch.set_num_threads(threads)
-    chance = []
-    for s in samples:
-        episode = builder.build(s, np.random.default_rng(0))
-        chance.append(chance_hit_rate(len(episode.timestamps), int(episode.target.sum()), cfg.k))
-    return history, float(np.mean(chance))
-
-
 def _format_table(table: pd.DataFrame) -> str:
     """The table as text: value [95% interval] per measure."""
-    def cell(row: pd.Series, col: str, lo: str, hi: str) -> str:
-        if pd.isna(row.get(lo)):
+    def cell(row: pd.Series, col: str) -> str:
+        if pd.isna(row.get(f"{col}_lo")):
             return f"{row[col]:.3f}"
-        return f"{row[col]:.3f} [{row[lo]:.3f}, {row[hi]:.3f}]"
+        return f"{row[col]:.3f} [{row[f'{col}_lo']:.3f}, {row[f'{col}_hi']:.3f}]"
 
+    rows = [r for _, r in table.iterrows()]
     text = pd.DataFrame({"questions": table["questions"].astype(int),
-                         "hit_rate [95% CI]": [cell(r, "hit_rate", "hit_lo", "hit_hi") for _, r in table.iterrows()],
-                         "coverage [95% CI]": [cell(r, "coverage", "coverage_lo", "coverage_hi")
-                                               for _, r in table.iterrows()],
+                         "hit_rate [95% CI]": [cell(r, "hit_rate") for r in rows],
+                         "coverage [95% CI]": [cell(r, "coverage") for r in rows],
                          "frames": table["frames"].map(lambda x: f"{x:.1f}")}, index=table.index)
     return text.to_string()
 
 
-def _draw_examples(cfg: DemoConfig, questions: list[Question], video_root: Path, cache: FeatureCache,
-                   extract_cfg: ExtractConfig, agent: TemporalAgent, heads: dict[str, dict[str, torch.Tensor]],
-                   methods: dict[str, SelectConfig], runs: dict[str, SelectionSet], out: Path) -> list[Path]:
-    """For the first `examples` held-out questions (in benchmark order, not picked by outcome):
-    every method's scores and choice on one time axis, and the chosen frames, row by row."""
-    written = []
-    encoder = agent.encoder
-    for q in questions[:cfg.examples]:
+class _Demo:
+    """One demo run's state; each method is one stage, called in order by `run_demo`."""
+
+    def __init__(self, cfg: DemoConfig) -> None:
+        self.cfg, self.out, self.train = cfg, Path(cfg.out), cfg.agent is None
+        self.cache, self.extract_cfg = FeatureCache(self.out / "feature_cache"), ExtractConfig()
+        self.heads: dict[str, dict[str, torch.Tensor]] = {}  # method -> the head it scores with
+        self.history: list[dict] = []
+        self.train_chance = float("nan")
+        methods = {"uniform": SelectConfig("uniform", cfg.k), "topk": SelectConfig("topk", cfg.k),
+                   "aks": SelectConfig("aks", cfg.k, params={"preset": "tspo"})}  # AKS's own depth 5 needs k >= 32
+        agents = [UNTRAINED, TRAINED] if self.train else [f"tspo ({Path(cfg.agent).name or cfg.agent})"]
+        self.methods = {**methods, **{name: SelectConfig("tspo", cfg.k) for name in agents}}
+        self.chance = f"chance ({cfg.k} random frames)"
+
+    def generate(self) -> None:
+        if self.train:
+            self.train_questions, self.train_root = _generate(self.out / "benchmark" / "train",
+                                                              _split(self.cfg, "train", self.cfg.train_videos))
+        self.questions, self.video_root = _generate(self.out / "benchmark" / "heldout",
+                                                    _split(self.cfg, "heldout", self.cfg.heldout_videos))
+
+    def extract(self) -> None:
+        """Held-out candidates at the evaluation's sampling; training ones at the published
+        training rule (1 fps, at most 128) through the episode builder."""
+        torch.manual_seed(self.cfg.seed)  # a plain CLIP directory as base_agent gets the same fresh head every run
+        self.agent = load_agent(self.cfg.agent or self.cfg.base_agent)
+        report = extract_videos([self.video(q) for q in self.questions], self.agent.encoder, self.cache,
+                                self.extract_cfg)
+        failed = dict(report.failed)
+        if self.train:
+            self.builder = EpisodeBuilder(None, self.agent.encoder, self.cache)
+            samples = [sample_from_question(q, resolve_video(self.train_root, q.video_name, "lvbench"))
+                       for q in self.train_questions]
+            failed.update(self.builder.prepare(samples, progress=True))
+            self.samples = [s for s in samples if self.builder.path(s) not in failed]
+        for why in sorted(failed.values()):
+            print(f"      FAILED {why}")
+
+    def video(self, question: Question) -> Path:
+        return resolve_video(self.video_root, question.video_name, "lvbench")
+
+    def train_head(self) -> None:
+        """GRPO on the training split against the synthetic answerer; exports the trained agent."""
+        cfg, out = self.cfg, self.out / "training"
+        shutil.rmtree(out, ignore_errors=True)  # a rerun trains afresh: no appended metrics, no resumed state
+        accum = 2
+        train_cfg = TrainConfig(agent=cfg.base_agent, output_dir=str(out), environment="synthetic",
+                                rollouts=cfg.rollouts, k=cfg.k, rewards={"accuracy": 1.0}, lr=cfg.lr, grad_accum=accum,
+                                epochs=math.ceil(cfg.steps * accum / len(self.samples)), max_steps=cfg.steps,
+                                save_every=cfg.steps, seed=cfg.seed, device="cpu", prefetch=0)
+        self.heads[UNTRAINED] = {k: v.clone() for k, v in self.agent.selector.state_dict().items()}
+        trainer = Trainer(train_cfg, self.agent, self.samples, self.builder, SyntheticEnvironment(),
+                          torch.device("cpu"))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # (T, D) = (120, 64) tensors: threads cost more than they save (6 s vs 47 s)
         try:
-            vf = video_features(resolve_video(video_root, q.video_name, "lvbench"), encoder, cache, extract_cfg)
+            self.history = trainer.train()
+        finally:
+            torch.set_num_threads(threads)
+        self.heads[TRAINED] = {k: v.clone() for k, v in self.agent.selector.state_dict().items()}
+        export_agent(self.agent, self.out / "agent", dtype=torch.float32)
+        episodes = [self.builder.build(s, np.random.default_rng(0)) for s in self.samples]
+        self.train_chance = float(np.mean([chance_hit_rate(len(e.timestamps), int(e.target.sum()), cfg.k)
+                                           for e in episodes]))
+        first, last = (np.mean([m["reward"] for m in part]) for part in (self.history[:50], self.history[-50:]))
+        print(f"      mean reward: first 50 steps {first:.2f}, last 50 steps {last:.2f} (random frames: "
+              f"{self.train_chance:.2f}); trained agent -> {self.out / 'agent'}")
+
+    def select(self) -> None:
+        self.runs: dict[str, SelectionSet] = {}
+        for name, sel_cfg in self.methods.items():
+            with _head(self.agent, self.heads.get(name)) as scorer:
+                self.runs[name] = select_benchmark(self.questions, self.video_root, self.agent.encoder, self.cache,
+                                                   sel_cfg, self.extract_cfg, agent=scorer, progress=False)
+            self.runs[name].save(self.out / "selections" / f"{_slug(name)}.json")
+
+    def score(self, legend: str) -> None:
+        self.table = quality_table(self.runs, self.questions, intervals=True)
+        self.table.loc[self.chance] = pd.Series(self.chance_row())
+        failures = {name: len(run.failed) for name, run in self.runs.items() if run.failed}
+        self.text = _format_table(self.table)
+        (self.out / "quality.txt").write_text(self.text + "\n\n" + legend + "\n" + (
+            f"failed questions (not counted): {failures}\n" if failures else ""))
+        self.table.to_csv(self.out / "quality.csv")
+
+    def chance_row(self) -> dict[str, float]:
+        """Expected hit rate and coverage of K candidates drawn uniformly at random, per question, averaged."""
+        hits, coverage = [], []
+        for q in self.questions:
+            try:
+                vf = video_features(self.video(q), self.agent.encoder, self.cache, self.extract_cfg)
+            except ValueError:
+                continue  # its video failed: the methods' rows do not count it either
+            _, inside = hit_and_coverage(vf.timestamps, reference_spans(q, vf.fps))
+            t = len(vf.timestamps)
+            hits.append(chance_hit_rate(t, round(inside * t), self.cfg.k))
+            coverage.append(inside)
+        return {"questions": len(hits), "hit_rate": float(np.mean(hits)), "coverage": float(np.mean(coverage)),
+                "frames": float(self.cfg.k)}
+
+    def draw(self) -> list[Path]:
+        plots = self.out / "plots"
+        shutil.rmtree(plots, ignore_errors=True)  # no picture of an earlier run's questions survives
+        pictures = [comparison_chart(self.table, plots / "summary.png",
+                                     f"{len(self.questions)} held-out generated videos, K = {self.cfg.k} of "
+                                     f"{self.cfg.duration:.0f} 1-per-second candidates (synthetic)", self.chance)]
+        if self.train:
+            pictures.append(reward_curve(self.history, plots / "training_reward.png", self.train_chance,
+                                         "GRPO training of the agent head against the synthetic answerer "
+                                         "(reward 1: a chosen frame shows the answer segment)"))
+        for q in self.questions[:self.cfg.examples]:  # in benchmark order, not picked by outcome
+            pictures += self.draw_question(q, plots)
+        return pictures
+
+    def draw_question(self, q: Question, plots: Path) -> list[Path]:
+        """Every method's scores and choice on one time axis, and the chosen frames, row by row."""
+        encoder = self.agent.encoder
+        try:
+            vf = video_features(self.video(q), encoder, self.cache, self.extract_cfg)
         except ValueError:
-            continue
-        text = cache.text_features(encoder.identity, [q.question], encoder.encode_text)[0]
+            return []
+        text = self.cache.text_features(encoder.identity, [q.question], encoder.encode_text)[0]
         spans = reference_spans(q, vf.fps)
         panels, verdicts = [], {}
-        for name, sel_cfg in methods.items():
-            sel = runs[name].selections.get(q.index)
+        for name, sel_cfg in self.methods.items():
+            sel = self.runs[name].selections.get(q.index)
             if sel is None:
                 continue
             scores, ylabel = None, "(uses no score)"
             if sel_cfg.method != "uniform":
-                with _head(agent, heads.get(name)) as scorer:
+                with _head(self.agent, self.heads.get(name)) as scorer:
                     scores = question_scores(vf.features, text, sel_cfg.score_source, scorer).numpy()
                 ylabel = "agent score S" if sel_cfg.score_source == "agent" else "CLIP cosine\n(frame, question)"
             panels.append(Panel(name, vf.timestamps, scores, ylabel, sel.timestamps,
@@ -223,96 +292,45 @@ def _draw_examples(cfg: DemoConfig, questions: list[Question], video_root: Path,
             verdicts[name] = "hit" if hit_and_coverage(sel.timestamps, spans)[0] else "miss"
         answer = q.candidates["ABCD".index(q.answer_letter)] if q.answer_letter in "ABCD" else q.answer_letter
         span = ", ".join(f"{a:.0f}-{b:.0f} s" for a, b in spans)
-        title = (f"held-out question {q.index} ({q.video_name}), K = {cfg.k}: {q.question.splitlines()[0]}\n"
+        title = (f"held-out question {q.index} ({q.video_name}), K = {self.cfg.k}: {q.question.splitlines()[0]}\n"
                  f"answer: {answer}, shown only in the segment {span}")
-        written.append(method_timelines(panels, spans, out / f"{q.index}_timelines.png", title, verdicts))
-        written.append(method_frames(panels, spans, out / f"{q.index}_frames.png", title, verdicts))
-    return written
+        return [method_timelines(panels, spans, plots / f"{q.index}_timelines.png", title, verdicts),
+                method_frames(panels, spans, plots / f"{q.index}_frames.png", title, verdicts)]
 
 
 def run_demo(cfg: DemoConfig) -> pd.DataFrame:
     """Generate, extract, train (unless `cfg.agent`), select, score, draw; returns the quality table."""
-    out = Path(cfg.out)
-    train = cfg.agent is None
-    stages = _Stages(6 if train else 5)
+    demo, stages = _Demo(cfg), _Stages(6 if cfg.agent is None else 5)
     random_clip = (cfg.agent or cfg.base_agent).startswith("random:")
     legend = LEGEND.format(clip=", a tiny randomly initialised CLIP" if random_clip else "")
     print("Synthetic demo: generated videos, a synthetic answerer (right iff a chosen frame shows the answer "
           "segment)" + (", a tiny randomly initialised CLIP." if random_clip else "."), flush=True)
-    heldout_spec = _split(cfg, "heldout", cfg.heldout_videos)
-    with stages("generate", f"{cfg.train_videos if train else 0} training + {cfg.heldout_videos} held-out videos of "
-                            f"{cfg.duration:.0f} s, each with one {cfg.needle:g} s answer segment"):
-        if train:
-            train_questions, train_root = _generate(out / "benchmark" / "train", _split(cfg, "train", cfg.train_videos))
-        questions, video_root = _generate(out / "benchmark" / "heldout", heldout_spec)
-    torch.manual_seed(cfg.seed)  # a plain CLIP directory as base_agent gets the same fresh head every run
-    agent = load_agent(cfg.agent or cfg.base_agent)
-    cache, extract_cfg = FeatureCache(out / "feature_cache"), ExtractConfig()
-    heads: dict[str, dict[str, torch.Tensor]] = {}
-    with stages("extract", f"CLIP features of every video's candidates ({extract_cfg.fps:g} per second)"):
-        report = extract_videos([resolve_video(video_root, q.video_name, "lvbench") for q in questions],
-                                agent.encoder, cache, extract_cfg)
-        failed = dict(report.failed)
-        if train:  # the training episodes' own sampling (the published rule: 1 fps, at most 128)
-            builder = EpisodeBuilder(None, agent.encoder, cache)
-            samples = [sample_from_question(q, resolve_video(train_root, q.video_name, "lvbench"))
-                       for q in train_questions]
-            failed.update(builder.prepare(samples, progress=True))
-            samples = [s for s in samples if builder.path(s) not in failed]
-        for why in sorted(failed.values()):
-            print(f"      FAILED {why}")
-    if train:
-        with stages("train", f"the agent head with GRPO on {len(samples)} training questions, {cfg.steps} "
+    with stages("generate", f"{cfg.train_videos if demo.train else 0} training + {cfg.heldout_videos} held-out "
+                            f"videos of {cfg.duration:.0f} s, each with one {cfg.needle:g} s answer segment"):
+        demo.generate()
+    with stages("extract", f"CLIP features of every video's candidates ({demo.extract_cfg.fps:g} per second)"):
+        demo.extract()
+    if demo.train:
+        with stages("train", f"the agent head with GRPO on {len(demo.samples)} training questions, {cfg.steps} "
                              f"steps x 2 questions x {cfg.rollouts} rollouts of {cfg.k} frames, synthetic answerer"):
-            heads[UNTRAINED] = {k: v.clone() for k, v in agent.selector.state_dict().items()}
-            history, train_chance = _train(cfg, agent, samples, builder, out / "training")
-            heads[TRAINED] = {k: v.clone() for k, v in agent.selector.state_dict().items()}
-            export_agent(agent, out / "agent", dtype=torch.float32)
-            first, last = np.mean([m["reward"] for m in history[:50]]), np.mean([m["reward"] for m in history[-50:]])
-            print(f"      mean reward: first 50 steps {first:.2f}, last 50 steps {last:.2f} (random frames: "
-                  f"{train_chance:.2f}); trained agent -> {out / 'agent'}")
-    methods = {"uniform": SelectConfig("uniform", cfg.k), "topk": SelectConfig("topk", cfg.k),
-               "aks": SelectConfig("aks", cfg.k, params={"preset": "tspo"})}  # AKS's own depth 5 needs k >= 32
-    agent_rows = [UNTRAINED, TRAINED] if train else [f"tspo ({Path(cfg.agent).name or cfg.agent})"]
-    methods.update({name: SelectConfig("tspo", cfg.k) for name in agent_rows})
-    runs: dict[str, SelectionSet] = {}
-    with stages("select", f"{cfg.k} frames for each of {len(questions)} held-out questions with "
-                          f"{', '.join(methods)}"):
-        for name, sel_cfg in methods.items():
-            with _head(agent, heads.get(name)) as scorer:
-                runs[name] = select_benchmark(questions, video_root, agent.encoder, cache, sel_cfg, extract_cfg,
-                                              agent=scorer, progress=False)
-            runs[name].save(out / "selections" / f"{_slug(name)}.json")
-    chance_name = f"chance ({cfg.k} random frames)"
+            demo.train_head()
+    with stages("select", f"{cfg.k} frames for each of {len(demo.questions)} held-out questions with "
+                          f"{', '.join(demo.methods)}"):
+        demo.select()
     with stages("quality", "hit rate and coverage against the answer segments, 95% intervals, chance"):
-        table = quality_table(runs, questions, intervals=True)
-        table.loc[chance_name] = pd.Series(_chance(questions, video_root, agent.encoder, cache, extract_cfg, cfg.k))
-        failures = {name: len(run.failed) for name, run in runs.items() if run.failed}
-        text = _format_table(table)
-        (out / "quality.txt").write_text(text + "\n\n" + legend + "\n" + (
-            f"failed questions (not counted): {failures}\n" if failures else ""))
-        table.to_csv(out / "quality.csv")
-    with stages("pictures", f"summary chart{', training reward' if train else ''}, {cfg.examples} held-out "
+        demo.score(legend)
+    with stages("pictures", f"summary chart{', training reward' if demo.train else ''}, {cfg.examples} held-out "
                             "questions"):
-        plots = out / "plots"
-        shutil.rmtree(plots, ignore_errors=True)  # no picture of an earlier run's questions survives
-        pictures = [quality_chart(table, plots / "summary.png", chance_name,
-                                  f"{len(questions)} held-out generated videos, K = {cfg.k} of "
-                                  f"{cfg.duration:.0f} 1-per-second candidates (synthetic)")]
-        if train:
-            pictures.append(reward_curve(history, plots / "training_reward.png", train_chance,
-                                         "GRPO training of the agent head against the synthetic answerer "
-                                         "(reward 1: a chosen frame shows the answer segment)"))
-        pictures += _draw_examples(cfg, questions, video_root, cache, extract_cfg, agent, heads, methods, runs, plots)
-    (out / "demo.json").write_text(json.dumps({
+        pictures = demo.draw()
+    (demo.out / "demo.json").write_text(json.dumps({
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "seconds": {**stages.seconds, "total": round(stages.elapsed, 1)},
-        "table": table.reset_index().to_dict("records")}, indent=1))
-    print("\n" + text + "\n\n" + legend)
-    print(f"\nwrote {out}/quality.txt, quality.csv, selections/*.json, plots/*.png ({len(pictures)} pictures)"
-          + (f", agent/ (the trained agent: --agent {out / 'agent'})" if train else ""))
+        "table": demo.table.reset_index().to_dict("records")}, indent=1))
+    print("\n" + demo.text + "\n\n" + legend)
+    print(f"\nwrote {demo.out}/quality.txt, quality.csv, selections/*.json, plots/*.png ({len(pictures)} pictures)"
+          + (f", agent/ (the trained agent: --agent {demo.out / 'agent'})" if demo.train else ""))
     print(f"demo finished in {stages.elapsed:.0f} s")
-    return table
+    return demo.table
 
 
 def _slug(name: str) -> str:

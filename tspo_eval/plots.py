@@ -139,34 +139,6 @@ def method_frames(panels: Sequence[Panel], spans: Sequence[tuple[float, float]],
     return _save(fig, path)
 
 
-def quality_chart(table: pd.DataFrame, path: str | Path, chance: str | None = None, title: str = "") -> Path:
-    """PNG: hit rate and coverage per method as bars with their 95% intervals (`hit_lo`,
-    `hit_hi`, `coverage_lo`, `coverage_hi`); the `chance` row is drawn as a dashed line."""
-    methods = [m for m in table.index if m != chance]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(methods) + 1.6), dpi=110, sharey=True,
-                             layout="constrained")
-    y = np.arange(len(methods))[::-1]
-    for ax, col, label in ((axes[0], "hit", "hit rate: share of questions with a chosen frame in the reference"),
-                           (axes[1], "coverage", "coverage: share of chosen frames in the reference")):
-        value = table.loc[methods, "hit_rate" if col == "hit" else "coverage"].to_numpy(float)
-        lo, hi = table.loc[methods, f"{col}_lo"].to_numpy(float), table.loc[methods, f"{col}_hi"].to_numpy(float)
-        ax.barh(y, value, color="tab:blue", alpha=0.75, height=0.6)
-        ax.errorbar(value, y, xerr=[value - lo, hi - value], fmt="none", ecolor="black", capsize=3, lw=1,
-                    label="95% confidence interval")
-        for yi, v, h in zip(y, value, hi):
-            ax.text(min(h + 0.02, 1.02), yi, f"{v:.2f}", va="center", fontsize=7)
-        if chance is not None:
-            ax.axvline(float(table.loc[chance, "hit_rate" if col == "hit" else "coverage"]), color="gray", ls="--",
-                       lw=1.2, label=chance)
-        ax.set_xlim(0, 1.12)
-        ax.set_xlabel(label, fontsize=8)
-        ax.tick_params(labelsize=8)
-    axes[0].set_yticks(y, methods)
-    fig.suptitle(title, fontsize=9)
-    _outside_legend(fig, axes[:1], "below")
-    return _save(fig, path)
-
-
 def reward_curve(history: Sequence[Mapping[str, float]], path: str | Path, chance: float | None = None,
                  title: str = "", window: int = 20) -> Path:
     """PNG: mean rollout reward per training step, its moving average and the chance level."""
@@ -202,23 +174,33 @@ COMPARISON_PANELS = {"hit_rate": "hit rate (a frame in the reference)",
                      "ms_per_question": "selection time per question (ms)"}
 
 
-def comparison_chart(table: "pandas.DataFrame", path: str | Path, title: str = "") -> Path:
-    """PNG: one horizontal bar panel per column of `COMPARISON_PANELS` the table holds, one bar per method."""
+def comparison_chart(table: pd.DataFrame, path: str | Path, title: str = "", chance: str | None = None) -> Path:
+    """PNG: one horizontal bar panel per column of `COMPARISON_PANELS` the table holds, one bar per
+    method; `<column>_lo` / `<column>_hi` columns are drawn as interval whiskers, and the row named
+    `chance` as a dashed line instead of a bar."""
     panels = [(col, label) for col, label in COMPARISON_PANELS.items() if col in table.columns]
-    methods = list(table.index)
+    methods = [m for m in table.index if m != chance]
     y = np.arange(len(methods))[::-1]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 0.4 * len(methods) + 1.4), dpi=110,
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 1.5, 0.4 * len(methods) + 1.6), dpi=110,
+                             sharey=True, squeeze=False, layout="constrained")
     for ax, (col, label) in zip(axes[0], panels):
-        values = table[col].to_numpy(dtype=np.float64)
+        values = table.loc[methods, col].to_numpy(dtype=np.float64)
         ax.barh(y, np.nan_to_num(values), color="tab:blue", alpha=0.75, height=0.6)
-        for yi, v in zip(y, values):
-            ax.text(0 if np.isnan(v) else v, yi, " n/a" if np.isnan(v) else f" {v:.3g}", va="center", fontsize=7)
+        right = values
+        if f"{col}_lo" in table.columns and f"{col}_hi" in table.columns:
+            lo, right = (table.loc[methods, f"{col}_{end}"].to_numpy(dtype=np.float64) for end in ("lo", "hi"))
+            ax.errorbar(values, y, xerr=[values - lo, right - values], fmt="none", ecolor="black", capsize=3, lw=1,
+                        label="95% confidence interval")
+        for yi, v, r in zip(y, values, right):
+            ax.text(0 if np.isnan(v) else r, yi, " n/a" if np.isnan(v) else f" {v:.3g}", va="center", fontsize=7)
+        if chance is not None and not np.isnan(level := float(table.loc[chance, col])):
+            ax.axvline(level, color="gray", ls="--", lw=1.2, label=chance)
         if col != "ms_per_question":
             ax.set_xlim(0, 1.15)
         ax.set_xlabel(label, fontsize=8)
         ax.tick_params(labelsize=8)
     axes[0][0].set_yticks(y, methods)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    if any(ax.get_legend_handles_labels()[0] for ax in axes[0]):
+        _outside_legend(fig, axes[0], "below")
     return _save(fig, path)

@@ -85,7 +85,7 @@ def chance_hit_rate(candidates: int, inside: int, k: int) -> float:
 def quality_table(runs: Mapping[str, SelectionSet], questions: Sequence[Question],
                   tolerance: float = 0.5, intervals: bool = False) -> pd.DataFrame:
     """One row per method: questions scored, hit rate, mean coverage, mean frames chosen
-    (with `intervals`, also the 95% intervals `hit_lo`, `hit_hi`, `coverage_lo`, `coverage_hi`)."""
+    (with `intervals`, also the 95% intervals `hit_rate_lo`, `hit_rate_hi`, `coverage_lo`, `coverage_hi`)."""
     rows = []
     for name, run in runs.items():
         per = question_quality(run, questions, tolerance)
@@ -95,7 +95,7 @@ def quality_table(runs: Mapping[str, SelectionSet], questions: Sequence[Question
                "coverage": float(per["coverage"].mean()) if n else float("nan"),
                "frames": float(per["frames"].mean()) if n else float("nan")}
         if intervals:
-            row["hit_lo"], row["hit_hi"] = wilson_interval(int(per["hit"].sum()), n)
+            row["hit_rate_lo"], row["hit_rate_hi"] = wilson_interval(int(per["hit"].sum()), n)
             row["coverage_lo"], row["coverage_hi"] = bootstrap_interval(per["coverage"])
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")

@@ -53,7 +53,8 @@ class ToyConfig:
     steps: int = field(default=30, metadata={"help": "optimiser steps"})
     rollouts: int = field(default=12, metadata={"help": "G (12 as the published toy)"})
     k: int = field(default=6, metadata={"help": "K (6 as the published toy)"})
-    lr: float = field(default=5e-3, metadata={"help": "AdamW learning rate (above the paper's 5e-4: the tiny random CLIP separates scenes weakly)"})
+    lr: float = field(default=5e-3, metadata={
+        "help": "AdamW learning rate (above the paper's 5e-4: the tiny random CLIP separates scenes weakly)"})
     tau_start: float = field(default=0.025, metadata={"help": "temperature at step 0"})
     tau_end: float = field(default=0.01, metadata={"help": "temperature at the last step"})
     duration: float = field(default=120.0, metadata={"help": "seconds per generated video"})
@@ -122,8 +123,8 @@ def step_pictures(out: Path, every: int) -> Callable[[int, list[StepGroup], dict
         scores = (g.rollouts.logits * metrics["tau"]).float().cpu().numpy()  # S = logits * tau
         title = f"step {step + 1}: mean reward {metrics['reward']:.2f}, tau {metrics['tau']:.4f}"
         spans = [ep.sample.span] if ep.sample.span else []
-        score_timeline(ep.timestamps, scores, ep.timestamps[sel], out / f"step{step + 1:03d}_timeline.png", title, spans,
-                       ylabel="agent score S")
+        score_timeline(ep.timestamps, scores, ep.timestamps[sel], out / f"step{step + 1:03d}_timeline.png", title,
+                       spans, ylabel="agent score S")
         frame_grid(ep.frames(sel), ep.timestamps[sel], out / f"step{step + 1:03d}_frames.png", cols=len(sel),
                    title=title)
     return callback
