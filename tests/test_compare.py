@@ -14,7 +14,7 @@ from tspo_eval import compare as compare_mod
 from tspo_eval.benchmarks import load_benchmark
 from tspo_eval.cache import FeatureCache
 from tspo_eval.compare import CompareConfig, add_accuracy, compare_selectors, method_spec, write_comparison
-from tspo_eval.demo import DemoConfig, make_benchmark
+from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
 from tspo_eval.encoders import as_uint8_batch
 from tspo_eval.selections import SelectionSet
 
@@ -51,7 +51,7 @@ class NeedleEncoder:
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    videos, jsonl, tsv = make_benchmark(root, DemoConfig(videos=3, duration=40.0, video_fps=8.0))
+    videos, jsonl, tsv = make_benchmark(root, NeedleBenchmark(videos=3, duration=40.0, video_fps=8.0))
     return root, videos, jsonl, tsv
 
 

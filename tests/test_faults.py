@@ -147,10 +147,10 @@ AGENT = ["--agent", "random:clip-tiny"]
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """A generated LVBench-layout benchmark: 3 videos, one question each (TSV + annotation file)."""
-    from tspo_eval.demo import DemoConfig, make_benchmark
+    from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
 
     root = tmp_path_factory.mktemp("bench")
-    videos, jsonl, tsv = make_benchmark(root, DemoConfig(videos=3, duration=20.0, video_fps=4.0))
+    videos, jsonl, tsv = make_benchmark(root, NeedleBenchmark(videos=3, duration=20.0, video_fps=4.0))
     return videos, jsonl, tsv
 
 
