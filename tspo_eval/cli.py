@@ -315,7 +315,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DEMO_POLICY, DemoConfig
     from .evaluation import EvaluateConfig
-    from .policy import FramePolicy, add_extract_args, add_policy_args
+    from .policy import add_extract_args, add_policy_args
 
     parser = argparse.ArgumentParser(prog="tspo-eval", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

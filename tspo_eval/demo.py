@@ -36,10 +36,11 @@ from tqdm.auto import tqdm
 from .agent import TemporalAgent, load_agent
 from .benchmarks import Question, load_benchmark, resolve_video
 from .cache import FeatureCache
-from .extract import ExtractConfig, extract_videos, video_features
+from .extract import extract_videos, video_features
 from .plots import Panel, comparison_chart, method_frames, method_timelines, reward_curve
+from .policy import ExtractConfig, FramePolicy
 from .quality import chance_hit_rate, hit_and_coverage, quality_table, reference_spans
-from .selections import SelectConfig, SelectionSet, question_scores, select_benchmark
+from .selections import SelectionSet, question_scores, select_benchmark
 from .synthetic import NeedleBenchmark, make_benchmark
 from .training.config import TrainConfig
 from .training.data import EpisodeBuilder, sample_from_question
@@ -49,6 +50,9 @@ from .training.trainer import Trainer
 from .video import read_frames
 
 UNTRAINED, TRAINED = "tspo, untrained head", "tspo, trained head"
+# K = 8 of 120 candidates (uniform then hits about a quarter of the segments); the policy flags
+# (--k, --official, --fps, ...) apply to every method and to the training rollouts' K.
+DEMO_POLICY = FramePolicy(k=8)
 LEGEND = """\
 hit_rate   share of held-out questions where at least one chosen frame lies in the answer
            segment (widened by 0.5 s), i.e. where the synthetic answerer would be right;
@@ -57,8 +61,9 @@ coverage   share of the chosen frames that lie in the segment, averaged over que
            95% interval: percentile bootstrap over questions (2000 resamples, seed 0)
 frames     frames chosen per question (K)
 chance     expected values for K candidates drawn uniformly at random (exact, no interval)
-uniform    K evenly spaced candidates; topk / aks rank candidates by the CLIP cosine of frame
-           and question (aks with TSPO's preset); tspo ranks by the agent's score S (top-k)
+uniform    K evenly spaced frames over the whole video; topk / aks rank the candidates by the
+           CLIP cosine of frame and question (aks with TSPO's preset); tspo ranks them by
+           the agent's score S (top-k)
 Synthetic: generated videos{clip} and a synthetic answerer.
 The numbers measure frame selection against known segments, not a video LLM's accuracy."""
 
@@ -77,7 +82,6 @@ class DemoConfig:
     duration: float = field(default=120.0, metadata={"help": "seconds per generated video"})
     video_fps: float = field(default=4.0, metadata={"help": "frame rate of the generated videos"})
     needle: float = field(default=3.0, metadata={"help": "seconds of the answer-bearing segment"})
-    k: int = field(default=8, metadata={"help": "frames chosen per question (training and evaluation)"})
     steps: int = field(default=800, metadata={"help": "GRPO optimiser steps (2 questions each)"})
     rollouts: int = field(default=8, metadata={"help": "G: rollouts per question"})
     lr: float = field(default=5e-3, metadata={
@@ -86,8 +90,8 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "seed of the videos, the head's training and the intervals"})
 
     def __post_init__(self) -> None:
-        if min(self.train_videos, self.heldout_videos, self.k, self.steps) < 1 or self.examples < 0:
-            raise ValueError("train_videos, heldout_videos, k and steps must be >= 1, examples >= 0")
+        if min(self.train_videos, self.heldout_videos, self.steps) < 1 or self.examples < 0:
+            raise ValueError("train_videos, heldout_videos and steps must be >= 1, examples >= 0")
         if self.rollouts < 2:
             raise ValueError("GRPO needs at least 2 rollouts per question")
 
@@ -156,17 +160,18 @@ def _format_table(table: pd.DataFrame) -> str:
 class _Demo:
     """One demo run's state; each method is one stage, called in order by `run_demo`."""
 
-    def __init__(self, cfg: DemoConfig) -> None:
+    def __init__(self, cfg: DemoConfig, policy: FramePolicy, extract: ExtractConfig | None) -> None:
         self.cfg, self.out, self.train = cfg, Path(cfg.out), cfg.agent is None
-        self.cache, self.extract_cfg = FeatureCache(self.out / "feature_cache"), ExtractConfig()
+        self.policy, self.k, self.extract_cfg = policy, policy.k, extract or ExtractConfig()
+        self.cache = FeatureCache(self.out / "feature_cache")
         self.heads: dict[str, dict[str, torch.Tensor]] = {}  # method -> the head it scores with
         self.history: list[dict] = []
         self.train_chance = float("nan")
-        methods = {"uniform": SelectConfig("uniform", cfg.k), "topk": SelectConfig("topk", cfg.k),
-                   "aks": SelectConfig("aks", cfg.k, params={"preset": "tspo"})}  # AKS's own depth 5 needs k >= 32
+        methods = {"uniform": policy.replace(method="uniform"), "topk": policy.replace(method="topk"),
+                   "aks": policy.replace(method="aks", params={"preset": "tspo"})}  # AKS's own depth 5 needs K >= 32
         agents = [UNTRAINED, TRAINED] if self.train else [f"tspo ({Path(cfg.agent).name or cfg.agent})"]
-        self.methods = {**methods, **{name: SelectConfig("tspo", cfg.k) for name in agents}}
-        self.chance = f"chance ({cfg.k} random frames)"
+        self.methods = {**methods, **{name: policy.replace(method="tspo") for name in agents}}
+        self.chance = f"chance ({self.k} random frames)"
 
     def generate(self) -> None:
         if self.train:
@@ -181,10 +186,10 @@ class _Demo:
         torch.manual_seed(self.cfg.seed)  # a plain CLIP directory as base_agent gets the same fresh head every run
         self.agent = load_agent(self.cfg.agent or self.cfg.base_agent)
         report = extract_videos([self.video(q) for q in self.questions], self.agent.encoder, self.cache,
-                                self.extract_cfg)
+                                self.policy.sampling, self.extract_cfg)
         failed = dict(report.failed)
         if self.train:
-            self.builder = EpisodeBuilder(None, self.agent.encoder, self.cache)
+            self.builder = EpisodeBuilder(None, self.agent.encoder, self.cache, extract=self.extract_cfg)
             samples = [sample_from_question(q, resolve_video(self.train_root, q.video_name, "lvbench"))
                        for q in self.train_questions]
             failed.update(self.builder.prepare(samples, progress=True))
@@ -201,7 +206,7 @@ class _Demo:
         shutil.rmtree(out, ignore_errors=True)  # a rerun trains afresh: no appended metrics, no resumed state
         accum = 2
         train_cfg = TrainConfig(agent=cfg.base_agent, output_dir=str(out), environment="synthetic",
-                                rollouts=cfg.rollouts, k=cfg.k, rewards={"accuracy": 1.0}, lr=cfg.lr, grad_accum=accum,
+                                rollouts=cfg.rollouts, k=self.k, rewards={"accuracy": 1.0}, lr=cfg.lr, grad_accum=accum,
                                 epochs=math.ceil(cfg.steps * accum / len(self.samples)), max_steps=cfg.steps,
                                 save_every=cfg.steps, seed=cfg.seed, device="cpu", prefetch=0)
         self.heads[UNTRAINED] = {k: v.clone() for k, v in self.agent.selector.state_dict().items()}
@@ -216,7 +221,7 @@ class _Demo:
         self.heads[TRAINED] = {k: v.clone() for k, v in self.agent.selector.state_dict().items()}
         export_agent(self.agent, self.out / "agent", dtype=torch.float32)
         episodes = [self.builder.build(s, np.random.default_rng(0)) for s in self.samples]
-        self.train_chance = float(np.mean([chance_hit_rate(len(e.timestamps), int(e.target.sum()), cfg.k)
+        self.train_chance = float(np.mean([chance_hit_rate(len(e.timestamps), int(e.target.sum()), self.k)
                                            for e in episodes]))
         first, last = (np.mean([m["reward"] for m in part]) for part in (self.history[:50], self.history[-50:]))
         print(f"      mean reward: first 50 steps {first:.2f}, last 50 steps {last:.2f} (random frames: "
@@ -224,10 +229,10 @@ class _Demo:
 
     def select(self) -> None:
         self.runs: dict[str, SelectionSet] = {}
-        for name, sel_cfg in self.methods.items():
+        for name, policy in self.methods.items():
             with _head(self.agent, self.heads.get(name)) as scorer:
                 self.runs[name] = select_benchmark(self.questions, self.video_root, self.agent.encoder, self.cache,
-                                                   sel_cfg, self.extract_cfg, agent=scorer, progress=False)
+                                                   policy, self.extract_cfg, agent=scorer, progress=False)
             self.runs[name].save(self.out / "selections" / f"{_slug(name)}.json")
 
     def score(self, legend: str) -> None:
@@ -244,21 +249,22 @@ class _Demo:
         hits, coverage = [], []
         for q in self.questions:
             try:
-                vf = video_features(self.video(q), self.agent.encoder, self.cache, self.extract_cfg)
+                vf = video_features(self.video(q), self.agent.encoder, self.cache, self.policy.sampling,
+                                    self.extract_cfg)
             except ValueError:
                 continue  # its video failed: the methods' rows do not count it either
             _, inside = hit_and_coverage(vf.timestamps, reference_spans(q, vf.fps))
             t = len(vf.timestamps)
-            hits.append(chance_hit_rate(t, round(inside * t), self.cfg.k))
+            hits.append(chance_hit_rate(t, round(inside * t), self.k))
             coverage.append(inside)
         return {"questions": len(hits), "hit_rate": float(np.mean(hits)), "coverage": float(np.mean(coverage)),
-                "frames": float(self.cfg.k)}
+                "frames": float(self.k)}
 
     def draw(self) -> list[Path]:
         plots = self.out / "plots"
         shutil.rmtree(plots, ignore_errors=True)  # no picture of an earlier run's questions survives
         pictures = [comparison_chart(self.table, plots / "summary.png",
-                                     f"{len(self.questions)} held-out generated videos, K = {self.cfg.k} of "
+                                     f"{len(self.questions)} held-out generated videos, K = {self.k} of "
                                      f"{self.cfg.duration:.0f} 1-per-second candidates (synthetic)", self.chance)]
         if self.train:
             pictures.append(reward_curve(self.history, plots / "training_reward.png", self.train_chance,
@@ -272,35 +278,38 @@ class _Demo:
         """Every method's scores and choice on one time axis, and the chosen frames, row by row."""
         encoder = self.agent.encoder
         try:
-            vf = video_features(self.video(q), encoder, self.cache, self.extract_cfg)
+            vf = video_features(self.video(q), encoder, self.cache, self.policy.sampling, self.extract_cfg)
         except ValueError:
             return []
         text = self.cache.text_features(encoder.identity, [q.question], encoder.encode_text)[0]
         spans = reference_spans(q, vf.fps)
         panels, verdicts = [], {}
-        for name, sel_cfg in self.methods.items():
+        for name, policy in self.methods.items():
             sel = self.runs[name].selections.get(q.index)
             if sel is None:
                 continue
             scores, ylabel = None, "(uses no score)"
-            if sel_cfg.method != "uniform":
+            if policy.method != "uniform":
                 with _head(self.agent, self.heads.get(name)) as scorer:
-                    scores = question_scores(vf.features, text, sel_cfg.score_source, scorer).numpy()
-                ylabel = "agent score S" if sel_cfg.score_source == "agent" else "CLIP cosine\n(frame, question)"
+                    scores = question_scores(vf.features, text, policy.score_source, scorer).numpy()
+                ylabel = "agent score S" if policy.score_source == "agent" else "CLIP cosine\n(frame, question)"
             panels.append(Panel(name, vf.timestamps, scores, ylabel, sel.timestamps,
                                 read_frames(vf.video, sel.frame_numbers)))
             verdicts[name] = "hit" if hit_and_coverage(sel.timestamps, spans)[0] else "miss"
         answer = q.candidates["ABCD".index(q.answer_letter)] if q.answer_letter in "ABCD" else q.answer_letter
         span = ", ".join(f"{a:.0f}-{b:.0f} s" for a, b in spans)
-        title = (f"held-out question {q.index} ({q.video_name}), K = {self.cfg.k}: {q.question.splitlines()[0]}\n"
+        title = (f"held-out question {q.index} ({q.video_name}), K = {self.k}: {q.question.splitlines()[0]}\n"
                  f"answer: {answer}, shown only in the segment {span}")
         return [method_timelines(panels, spans, plots / f"{q.index}_timelines.png", title, verdicts),
                 method_frames(panels, spans, plots / f"{q.index}_frames.png", title, verdicts)]
 
 
-def run_demo(cfg: DemoConfig) -> pd.DataFrame:
-    """Generate, extract, train (unless `cfg.agent`), select, score, draw; returns the quality table."""
-    demo, stages = _Demo(cfg), _Stages(6 if cfg.agent is None else 5)
+def run_demo(cfg: DemoConfig, policy: FramePolicy = DEMO_POLICY, extract: ExtractConfig | None = None) -> pd.DataFrame:
+    """Generate, extract, train (unless `cfg.agent`), select, score, draw; returns the quality table.
+    `policy`: K, sampling and `official` for every method (each method replaces its name);
+    `extract`: how fast features are extracted."""
+    demo, stages = _Demo(cfg, policy, extract), _Stages(6 if cfg.agent is None else 5)
+    k = policy.k
     random_clip = (cfg.agent or cfg.base_agent).startswith("random:")
     legend = LEGEND.format(clip=", a tiny randomly initialised CLIP" if random_clip else "")
     print("Synthetic demo: generated videos, a synthetic answerer (right iff a chosen frame shows the answer "
@@ -308,13 +317,13 @@ def run_demo(cfg: DemoConfig) -> pd.DataFrame:
     with stages("generate", f"{cfg.train_videos if demo.train else 0} training + {cfg.heldout_videos} held-out "
                             f"videos of {cfg.duration:.0f} s, each with one {cfg.needle:g} s answer segment"):
         demo.generate()
-    with stages("extract", f"CLIP features of every video's candidates ({demo.extract_cfg.fps:g} per second)"):
+    with stages("extract", f"CLIP features of every video's candidates ({policy.sampling.fps:g} per second)"):
         demo.extract()
     if demo.train:
         with stages("train", f"the agent head with GRPO on {len(demo.samples)} training questions, {cfg.steps} "
-                             f"steps x 2 questions x {cfg.rollouts} rollouts of {cfg.k} frames, synthetic answerer"):
+                             f"steps x 2 questions x {cfg.rollouts} rollouts of {k} frames, synthetic answerer"):
             demo.train_head()
-    with stages("select", f"{cfg.k} frames for each of {len(demo.questions)} held-out questions with "
+    with stages("select", f"{k} frames for each of {len(demo.questions)} held-out questions with "
                           f"{', '.join(demo.methods)}"):
         demo.select()
     with stages("quality", "hit rate and coverage against the answer segments, 95% intervals, chance"):

@@ -38,15 +38,16 @@ def _draw_timeline(ax: plt.Axes, panel: Panel, spans: Sequence[tuple[float, floa
     for start, end in spans:
         ax.axvspan(start - 0.5, end + 0.5, color=REFERENCE_COLOR, alpha=0.25, lw=0, label="reference span")
     ts = np.asarray(panel.timestamps, dtype=np.float64)
-    chosen = np.isin(np.round(ts, 6), np.round(np.asarray(panel.selected, dtype=np.float64), 6))
-    if panel.scores is None:
-        for t in ts[chosen]:
+    selected = np.asarray(panel.selected, dtype=np.float64)
+    if panel.scores is None:  # e.g. uniform frames, which need not be candidates
+        for t in selected:
             ax.axvline(t, color=CHOSEN_COLOR, lw=1.2, label="chosen frame")
         ax.set_yticks([])
     else:
         scores = np.asarray(panel.scores, dtype=np.float64)
         ax.plot(ts, scores, color=SCORE_COLOR, lw=1.0, label="score of each candidate")
-        ax.scatter(ts[chosen], scores[chosen], color=CHOSEN_COLOR, s=16, zorder=3, label="chosen frame")
+        ax.scatter(selected, np.interp(selected, ts, scores), color=CHOSEN_COLOR, s=16, zorder=3,
+                   label="chosen frame")
     ax.set_ylabel(panel.ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
     if len(ts):
