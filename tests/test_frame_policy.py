@@ -330,3 +330,29 @@ def test_released_frame_idx_without_official_is_fed_as_listed(official_dir, tmp_
                     f"record={record}", docs)
     listed = read_frame_idx(official_dir / "TSPO_LongVideoBench_frameIdx.json", "longvideobench")
     assert _recorded(record) == {doc["index"]: listed[doc["index"]] for doc in docs}
+
+
+def test_select_data_with_the_llm_scores_the_prompt_train_llm_trains_on(numbered_video, tmp_path, monkeypatch):
+    """`select-data --policy llm --think` must score `train-llm --think`'s prompt (and frames)."""
+    from tspo_eval.training import llm_grpo
+    from tspo_eval.training.data import Sample
+    from tspo_eval.training.variance import VarianceConfig
+
+    scored = []
+
+    class Scored:
+        rewards = np.zeros(2)
+
+    def answer_group(policy, sample, query, *args, **kwargs):
+        scored.append(query)
+        return Scored()
+
+    monkeypatch.setattr(llm_grpo, "_load", lambda cfg, device: None)
+    monkeypatch.setattr(llm_grpo, "VideoPolicy", lambda backbone: None)
+    monkeypatch.setattr(llm_grpo, "answer_group", answer_group)
+    sample = Sample(id="s", video=str(numbered_video), kind="multiple_choice", question="q", prompt="Q?\nA. x\nB. y")
+    cfg = VarianceConfig(data="unused.jsonl", policy="llm", runs=2, k=4, think=True)
+    llm_grpo.llm_group_rewards(cfg)(0, sample)
+    trained, _, _ = llm_grpo.frames_for(sample, llm_grpo.LLMTrainConfig(k=4, think=True), None)
+    assert scored[0].prompt == trained.prompt and scored[0].prompt.endswith(llm_grpo.THINK_INSTRUCTION)
+    assert scored[0].frame_numbers == trained.frame_numbers == [0, 99, 199, 299]  # linspace(0, 299, 4)

@@ -288,12 +288,13 @@ def usable_samples(samples: list[Sample], root: str | None) -> tuple[list[Sample
 def frames_for(sample: Sample, cfg: LLMTrainConfig, root: str | None, chooser: Any = None
                ) -> tuple[VideoQuery, np.ndarray, float]:
     """The question's query (K frames with their real timestamps), the timestamps and the video's duration."""
+    from ..selection import uniform_frames
     from ..video import probe, read_frames
 
     path = video_path(sample, root)
     info = probe(path)
     if chooser is None:
-        numbers = np.linspace(0, info.num_frames - 1, min(cfg.k, info.num_frames), dtype=int)
+        numbers = uniform_frames(info.num_frames, info.fps, cfg.k)  # the uniform rule of every entry point
     else:
         numbers = chooser(sample)
     times = numbers / info.fps
@@ -556,7 +557,7 @@ def llm_group_rewards(cfg: Any):
     from .trainer import sample_seed
 
     policy = VideoPolicy(_load(cfg, distributed.local_device()))
-    frames_cfg = LLMTrainConfig(k=cfg.k, rewards=dict(cfg.rewards))
+    frames_cfg = LLMTrainConfig(k=cfg.k, think=cfg.think, rewards=dict(cfg.rewards))  # train-llm's prompts
 
     def group_rewards(index: int, sample: Sample) -> np.ndarray:
         query, times, duration = frames_for(sample, frames_cfg, cfg.video_root)

@@ -55,6 +55,9 @@ class VarianceConfig:
     answer_from: Literal["logits", "generate"] = field(default="logits", metadata={"help": "see train"})
     temperature: float = field(default=1.0, metadata={"help": "LLM sampling temperature (policy=llm)"})
     max_new_tokens: int = field(default=256, metadata={"help": "LLM tokens per answer (policy=llm)"})
+    think: bool = field(default=False, metadata={
+        "help": "policy=llm: the <think>/<answer> instruction on the prompts, as train-llm --think (score the "
+                "prompt you will train on)"})
     seed: int = field(default=0, metadata={"help": "seed of the rollouts"})
 
     def __post_init__(self) -> None:
