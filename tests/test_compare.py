@@ -16,6 +16,7 @@ from tspo_eval.cache import FeatureCache
 from tspo_eval.compare import CompareConfig, add_accuracy, compare_selectors, method_spec, write_comparison
 from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
 from tspo_eval.encoders import as_uint8_batch
+from tspo_eval.policy import FramePolicy
 from tspo_eval.selections import SelectionSet
 
 AGENT = ["--agent", "random:clip-tiny"]
@@ -58,10 +59,10 @@ def bench(tmp_path_factory):
 def test_selector_quality_table_on_the_generated_benchmark(bench, tmp_path, capsys):
     root, videos, jsonl, tsv = bench
     questions = load_benchmark("lvbench", tsv, jsonl)
-    cfg = CompareConfig(methods=("uniform", "topk", "bolt", "dpp", "aks", "aks:preset=tspo,depth=1", "tspo"), k=4,
+    cfg = CompareConfig(methods=("uniform", "topk", "bolt", "dpp", "aks", "aks:preset=tspo,depth=1", "tspo"),
                         out=tmp_path / "out")
     result = compare_selectors(questions, videos, NeedleEncoder(), FeatureCache(tmp_path / "cache"), cfg,
-                               progress=False)
+                               FramePolicy(k=4), progress=False)
     assert "skipping tspo" in capsys.readouterr().out  # scored by the agent, and none was given
     table = result.table
     assert list(table.index) == ["uniform", "topk", "bolt", "dpp", "aks", "aks:preset=tspo,depth=1"]
@@ -97,7 +98,7 @@ def test_selector_quality_table_on_the_generated_benchmark(bench, tmp_path, caps
 
 
 def test_method_specs_are_checked_when_the_config_is_built():
-    label, cfg = method_spec("bolt:power=2.5,repeats=drop", 8)
+    label, cfg = method_spec("bolt:power=2.5,repeats=drop", FramePolicy(k=8))
     assert label == "bolt:power=2.5,repeats=drop" and cfg.method == "bolt"
     assert cfg.params == {"power": 2.5, "repeats": "drop"}
     with pytest.raises(ValueError, match="unknown method 'bolts'"):
@@ -115,9 +116,9 @@ def test_method_specs_are_checked_when_the_config_is_built():
 def test_accuracy_joins_the_table_in_fractions(bench, tmp_path, monkeypatch):
     root, videos, jsonl, tsv = bench
     questions = load_benchmark("lvbench", tsv, jsonl)
-    cfg = CompareConfig(methods=("uniform", "bolt"), k=4, out=tmp_path / "out", backbone="qwen2_5_vl")
+    cfg = CompareConfig(methods=("uniform", "bolt"), out=tmp_path / "out", backbone="qwen2_5_vl")
     result = compare_selectors(questions, videos, NeedleEncoder(), FeatureCache(tmp_path / "cache"), cfg,
-                               progress=False)
+                               FramePolicy(k=4), progress=False)
     write_comparison(result, cfg.out, "lvbench")
     seen = {}
 
@@ -128,7 +129,8 @@ def test_accuracy_joins_the_table_in_fractions(bench, tmp_path, monkeypatch):
                              "bolt": {"lvbench_acc": 0.75, "lvbench_acc_reasoning": 1.0}})
 
     monkeypatch.setattr("tspo_eval.evaluation.evaluate", fake_evaluate)
-    add_accuracy(result, cfg, "lvbench", jsonl, videos, tmp_path / "cache", agent="random:clip-tiny")
+    add_accuracy(result, cfg, "lvbench", jsonl, videos, tmp_path / "cache", agent="random:clip-tiny",
+                 policy=FramePolicy(k=4))
     assert result.table["accuracy"].to_dict() == {"uniform": 0.25, "bolt": 0.75}
     assert seen["cfg"].methods == ("uniform", "bolt") and seen["cfg"].backbone == "qwen2_5_vl"
     assert seen["policy"].k == 4 and seen["cfg"].agent == "random:clip-tiny"

@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark_args(p, annotations=True)
     _add_model_args(p)
     add_config_args(p, CompareConfig)
-    add_policy_args(p, include=("official", "fps", "max_frames", "decode_resize"))  # every method runs under these
+    add_policy_args(p, include=("k", "official", "loader", "fps", "max_frames", "decode_resize"))  # every method
     add_extract_args(p)
     p.set_defaults(run=cmd_compare)
 

@@ -46,7 +46,6 @@ class CompareConfig:
     methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={
         "help": "selectors, each NAME or NAME:KEY=VALUE[,KEY=VALUE] (e.g. aks:preset=tspo bolt:power=2); "
                 "methods scored by the agent (tspo) are skipped when no --agent is given"})
-    k: int = field(default=64, metadata={"help": "frames per question"})
     out: Path = field(default=Path("compare"), metadata={"help": "output folder"})
     tolerance: float = field(default=0.5, metadata={"help": "seconds a frame may lie outside a reference span"})
     backbone: str | None = field(default=None, metadata={
@@ -58,12 +57,10 @@ class CompareConfig:
         self.methods = tuple(self.methods)
         if not self.methods:
             raise ValueError("give at least one method")
-        specs = [method_spec(m, self.k) for m in self.methods]  # raises on an unknown method or parameter
+        specs = [method_spec(m) for m in self.methods]  # raises on an unknown method or parameter
         labels = [label for label, _ in specs]
         if len(set(labels)) != len(labels):
             raise ValueError(f"methods repeat: {', '.join(labels)}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
         if self.backbone is not None and self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)} (or none), got {self.backbone!r}")
         if self.backbone is not None and any(cfg.params for _, cfg in specs):
@@ -71,9 +68,9 @@ class CompareConfig:
                              "(NAME:KEY=VALUE) or the --backbone")
 
 
-def method_spec(spec: str, k: int, base: FramePolicy | None = None) -> tuple[str, FramePolicy]:
-    """("label", the policy `base` with this method, k and parameters) of "NAME" or
-    "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself."""
+def method_spec(spec: str, base: FramePolicy | None = None) -> tuple[str, FramePolicy]:
+    """("label", the policy `base` (K, official, sampling) with this method and parameters) of
+    "NAME" or "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself."""
     name, _, raw = spec.partition(":")
     try:
         params = parse_params(raw.replace(",", ";"))
@@ -81,7 +78,7 @@ def method_spec(spec: str, k: int, base: FramePolicy | None = None) -> tuple[str
         raise ValueError(f"method {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]") from None
     if name not in SELECTORS:
         raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(sorted(SELECTORS))}")
-    return spec, (base or FramePolicy()).replace(method=name, k=k, params=params)
+    return spec, (base or FramePolicy()).replace(method=name, params=params)
 
 
 def file_label(label: str) -> str:
@@ -108,7 +105,7 @@ def compare_selectors(questions: Sequence[Question], video_root: str | Path, enc
     if not questions:
         raise ValueError("no questions to compare selectors on")
     benchmark = questions[0].benchmark
-    specs = dict(method_spec(m, cfg.k, policy) for m in cfg.methods)
+    specs = dict(method_spec(m, policy) for m in cfg.methods)
     if agent is None:
         skipped = [label for label, scfg in specs.items() if scfg.score_source == "agent"]
         if skipped:
@@ -199,7 +196,7 @@ def add_accuracy(comparison: Comparison, cfg: CompareConfig, benchmark: str, ann
     eval_cfg = EvaluateConfig(benchmark=benchmark, annotations=Path(annotations), videos=Path(videos),
                               backbone=cfg.backbone, pretrained=cfg.pretrained, methods=tuple(comparison.runs),
                               out=Path(cfg.out), cache=Path(cache), limit=cfg.limit, **kwargs)
-    scores = evaluate(eval_cfg, (policy or FramePolicy()).replace(k=cfg.k), extract)
+    scores = evaluate(eval_cfg, policy or FramePolicy(), extract)
     overall = METRICS[benchmark][0].name
     comparison.table["accuracy"] = [float(scores.loc[overall, label]) / SCALE[benchmark]
                                     for label in comparison.table.index]
