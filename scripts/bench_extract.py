@@ -587,6 +587,62 @@ def measure_checksum(frames: int) -> dict:
     return out
 
 
+def measure_nvdec(videos: dict[str, Path], threads: int = 8) -> dict:
+    """GPU decoding through PyNvVideoCodec, where it is installed (not a backend yet): candidates/s
+    of one decoder and of `threads` decoders at once, and its RGB pixels against decord's."""
+    try:
+        import PyNvVideoCodec as nvc
+    except ImportError as err:
+        return {"available": False, "why": str(err)}
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tspo_eval.video import read_frames
+
+    out: dict = {"available": True, "version": getattr(nvc, "__version__", "?")}
+    for name, path in videos.items():
+        try:
+            wanted = sample_candidates(path).frame_numbers.tolist()
+
+            def decode() -> list[torch.Tensor]:
+                decoder = nvc.SimpleDecoder(str(path), gpu_id=0, use_device_memory=True,
+                                            output_color_type=nvc.OutputColorType.RGB)
+                frames = [torch.from_dlpack(f) for f in decoder.get_batch_frames_by_index(wanted)]
+                # interleaved RGB is (H, W, 3); a planar layout (3, H, W) is turned to match decord
+                return [f.permute(1, 2, 0) if f.shape[0] == 3 and f.shape[-1] != 3 else f for f in frames]
+
+            t0 = time.perf_counter()
+            frames = decode()
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t0
+            one = timed(decode, 2, True)
+            with ThreadPoolExecutor(threads) as pool:
+                many = timed(lambda: list(pool.map(lambda _: len(decode()), range(threads))), 1, True)
+            picks = np.linspace(0, len(wanted) - 1, min(16, len(wanted))).astype(int)
+            ref = read_frames(path, [wanted[i] for i in picks], backend="decord").astype(np.int16)
+            gpu = np.stack([frames[i].cpu().numpy() for i in picks]).astype(np.int16)
+            diff = np.abs(gpu - ref) if gpu.shape == ref.shape else None
+            out[name] = {"candidates": len(wanted), "first_call_s": first, "one_decoder_fps": len(wanted) / one,
+                         f"{threads}_decoders_fps": threads * len(wanted) / many,
+                         "shape": list(gpu.shape[1:]), "decord_shape": list(ref.shape[1:]),
+                         "max_abs_diff": None if diff is None else int(diff.max()),
+                         "mean_abs_diff": None if diff is None else float(diff.mean()),
+                         "share_over_2_levels": None if diff is None else float((diff > 2).mean())}
+        except Exception as err:  # noqa: BLE001 - a figure this machine cannot give is a result too
+            out[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        print("nvdec", name, out[name], flush=True)
+    return out
+
+
+def cli_flags(config: str) -> list[str]:
+    """'defaults' -> []; 'backend=decord,decode-resize' -> ['--backend', 'decord', '--decode-resize']."""
+    flags: list[str] = []
+    for item in filter(None, config.split(",")):
+        if item != "defaults":
+            key, sep, value = item.partition("=")
+            flags += [f"--{key}", value] if sep else [f"--{key}"]
+    return flags
+
+
 def cli_section(args: argparse.Namespace, results: dict, save: Callable[[], None]) -> None:
     """The published structure in a warm process against `python -m tspo_eval.cli extract` (the
     console script's code) as a user runs it, per set of videos, one question per video."""
@@ -612,6 +668,9 @@ def cli_section(args: argparse.Namespace, results: dict, save: Callable[[], None
 
     results["startup"] = measure_startup(args)
     save()
+    if torch.cuda.is_available():
+        results["nvdec"] = measure_nvdec({n: base[n] for n in sets if sets[n][0] <= 10})
+        save()
     videos = {name: distinct_copies(base[name], count, args.videos / f"cli_{name}")
               for name, (_, _, count) in sets.items()}
     # the published structure: one warm process (as a benchmark run), one question per video
@@ -634,10 +693,10 @@ def cli_section(args: argparse.Namespace, results: dict, save: Callable[[], None
         base_cmd = [sys.executable, "-m", "tspo_eval.cli", "extract", "--benchmark", "lvbench", "--tsv", str(tsv),
                     "--video-root", str(videos[name][0].parent), "--agent", f"random:{args.clip}",
                     "--device", args.device]
-        for i, flags in enumerate(args.cli_configs if name in args.cli_alt_sets else args.cli_configs[:1]):
-            label = flags or "defaults"
+        for i, label in enumerate(args.cli_configs if name in args.cli_alt_sets else args.cli_configs[:1]):
+            flags = cli_flags(label)
             cache = root / f"cache{i}"
-            full = run_watched(base_cmd + ["--cache", str(cache)] + flags.split(), env)
+            full = run_watched(base_cmd + ["--cache", str(cache)] + flags, env)
             if full["returncode"] != 0:
                 row[label] = {"error": full}
                 print(name, label, "FAILED", full["stderr_tail"], flush=True)
@@ -647,7 +706,7 @@ def cli_section(args: argparse.Namespace, results: dict, save: Callable[[], None
             ours, ours_with_startup = extraction + count * text_s, full["wall_s"] + count * text_s
             pub_total = row["published"]["total_s"]
             row[label] = {
-                "flags": flags, "encoded": len(report["encoded"]), "failed": len(report["failed"]),
+                "flags": " ".join(flags), "encoded": len(report["encoded"]), "failed": len(report["failed"]),
                 "wall_s": full["wall_s"], "extraction_s": extraction, "startup_s": full["wall_s"] - extraction,
                 "per_video_s": extraction / count, "video_s_per_s": row["videos"] * minutes * 60 / extraction,
                 "ratio_excluding_startup": pub_total / ours,
@@ -786,8 +845,9 @@ def main() -> None:
     p.add_argument("--select-questions", type=int, default=50, help="questions timed per case (select)")
     p.add_argument("--cli-sets", nargs="+", default=["10min:10:270x480:8", "30min:30:270x480:3", "720p:2:720x1280:6"],
                    help="cli: NAME:MINUTES:HEIGHTxWIDTH:COPIES (COPIES distinct files of one generated video)")
-    p.add_argument("--cli-configs", nargs="+", default=["", "--backend decord", "--decode-resize"],
-                   help="cli: extract flags per run; the first (default: none) on every set, the rest on --cli-alt-sets")
+    p.add_argument("--cli-configs", nargs="+", default=["defaults", "backend=decord", "decode-resize"],
+                   help="cli: extract flags per run, FLAG[=VALUE][,...] without dashes (defaults: none); the first "
+                        "runs on every set, the rest on --cli-alt-sets")
     p.add_argument("--cli-alt-sets", nargs="*", default=["10min", "720p"])
     p.add_argument("--cli-fps", type=float, default=30.0, help="cli: frame rate of the generated videos")
     p.add_argument("--startup-repeats", type=int, default=1)
