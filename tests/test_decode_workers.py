@@ -141,6 +141,7 @@ def _owner(folder: Path) -> tuple[subprocess.Popen, Path]:
 
 def test_blocks_of_killed_processes_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(decode_workers, "_SHM", str(tmp_path))
+    monkeypatch.setattr(decode_workers, "_swept", True)  # this process's first block swept already
     live, live_block = _owner(tmp_path)
     killed, killed_block = _owner(tmp_path)
     try:
@@ -162,13 +163,17 @@ def test_blocks_of_killed_processes_are_removed_and_live_ones_kept(tmp_path, mon
     finally:
         live.kill()
         live.wait()
-    assert sweep_stale_blocks(str(tmp_path)) == [str(live_block)]  # once its owner is gone
+    monkeypatch.setattr(decode_workers, "_swept", False)
+    fresh = _Block(1 << 16)  # a process's first block sweeps: the owner is gone now
+    assert not live_block.exists() and Path(fresh.path).exists()
+    fresh.close()
 
 
 def test_a_block_whose_pid_was_reused_is_kept_while_locked(tmp_path, monkeypatch):
     """A dead owner's pid may belong to another process by now (or to one in another pid
     namespace): the lock the owner holds on its block, not the pid alone, says it is in use."""
     monkeypatch.setattr(decode_workers, "_SHM", str(tmp_path))
+    monkeypatch.setattr(decode_workers, "_swept", True)
     mine = _Block(1 << 16)
     claimed = tmp_path / Path(mine.path).name.replace(f"-{os.getpid()}-", "-999999999-")
     os.link(mine.path, claimed)  # the same file under a name whose pid is dead: still locked by us
@@ -176,3 +181,21 @@ def test_a_block_whose_pid_was_reused_is_kept_while_locked(tmp_path, monkeypatch
     assert claimed.exists()
     mine.close()
     assert sweep_stale_blocks(str(tmp_path)) == [str(claimed)]
+
+
+def test_blocks_go_to_the_temp_folder_when_shared_memory_is_too_small(tmp_path, monkeypatch):
+    """A container's /dev/shm is often 64 MB: blocks that would not all fit go to the temp folder."""
+    small, spill = tmp_path / "shm", tmp_path / "tmp"
+    small.mkdir()
+    spill.mkdir()
+    monkeypatch.setattr(decode_workers, "_SHM", str(small))
+    monkeypatch.setattr(decode_workers.tempfile, "tempdir", str(spill))
+    monkeypatch.setattr(decode_workers, "_swept", True)
+    free = os.statvfs(small)
+    room = free.f_bavail * free.f_frsize
+    fits = _Block(1 << 16)
+    too_big = room // decode_workers._ROOM_FOR_BLOCKS + 1  # sparse: nothing is written
+    spilled = _Block(too_big)
+    assert Path(fits.path).parent == small and Path(spilled.path).parent == spill
+    fits.close()
+    spilled.close()

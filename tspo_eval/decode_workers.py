@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None  # memory-backed where it exists
 _BLOCK_NAME = re.compile(r"tspo-decode-(\d+)-")  # tspo-decode-<owner pid>-<random>
+_ROOM_FOR_BLOCKS = 32  # /dev/shm is used when it has room for this many blocks (workers) at once
 _swept = False  # this process has cleaned up after killed ones
 _python = sys.executable  # the workers' interpreter
 
@@ -56,7 +57,7 @@ class _Block:
         if not _swept:
             _swept = True
             sweep_stale_blocks()
-        self.fd, self.path = tempfile.mkstemp(prefix=f"tspo-decode-{os.getpid()}-", dir=_SHM)
+        self.fd, self.path = tempfile.mkstemp(prefix=f"tspo-decode-{os.getpid()}-", dir=_block_folder(size))
         try:
             fcntl.flock(self.fd, fcntl.LOCK_SH)  # in use: see sweep_stale_blocks
             os.ftruncate(self.fd, size)
@@ -74,15 +75,28 @@ class _Block:
         os.close(self.fd)
 
 
+def _block_folder(size: int) -> str:
+    """/dev/shm when it has room for a block per worker at once, else the temp folder (a container's
+    /dev/shm is often 64 MB: a worker writing past it would die of SIGBUS)."""
+    if _SHM is not None:
+        with contextlib.suppress(OSError):
+            free = os.statvfs(_SHM)
+            if free.f_bavail * free.f_frsize >= _ROOM_FOR_BLOCKS * size:
+                return _SHM
+    return tempfile.gettempdir()
+
+
 def sweep_stale_blocks(folder: str | None = None) -> list[str]:
     """Delete the blocks that processes killed before their clean-up left in `folder` (default:
-    where blocks are made); returns their paths.
+    both folders blocks are made in); returns their paths.
 
     A block is deleted only when the pid in its name is not running here AND nobody holds its
     lock: a live owner always holds it (so a pid reused since, or a process in another pid
     namespace sharing the folder, keeps its block), and the lock goes with the owner's death.
     """
-    folder = folder or _SHM or tempfile.gettempdir()
+    if folder is None:
+        return [path for where in dict.fromkeys(filter(None, [_SHM, tempfile.gettempdir()]))
+                for path in sweep_stale_blocks(where)]
     try:
         names = os.listdir(folder)
     except OSError:
