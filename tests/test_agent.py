@@ -216,3 +216,21 @@ def test_random_agent_is_built_on_its_device_and_dtype(monkeypatch):
     assert built == [{("meta", torch.bfloat16)}]
     assert {(p.device.type, p.dtype) for p in agent.parameters()} == {("meta", torch.bfloat16)}
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_the_fallback_tokenizer_is_built_without_importing_open_clip():
+    """open_clip's import (timm, torchvision) cost seconds of every random-agent start-up for one
+    file path; its byte table, rebuilt here, is the same in the same order (token ids depend on it)."""
+    import subprocess
+    import sys
+
+    from open_clip.tokenizer import bytes_to_unicode
+
+    from tspo_eval.encoders import _byte_symbols
+
+    assert list(_byte_symbols().items()) == list(bytes_to_unicode().items())
+    code = ("import sys; from tspo_eval.agent import load_clip_tokenizer; "
+            "ids = load_clip_tokenizer(None)(['hello world']).input_ids[0]; "
+            "print(ids, 'open_clip' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[49406, 3306, 1002, 49407] False"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence, Union, runtime_checkable
@@ -263,16 +264,33 @@ def write_clip_tokenizer_files(directory: str | Path) -> Path:
     It is the same BPE that `openai/clip-vit-large-patch14` uses, so an agent built here can
     tokenise questions with nothing downloaded (the offline demo and the tests rely on it).
     """
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with gzip.open(default_bpe(), "rt", encoding="utf-8") as fh:
+    with gzip.open(_open_clip_bpe(), "rt", encoding="utf-8") as fh:
         lines = fh.read().split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
-    vocab = list(bytes_to_unicode().values())
+    vocab = list(_byte_symbols().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return directory
+
+
+def _open_clip_bpe() -> Path:
+    """open_clip's copy of CLIP's BPE merges, found without importing open_clip (which imports
+    timm and torchvision: seconds of start-up for a file path)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("CLIP's BPE vocabulary ships with open_clip: pip install open_clip_torch, "
+                          "or give an agent directory that has its own tokenizer files")
+    return Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _byte_symbols() -> dict[int, str]:
+    """CLIP's (GPT-2's) byte -> symbol table, in its order: bytes that print as themselves first
+    (33-126, 161-172, 174-255), then the rest, in byte order, as chr(256), chr(257), ..."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    table = {b: chr(b) for b in printable}
+    table.update({b: chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in table)})
+    return table
