@@ -561,7 +561,7 @@ def measure_checksum(frames: int) -> dict:
     """What an entry of `frames` candidates costs to write and read back through the cache (the
     checksum included where this checkout's cache has one), and the checksum alone."""
     from tspo_eval import cache as cache_module
-    from tspo_eval.cache import VideoFeatures
+    from tspo_eval.cache import VideoFeatures, video_key
 
     features = torch.randn(frames, 768).to(torch.bfloat16)
     entry = VideoFeatures(features=features, frame_numbers=np.arange(frames) * 30,
@@ -573,7 +573,7 @@ def measure_checksum(frames: int) -> dict:
         keys = iter(range(10**6))
 
         def put_get() -> None:
-            key = cache.video_key(f"{next(keys):032d}", "bench", 1.0, None)
+            key = video_key(f"{next(keys):032d}", "bench", Sampling())
             cache.put_video(key, entry)
             assert cache.get_video(key) is not None
 
