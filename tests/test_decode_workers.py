@@ -58,7 +58,7 @@ def test_a_prefetched_video_never_starves_the_current_one_of_workers(numbered_vi
     cfg = ExtractConfig(encode_batch=1, readers=2, prefetch_videos=2, backend="pyav", decode_processes=True)
     ahead = _Decoder(str(later), Sampling(), cfg)
     ahead.candidates()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not ahead.done.full():
         assert time.monotonic() < deadline, "the video ahead never filled its queue"
         time.sleep(0.05)
@@ -76,8 +76,8 @@ def test_a_prefetched_video_never_starves_the_current_one_of_workers(numbered_vi
         ahead.cancel()
         now.cancel()
 
-    assert finishes(encode_now, 30, unblock) == list(range(0, 300, 30))
-    assert finishes(lambda: drain(ahead), 30, unblock) == list(range(0, 600, 30))
+    assert finishes(encode_now, 120, unblock) == list(range(0, 300, 30))
+    assert finishes(lambda: drain(ahead), 120, unblock) == list(range(0, 600, 30))
     assert pool.count <= cfg.readers
 
 
@@ -115,7 +115,7 @@ def test_a_worker_that_dies_while_starting_is_noticed_at_once(numbered_video, tm
     start = time.monotonic()
     with pytest.raises(VideoError, match="decoding process died") as err:
         worker.read(str(numbered_video), ARGS, np.array([0]), (48, 64, 3))
-    assert time.monotonic() - start < 10 and str(numbered_video) in str(err.value)
+    assert time.monotonic() - start < 20 and str(numbered_video) in str(err.value)
     assert not worker.alive
 
 
