@@ -92,7 +92,7 @@ def test_many_videos_prefetched_with_fewer_workers_than_readers(numbered_video_f
         paths.append(path)
     cfg = ExtractConfig(encode_batch=1, readers=2, prefetch_videos=3, backend="pyav", decode_processes=True)
     cache = FeatureCache(tmp_path / "cache")
-    report = finishes(lambda: extract_videos(paths, encoder, cache, Sampling(), cfg, progress=False), 120, pool.close)
+    report = finishes(lambda: extract_videos(paths, encoder, cache, Sampling(), cfg, progress=False), 300, pool.close)
     assert sorted(report.encoded) == sorted(map(str, paths)) and not report.failed
     for i, path in enumerate(paths):
         got = load_features(path, encoder.identity, cache, Sampling())
