@@ -115,6 +115,32 @@ def test_missing_video_is_recorded_and_the_run_finishes(checkpoints, mini_benchm
     assert list((tmp_path / "out").rglob("*_results.json"))
 
 
+def test_a_bad_row_costs_its_question_only_and_results_count_it(checkpoints, mini_benchmarks, tmp_path):
+    """A `../` video path in one task's file: that question is refused (never read) and counted
+    failed; both tasks still run and report answered / failed beside their accuracies."""
+    env = _env(mini_benchmarks)
+    header, *rows = mini_benchmarks["mlvu"][0].read_text().splitlines()
+    fields = rows[0].split("\t")
+    fields[2] = "../escape.mp4"
+    bad = tmp_path / "MLVU.tsv"
+    bad.write_text("\n".join([header, "\t".join(fields), *rows[1:]]))
+    env["TSPO_MLVU_ANNOTATIONS"] = str(bad)
+    record = tmp_path / "answers.jsonl"
+    done = run_lmms_eval("llava_vid_uniform", f"pretrained={checkpoints['llava_vid_tspo']},k=4,record={record},"
+                         "dtype=float32", [TASKS["mlvu"], TASKS["lvbench"]], tmp_path / "out", env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (results_file,) = (tmp_path / "out").rglob("*_results.json")
+    results = json.loads(results_file.read_text())["results"]
+    lvbench_questions = sum(len(json.loads(line)["qa"]) for line in
+                            mini_benchmarks["lvbench"][0].read_text().splitlines())
+    assert (results[TASKS["mlvu"]]["answered,none"], results[TASKS["mlvu"]]["failed,none"]) == (len(rows) - 1, 1)
+    assert (results[TASKS["lvbench"]]["answered,none"], results[TASKS["lvbench"]]["failed,none"]) == (
+        lvbench_questions, 0)
+    answered = [json.loads(line)["index"] for line in record.read_text().splitlines()]
+    assert fields[0] not in answered and len(answered) == len(rows) - 1 + lvbench_questions  # never read
+    assert f"{bad}, line 2" in done.stderr
+
+
 def test_unknown_model_arg_names_the_valid_ones(checkpoints, mini_benchmarks, tmp_path):
     done = run_lmms_eval("qwen_2_5_vl_tspo", f"pretrained={checkpoints['qwen_2_5_vl_tspo']},frames=8",
                          [TASKS["lvbench"]], tmp_path / "out", _env(mini_benchmarks))
