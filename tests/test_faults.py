@@ -504,3 +504,15 @@ def test_a_pickle_in_the_cache_is_never_unpickled(tmp_path):
     torch.save({"features": Payload()}, path)
     assert cache.get_video(key) is None and not path.exists()
     assert not sentinel.exists()
+
+
+def test_a_bad_registry_row_costs_only_its_own_match(bench, tmp_path, caplog):
+    """VLMEvalKit runs match their questions to the registry: a bad row there is left out, loudly."""
+    from tspo_eval.integrations.vlmeval_tsv import load_registry
+
+    videos, jsonl, tsv = bench
+    bad, index = _escaping_tsv(tsv, tmp_path / "LVBench.tsv")
+    with caplog.at_level("WARNING"):
+        questions = load_registry(bad, "lvbench")
+    assert [q.index for q in questions] == [q.index for q in read_tsv(tsv, "lvbench") if q.index != index]
+    assert f"{bad}, line 3" in caplog.text

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,6 +34,8 @@ import pandas as pd
 from ..benchmarks import Question, get_benchmark
 from ..benchmarks.core import letter, letter_number
 from ..benchmarks.docs import build_docs
+
+log = logging.getLogger(__name__)
 
 # VLMEvalKit's MLVU_MCQ task files in its order (`type_data_list`), numbered from 1 in `prefix`.
 MLVU_TASKS = ("plotQA", "needle", "ego", "count", "order", "anomaly_reco", "topic_reasoning")
@@ -316,10 +319,18 @@ def questions_frame(questions: Sequence[Question]) -> pd.DataFrame:
 
 
 def load_registry(path: str | Path, benchmark: str) -> list[Question]:
-    """Registry questions of `benchmark` from its published-layout TSV (*.tsv) or original annotation file."""
-    from ..benchmarks import load_benchmark, read_tsv
+    """Registry questions of `benchmark` from its published-layout TSV (*.tsv) or original annotation file.
+
+    A bad row is left out with a warning naming it (its question then matches nothing and gets
+    frames computed now), so one row never costs the others their selections."""
+    from ..benchmarks import load_benchmark
 
     path = Path(path)
+    refused: list = []
     if path.suffix.lower() == ".tsv":
-        return read_tsv(path, benchmark)
-    return load_benchmark(benchmark, annotation_path=path)
+        questions = load_benchmark(benchmark, tsv_path=path, refused=refused)
+    else:
+        questions = load_benchmark(benchmark, annotation_path=path, refused=refused)
+    for row in refused:
+        log.warning("registry row refused, its question will not be matched: %s", row)
+    return questions
