@@ -140,8 +140,8 @@ def test_accuracy_joins_the_table_in_fractions(bench, tmp_path, monkeypatch):
 def test_compare_command(bench, tmp_path):
     root, videos, jsonl, tsv = bench
     out = tmp_path / "cmp"
-    args = ["tspo-eval", "compare", "--benchmark", "lvbench", "--tsv", str(tsv), "--annotations", str(jsonl),
-            "--video-root", str(videos), *AGENT, "--cache", str(tmp_path / "cache"), "--k", "4", "--out", str(out)]
+    args = ["tspo-eval", "compare", "--benchmark", "lvbench", "--annotations", str(jsonl),
+            "--videos", str(videos), *AGENT, "--cache", str(tmp_path / "cache"), "--k", "4", "--out", str(out)]
     proc = run(*args)
     table = pd.read_csv(out / "compare_lvbench.csv", index_col="method")
     assert list(table.index) == ["uniform", "topk", "bin-max", "aks", "bolt", "dpp", "tspo"]

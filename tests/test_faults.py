@@ -277,9 +277,9 @@ def test_no_answer_reads_as_no_letter_to_any_parser():
 def test_quality_on_a_benchmark_without_time_references_says_so(official_dir, tmp_path):
     sel = tmp_path / "uniform.json"
     SelectionSet({"benchmark": "videomme", "method": "uniform", "k": 4}).save(sel)
-    args = ["quality", "--benchmark", "videomme", "--tsv", str(official_dir / "VideoMME.tsv"), str(sel)]
+    args = ["quality", "--benchmark", "videomme", "--annotations", str(official_dir / "videomme.json"), str(sel)]
     with pytest.raises(SystemExit, match="videomme annotations hold no time references.*lvbench"):
-        cli.main([*args, "--annotations", str(official_dir / "videomme.json")])
+        cli.main(args)
 
 
 def test_quality_without_annotations_asks_for_them(official_dir, tmp_path):

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tspo_eval.evaluation import TASKS
-
-REPO = Path(__file__).resolve().parents[1]
+from tspo_eval.evaluation import TASKS, first_error
+from tspo_eval.integrations.lmms_tasks import tasks_path
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def run_lmms_eval(model: str, model_args: str, tasks: list[str], out: Path, env_
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            **env_extra}
     cmd = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args,
-           "--tasks", ",".join(tasks), "--include_path", str(REPO / "tasks"), "--batch_size", "2",
+           "--tasks", ",".join(tasks), "--include_path", str(tasks_path()), "--batch_size", "2",
            "--output_path", str(out), "--device", "cpu"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
 
@@ -80,7 +79,7 @@ def test_lmms_eval_cli_runs_all_four_tasks_from_the_selected_frames(model, check
     assert done.returncode == 0, done.stderr[-4000:]
 
     results = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("*_results.json")]
-    assert len(results) == 1
+    assert len(results) == 1, first_error(done.stderr.splitlines())  # lmms-eval exits 0 when it fails
     assert set(results[0]["results"]) >= set(TASKS.values())
 
     answered = {}
@@ -108,11 +107,11 @@ def test_missing_video_is_recorded_and_the_run_finishes(checkpoints, mini_benchm
     done = run_lmms_eval("llava_vid_uniform", f"pretrained={checkpoints['llava_vid_tspo']},k=4,record={record},"
                          "dtype=float32", [TASKS["lvbench"]], tmp_path / "out", env)
     assert done.returncode == 0, done.stderr[-4000:]
+    assert list((tmp_path / "out").rglob("*_results.json")), first_error(done.stderr.splitlines())
     rows = [json.loads(line) for line in record.read_text().splitlines()]
     failed = [r for r in rows if r["error"]]
     assert failed and all(gone.name in r["error"] for r in failed)
     assert any(r["error"] is None and len(r["frame_numbers"]) == 4 for r in rows)
-    assert list((tmp_path / "out").rglob("*_results.json"))
 
 
 def test_a_bad_row_costs_its_question_only_and_results_count_it(checkpoints, mini_benchmarks, tmp_path):
@@ -147,6 +146,9 @@ def test_unknown_model_arg_names_the_valid_ones(checkpoints, mini_benchmarks, tm
     # lmms-eval's CLI logs a failed model construction and exits 0; the run must still stop there
     assert "unknown model_args frames" in done.stderr and "max_pixels" in done.stderr
     assert not list((tmp_path / "out").rglob("*_results.json"))
+    # our wrapper's one line comes first and names the cause
+    assert first_error(done.stderr.splitlines()).startswith("qwen_2_5_vl_tspo cannot be built: ValueError: "
+                                                            "qwen_2_5_vl_tspo: unknown model_args frames")
 
 
 def test_model_args_are_validated_per_backbone():
@@ -185,15 +187,15 @@ def test_two_process_launch_shares_the_questions(checkpoints, mini_benchmarks, t
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmms_eval",
            "--model", "llava_vid_uniform",
            "--model_args", f"pretrained={checkpoints['llava_vid_tspo']},k=4,record={record},dtype=float32",
-           "--tasks", TASKS["videomme"], "--include_path", str(REPO / "tasks"), "--batch_size", "1",
+           "--tasks", TASKS["videomme"], "--include_path", str(tasks_path()), "--batch_size", "1",
            "--output_path", str(tmp_path / "out")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
+    assert len(list((tmp_path / "out").rglob("*_results.json"))) == 1, first_error(done.stderr.splitlines())
     shares = [[json.loads(line)["index"] for line in (tmp_path / "records" / f"answers.jsonl.rank{r}").read_text().splitlines()]
               for r in (0, 1)]
     assert shares[0] and shares[1] and not set(shares[0]) & set(shares[1])
     assert len(shares[0]) + len(shares[1]) == 4  # the mini VideoMME holds 4 questions
-    assert len(list((tmp_path / "out").rglob("*_results.json"))) == 1
 
 
 def test_evaluate_command_selects_then_runs_lmms_eval_per_method(checkpoints, mini_benchmarks, tmp_path):
@@ -218,3 +220,74 @@ def test_evaluate_command_selects_then_runs_lmms_eval_per_method(checkpoints, mi
     assert len(uniform) == len(records) and all(len(r["frame_numbers"]) == 4 for r in uniform)
     header = next(line for line in done.stdout.splitlines() if line.startswith("|") and "uniform" in line)
     assert "tspo" in header  # the side-by-side table
+
+
+def test_evaluate_fails_loudly_with_the_first_real_error(checkpoints, mini_benchmarks, tmp_path):
+    """lmms-eval exits 0 and writes nothing when our model cannot be built; `evaluate` exits 1 and
+    its last line names the cause (our wrapper's one-line report), not "see the log above"."""
+    annotations, videos = mini_benchmarks["lvbench"]
+    cmd = ["tspo-eval", "evaluate", "--benchmark", "lvbench", "--annotations", str(annotations), "--videos",
+           str(videos), "--pretrained", str(checkpoints["llava_vid_tspo"]), "--methods", "uniform", "--k", "4",
+           "--out", str(tmp_path / "runs"), "--model-args", "dtype=float32,frames=8"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: lmms-eval wrote no results under ")
+    assert "llava_vid_uniform cannot be built: ValueError: llava_vid_uniform: unknown model_args frames" in last
+
+
+def test_evaluate_checks_paths_and_options_before_running(mini_benchmarks, tmp_path):
+    """A missing agent directory or video folder, or a bad enumerated model arg, stops the command
+    before any selection or lmms-eval run, with what a valid value is."""
+    from tspo_eval.cli import main
+
+    annotations, videos = mini_benchmarks["lvbench"]
+    base = ["evaluate", "--benchmark", "lvbench", "--annotations", str(annotations), "--out", str(tmp_path / "runs")]
+    cases = {
+        ("--videos", str(videos), "--agent", "/nonexistent/TSPO-0.4B"):
+            "--agent /nonexistent/TSPO-0.4B: no such directory; give a TSPO-0.4B directory",
+        ("--videos", str(tmp_path / "novideos")): f"--videos {tmp_path / 'novideos'}: no such directory",
+        ("--videos", str(annotations)): f"--videos {annotations}: not a directory",
+    }
+    for extra, message in cases.items():
+        import contextlib
+        import io
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(base + list(extra)) == 2
+        assert message in err.getvalue(), err.getvalue()
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"time_encoding": "reel"}, "time_encoding='reel' is not one of real, mean, none"),
+    ({"dtype": "bf16"}, "dtype='bf16' is not one of bfloat16, float16, float32"),
+    ({"method": "topK"}, "method='topK' is not one of aks, bin-max, .*topk, tspo, uniform"),
+    ({"pretrained": "/nonexistent/Qwen2.5-VL-7B"}, "pretrained /nonexistent/Qwen2.5-VL-7B: no such directory"),
+    ({"agent": "./missing/TSPO-0.4B"}, "agent ./missing/TSPO-0.4B: no such directory"),
+])
+def test_model_args_values_fail_before_weights_load(raw, message):
+    """parse_model_args runs before build_answering loads anything: a typo costs no weights."""
+    from tspo_eval.integrations.models import parse_model_args
+
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        parse_model_args("qwen_2_5_vl_tspo", raw)
+    assert parse_model_args("qwen_2_5_vl_tspo", {"pretrained": "Qwen/Qwen2.5-VL-7B-Instruct"}).pretrained
+
+
+def test_conv_template_choices_are_the_backbones():
+    """The enumerated model args list exactly what the backbones accept."""
+    import typing
+
+    from tspo_eval.backbones.llava_video import CONV_TEMPLATES
+    from tspo_eval.backbones.qwen_vl import TimeEncoding
+    from tspo_eval.config import literal_choices
+    from tspo_eval.integrations.models import ModelArgs, parse_model_args
+
+    hints = typing.get_type_hints(ModelArgs)
+    assert set(literal_choices(hints["conv_template"])) == set(CONV_TEMPLATES)
+    assert set(literal_choices(hints["time_encoding"])) == set(typing.get_args(TimeEncoding))
+    with pytest.raises(ValueError, match="conv_template='qwen15' is not one of qwen_1_5, chatml_direct"):
+        parse_model_args("llava_vid_uniform", {"conv_template": "qwen15"})

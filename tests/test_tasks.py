@@ -17,9 +17,9 @@ import yaml
 from tspo_eval import scoring
 from tspo_eval.benchmarks import build_docs, docs_from_env, get_benchmark
 from tspo_eval.benchmarks.docs import POST_PROMPTS, env_names, prompt
+from tspo_eval.integrations.lmms_tasks import tasks_path
 
-REPO = Path(__file__).resolve().parents[1]
-TASKS_DIR = REPO / "tasks"
+TASKS_DIR = tasks_path()
 # SPEC section 5: rows and distinct videos of each published TSV.
 SPEC_ROWS = {"longvideobench": (1337, 753), "mlvu": (2174, 1122), "videomme": (2700, 900), "lvbench": (1549, 103)}
 TASK_NAMES = {"longvideobench": "tspo_longvideobench_val", "mlvu": "tspo_mlvu_dev", "videomme": "tspo_videomme",

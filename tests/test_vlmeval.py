@@ -181,7 +181,7 @@ def test_handwritten_vlmeval_tsvs_convert_with_their_quirks(tmp_path):
         from_vlmeval(tmp_path / "MLVU_MCQ.tsv", "MLVU_MCQ", [replace(q, index="7_mlvu_7", answer_number=1)])
 
 
-def test_model_args_are_the_lmms_eval_ones_plus_questions():
+def test_model_args_are_the_lmms_eval_ones_plus_questions(tmp_path):
     args, extra = tv.parse_args("qwen_2_5_vl_uniform", {"k": "8", "max_pixels": 1000, "max_new_tokens": "4",
                                                         "questions": "data"})
     assert (args.policy.k, args.max_pixels, args.policy.method, extra.max_new_tokens, extra.questions) == \
@@ -190,7 +190,9 @@ def test_model_args_are_the_lmms_eval_ones_plus_questions():
     with pytest.raises(ValueError, match=r"unknown model_args frames.*k.*questions"):
         tv.parse_args("llava_vid_tspo", {"frames": 8})
     with pytest.raises(ValueError, match="pass questions="):
-        tv.parse_args("llava_vid_tspo", {"selections": "runs/selections"})
+        tv.parse_args("llava_vid_tspo", {"selections": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="selections runs/nothing: no such file"):
+        tv.parse_args("llava_vid_tspo", {"selections": "runs/nothing"})
 
 
 @pytest.mark.parametrize(("visible", "expected"), [(1, 0), (8, 3)])

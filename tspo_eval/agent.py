@@ -25,11 +25,13 @@ import transformers
 from safetensors import safe_open
 from transformers import CLIPConfig, CLIPModel
 
+from .config import model_location
 from .encoders import Frames, HFClipEncoder, write_clip_tokenizer_files
 
 log = logging.getLogger(__name__)
 
 HEAD_PREFIXES = ("selector.", "multiModal_align.")
+AGENT_VALUES = "a TSPO-0.4B directory, a hub id (e.g. hzf666/TSPO-0.4B) or random:<config> (e.g. random:clip-tiny)"
 _DTYPE_KW = "dtype" if tuple(int(p) for p in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
 
 
@@ -221,6 +223,7 @@ def load_agent(spec: str | Path, torch_dtype: torch.dtype | None = None,
     spec = str(spec)
     if spec.startswith("random:"):
         return random_agent(spec.split(":", 1)[1], torch_dtype=torch_dtype or torch.float32, device=device or "cpu")
+    model_location(spec, "agent", AGENT_VALUES)
     return TemporalAgent.from_pretrained(spec, torch_dtype=torch_dtype, device=device)
 
 

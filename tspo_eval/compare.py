@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,59 +27,13 @@ from tqdm.auto import tqdm
 from .agent import TemporalAgent
 from .benchmarks import Question, resolve_video
 from .cache import FeatureCache
+from .config import BACKBONES, DEFAULT_METHODS, CompareConfig, method_spec  # noqa: F401  (re-exported)
 from .encoders import Encoder
 from .extract import video_features
-from .policy import ExtractConfig, FramePolicy, parse_params
+from .policy import ExtractConfig, FramePolicy
 from .quality import quality_table
-from .selection import SELECTORS
 from .selections import SelectionSet, select_for_question
 from .video import VideoError
-
-DEFAULT_METHODS = ("uniform", "topk", "bin-max", "aks", "bolt", "dpp", "tspo")
-BACKBONES = ("llava_video", "qwen2_5_vl")
-
-
-@dataclass
-class CompareConfig:
-    """Which selectors are compared, at which budget, and where the results go."""
-
-    methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={
-        "help": "selectors, each NAME or NAME:KEY=VALUE[,KEY=VALUE] (e.g. aks:preset=tspo bolt:power=2); "
-                "methods scored by the agent (tspo) are skipped when no --agent is given"})
-    out: Path = field(default=Path("compare"), metadata={"help": "output folder"})
-    tolerance: float = field(default=0.5, metadata={"help": "seconds a frame may lie outside a reference span"})
-    backbone: str | None = field(default=None, metadata={
-        "help": "llava_video | qwen2_5_vl: also score accuracy through lmms-eval (needs a GPU); none: quality only"})
-    pretrained: str | None = field(default=None, metadata={"help": "backbone directory / hub id (default: 7B)"})
-    limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (first N questions)"})
-
-    def __post_init__(self) -> None:
-        self.methods = tuple(self.methods)
-        if not self.methods:
-            raise ValueError("give at least one method")
-        specs = [method_spec(m) for m in self.methods]  # raises on an unknown method or parameter
-        labels = [label for label, _ in specs]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"methods repeat: {', '.join(labels)}")
-        if self.backbone is not None and self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)} (or none), got {self.backbone!r}")
-        if self.backbone is not None and any(cfg.params for _, cfg in specs):
-            raise ValueError("accuracy runs each method by name through lmms-eval: drop the method parameters "
-                             "(NAME:KEY=VALUE) or the --backbone")
-
-
-def method_spec(spec: str, base: FramePolicy | None = None) -> tuple[str, FramePolicy]:
-    """("label", the policy `base` (K, official, sampling) with this method and parameters) of
-    "NAME" or "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself."""
-    name, _, raw = spec.partition(":")
-    try:
-        params = parse_params(raw.replace(",", ";"))
-    except ValueError:
-        raise ValueError(f"method {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]") from None
-    if name not in SELECTORS:
-        raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(sorted(SELECTORS))}")
-    return spec, (base or FramePolicy()).replace(method=name, params=params)
-
 
 def file_label(label: str) -> str:
     """A method label as a file-name part ("aks:preset=tspo" -> "aks-preset-tspo")."""

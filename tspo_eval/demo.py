@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .agent import TemporalAgent, load_agent
 from .benchmarks import Question, load_benchmark, resolve_video
 from .cache import FeatureCache
+from .config import DEMO_POLICY, DemoConfig
 from .extract import extract_videos, video_features
 from .plots import Panel, comparison_chart, method_frames, method_timelines, reward_curve
 from .policy import ExtractConfig, FramePolicy
@@ -50,9 +51,6 @@ from .training.trainer import Trainer
 from .video import read_frames
 
 UNTRAINED, TRAINED = "tspo, untrained head", "tspo, trained head"
-# K = 8 of 120 candidates (uniform then hits about a quarter of the segments); the policy flags
-# (--k, --official, --fps, ...) apply to every method and to the training rollouts' K.
-DEMO_POLICY = FramePolicy(k=8)
 LEGEND = """\
 hit_rate   share of held-out questions where at least one chosen frame lies in the answer
            segment (widened by 0.5 s), i.e. where the synthetic answerer would be right;
@@ -66,34 +64,6 @@ uniform    K evenly spaced frames over the whole video; topk / aks rank the cand
            the agent's score S (top-k)
 Synthetic: generated videos{clip} and a synthetic answerer.
 The numbers measure frame selection against known segments, not a video LLM's accuracy."""
-
-
-@dataclass
-class DemoConfig:
-    """The generated splits, the training run and the evaluation over the held-out split."""
-
-    out: Path = field(default=Path("demo_out"), metadata={"help": "output folder (a rerun reuses what is valid)"})
-    agent: str | None = field(default=None, metadata={
-        "help": "evaluate this agent (TSPO-0.4B directory or hub id) instead of training one"})
-    base_agent: str = field(default="random:clip-tiny", metadata={
-        "help": "the agent whose head the demo trains (random:<config>: nothing downloaded)"})
-    train_videos: int = field(default=64, metadata={"help": "generated training videos (one question each)"})
-    heldout_videos: int = field(default=60, metadata={"help": "generated held-out videos (one question each)"})
-    duration: float = field(default=120.0, metadata={"help": "seconds per generated video"})
-    video_fps: float = field(default=4.0, metadata={"help": "frame rate of the generated videos"})
-    needle: float = field(default=3.0, metadata={"help": "seconds of the answer-bearing segment"})
-    steps: int = field(default=800, metadata={"help": "GRPO optimiser steps (2 questions each)"})
-    rollouts: int = field(default=8, metadata={"help": "G: rollouts per question"})
-    lr: float = field(default=5e-3, metadata={
-        "help": "AdamW learning rate (above the paper's 5e-4: a tiny random CLIP separates frames weakly)"})
-    examples: int = field(default=3, metadata={"help": "held-out questions drawn as timelines and frame rows"})
-    seed: int = field(default=0, metadata={"help": "seed of the videos, the head's training and the intervals"})
-
-    def __post_init__(self) -> None:
-        if min(self.train_videos, self.heldout_videos, self.steps) < 1 or self.examples < 0:
-            raise ValueError("train_videos, heldout_videos and steps must be >= 1, examples >= 0")
-        if self.rollouts < 2:
-            raise ValueError("GRPO needs at least 2 rollouts per question")
 
 
 class _Stages:

@@ -2,28 +2,34 @@
 method on the same backbone, and put the scores side by side.
 
 lmms-eval runs as its own process (`python -m lmms_eval`, or `accelerate launch` for
-several GPUs), exactly as a user would start it, with the task folder of this repository
-on `--include_path` and the benchmark's annotation file and video root in the
-`TSPO_<NAME>_ANNOTATIONS` / `TSPO_<NAME>_VIDEOS` variables the task configs read.
+several GPUs), exactly as a user would start it, with the task configs shipped in this
+package on `--include_path` (`tspo-eval tasks-path`) and the benchmark's annotation file and
+video root in the `TSPO_<NAME>_ANNOTATIONS` / `TSPO_<NAME>_VIDEOS` variables the task configs read.
+
+lmms-eval exits 0 when a task cannot load or a model cannot be built; its output is streamed
+and kept, and a run that wrote no results fails here with the first real error in that output.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
-
+from .config import existing_path, model_location
+from .integrations.lmms_tasks import tasks_path
 from .policy import ExtractConfig, FramePolicy
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TASKS = {"longvideobench": "tspo_longvideobench_val", "mlvu": "tspo_mlvu_dev", "videomme": "tspo_videomme",
          "lvbench": "tspo_lvbench"}
 MODEL_PREFIX = {"llava_video": "llava_vid", "qwen2_5_vl": "qwen_2_5_vl"}
-REPO_TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
 
 @dataclass
@@ -40,7 +46,8 @@ class EvaluateConfig:
         "help": "frame methods to compare, each under the frame policy given by the policy flags"})
     out: Path = field(default=Path("runs"), metadata={"help": "output folder (selections, lmms-eval logs, table)"})
     cache: Path = field(default=Path("feature_cache"), metadata={"help": "feature cache root"})
-    tasks_dir: Path = field(default=REPO_TASKS, metadata={"help": "folder of the tspo task configs"})
+    tasks_dir: Path | None = field(default=None, metadata={
+        "help": "folder of the task configs (default: the ones shipped in the package, `tspo-eval tasks-path`)"})
     batch_size: int = field(default=1, metadata={"help": "lmms-eval --batch_size"})
     num_processes: int = field(default=1, metadata={"help": "> 1: accelerate launch --num_processes N"})
     limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (first N questions)"})
@@ -49,10 +56,22 @@ class EvaluateConfig:
         "help": "refuse the whole annotation file when a row is bad (default: that question alone, counted failed)"})
 
     def __post_init__(self) -> None:
+        """Everything a run needs is checked here, before frames are selected or lmms-eval starts."""
         if not self.methods:
             raise ValueError("give at least one method")
-        if not (Path(self.tasks_dir) / "README.md").exists() and not any(Path(self.tasks_dir).glob("*/*.yaml")):
-            raise ValueError(f"{self.tasks_dir} holds no task configs; pass --tasks-dir <repo>/tasks")
+        self.tasks_dir = Path(self.tasks_dir) if self.tasks_dir is not None else tasks_path()
+        if not any(self.tasks_dir.glob("*/*.yaml")):
+            raise ValueError(f"--tasks-dir {self.tasks_dir} holds no task configs (<benchmark>/*.yaml); leave it "
+                             "unset for the configs shipped in the package")
+        self.annotations = existing_path(self.annotations, "--annotations",
+                                         "the published TSV or the benchmark's original annotation file")
+        self.videos = existing_path(self.videos, "--videos", "the folder holding the benchmark's videos",
+                                    directory=True)
+        if not self.agent.startswith("random:"):
+            model_location(self.agent, "--agent", "a TSPO-0.4B directory, a hub id (hzf666/TSPO-0.4B) "
+                           "or random:<config>")
+        if self.pretrained is not None:
+            model_location(self.pretrained, "--pretrained", "a backbone checkpoint directory or a hub id")
 
 
 def model_name(backbone: str, method: str) -> str:
@@ -124,11 +143,43 @@ def task_environment(cfg: EvaluateConfig) -> dict[str, str]:
             f"TSPO_{name}_VIDEOS": str(Path(cfg.videos).resolve()), STRICT_VAR: "1" if cfg.strict else "0"}
 
 
-def read_results(output_path: Path, task: str) -> dict[str, float]:
+class LmmsEvalError(RuntimeError):
+    """An lmms-eval run that failed or wrote no results, with the first real error of its output."""
+
+
+# Lines that name a cause, most specific first: our adapters' one-line reports, then the last
+# line of a Python traceback, then lmms-eval's own summary line.
+_ERROR_PATTERNS = (re.compile(r"(cannot be built|cannot load its documents): "),
+                   re.compile(r"^(\w+\.)*\w*(Error|Exception)\b.*: "),
+                   re.compile(r"Error during evaluation: "))
+
+
+def first_error(lines: list[str]) -> str:
+    """The line of lmms-eval's output that names why it failed (the last lines when none does)."""
+    for pattern in _ERROR_PATTERNS:
+        found = next((line.strip() for line in lines if pattern.search(line)), None)
+        if found:
+            return found
+    return " | ".join(line.strip() for line in lines[-5:])
+
+
+def run_logged(cmd: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run `cmd`, echoing its output as it comes; (exit code, output lines)."""
+    lines = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+    return proc.returncode, lines
+
+
+def read_results(output_path: Path, task: str, log: list[str] | None = None) -> dict[str, float]:
     """Numeric metrics of `task` from the newest lmms-eval results JSON under `output_path`."""
     found = sorted(Path(output_path).rglob("*_results.json"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"lmms-eval wrote no *_results.json under {output_path}; see its log above")
+        raise LmmsEvalError(f"lmms-eval wrote no results under {output_path}"
+                            + (f": {first_error(log)}" if log else ""))
     results = json.loads(found[-1].read_text())["results"][task]
     return {k.split(",")[0]: float(v) for k, v in results.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k}
@@ -138,6 +189,8 @@ def evaluate(cfg: EvaluateConfig, policy: FramePolicy | None = None, extract: Ex
              ) -> pd.DataFrame:
     """Run every method under `policy` (its method replaced); the table has one row per metric and
     one column per method."""
+    import pandas as pd
+
     policies = [method_policy(cfg, policy or FramePolicy(), method) for method in cfg.methods]  # checked first
     cfg.out.mkdir(parents=True, exist_ok=True)
     columns = {}
@@ -146,10 +199,10 @@ def evaluate(cfg: EvaluateConfig, policy: FramePolicy | None = None, extract: Ex
             mp = mp.replace(selections=str(ensure_selections(cfg, mp, extract)))
         cmd = lmms_eval_command(cfg, mp, extract)
         print("$", " ".join(cmd), flush=True)
-        done = subprocess.run(cmd, env=task_environment(cfg), check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"lmms-eval failed for method {method} (exit {done.returncode}); see its log above")
-        columns[method] = read_results(cfg.out / "lmms_eval" / method, TASKS[cfg.benchmark])
+        code, log = run_logged(cmd, task_environment(cfg))
+        if code != 0:
+            raise LmmsEvalError(f"lmms-eval failed for method {method} (exit {code}): {first_error(log)}")
+        columns[method] = read_results(cfg.out / "lmms_eval" / method, TASKS[cfg.benchmark], log)
     table = pd.DataFrame(columns)
     # the overall accuracies, over the answered questions, and the answered / failed counts first
     from .scoring import METRICS

@@ -25,6 +25,11 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..config import model_location
+
+BACKBONE_VALUES = ("a checkpoint directory or a hub id (lmms-lab/LLaVA-Video-7B-Qwen2, "
+                   "Qwen/Qwen2.5-VL-7B-Instruct)")
+
 
 @dataclass
 class VideoQuery:
@@ -145,4 +150,5 @@ def load_backbone(kind: str, path_or_hub_id: str, **options: Any) -> Backbone:
 
     if kind not in BACKBONES:
         raise ValueError(f"unknown backbone {kind!r}; known: {', '.join(sorted(BACKBONES))}")
+    model_location(str(path_or_hub_id), f"{kind} checkpoint", BACKBONE_VALUES)
     return BACKBONES[kind](path_or_hub_id, **options)

@@ -6,7 +6,7 @@ stack can never hide lmms-eval's other entry-point models.
 
     lmms-eval --model llava_vid_tspo \
         --model_args pretrained=lmms-lab/LLaVA-Video-7B-Qwen2,agent=hzf666/TSPO-0.4B,k=64 \
-        --tasks tspo_lvbench --include_path tasks --batch_size 4
+        --tasks tspo_lvbench --include_path "$(tspo-eval tasks-path)" --batch_size 4
 
 All four names run one code path (`answering.answer_questions`); a `*_uniform` model only
 changes the frame method, so a comparison differs in nothing but frame choice.
@@ -17,7 +17,6 @@ import logging
 from typing import Any
 
 from .models import FLAVOURS, parse_model_args
-
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +52,16 @@ def model_class(model_name: str) -> type:
             from ..distributed import local_device
             from .models import build_answering
 
-            self.args = parse_model_args(model_name, model_args)
-            # lmms-eval passes cuda:0 by default; each rank takes its own GPU (CPU when there is none)
-            self._device = torch.device(device) if device == "cpu" else local_device()
-            self.batch_size_per_gpu = int(batch_size) if str(batch_size) != "auto" else 1
-            self.backbone, self.planner, self.answer_cfg = build_answering(model_name, self.args, self._device,
-                                                                           self.batch_size_per_gpu)
+            try:
+                self.args = parse_model_args(model_name, model_args)
+                # lmms-eval passes cuda:0 by default; each rank takes its own GPU (CPU when there is none)
+                self._device = torch.device(device) if device == "cpu" else local_device()
+                self.batch_size_per_gpu = int(batch_size) if str(batch_size) != "auto" else 1
+                self.backbone, self.planner, self.answer_cfg = build_answering(
+                    model_name, self.args, self._device, self.batch_size_per_gpu)
+            except Exception as err:  # lmms-eval logs it among retries and exits 0: say it once, clearly
+                log.error("%s cannot be built: %s: %s", model_name, type(err).__name__, err)
+                raise
 
         @property
         def device(self):

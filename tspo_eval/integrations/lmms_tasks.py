@@ -1,12 +1,28 @@
-"""The functions an lmms-eval task YAML names (`!function utils.<name>`), for any benchmark.
+"""The lmms-eval task configs shipped inside the package, and the functions their YAMLs name
+(`!function utils.<name>`), for any benchmark.
+
+The configs are package data (`tspo_eval/tasks/<benchmark>/`), so an installed wheel has them:
+`tspo-eval tasks-path` prints the folder for lmms-eval's `--include_path`.  lmms-eval 0.7.3's
+own plugin route (`LMMS_EVAL_PLUGINS=<pkg>` adds `<pkg>.tasks`) does not work there: the path
+is appended after the task index is built, and the same variable makes lmms-eval import
+`<pkg>.models.AVAILABLE_MODELS`, a legacy model registry this package replaces with entry points.
 
 Each `tasks/<benchmark>/utils.py` is two lines: `globals().update(task_hooks("<name>"))`;
 documents, prompts and scoring live in `benchmarks.docs` and `scoring`.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def tasks_path() -> Path:
+    """The folder of the tspo task configs inside the installed package (lmms-eval `--include_path`)."""
+    return Path(__file__).resolve().parents[1] / "tasks"
 
 
 def task_hooks(benchmark: str, random_fallback_seed: int = 0) -> dict[str, Callable[..., Any]]:
@@ -19,7 +35,11 @@ def task_hooks(benchmark: str, random_fallback_seed: int = 0) -> dict[str, Calla
 
     def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
         """Documents from $TSPO_<NAME>_ANNOTATIONS and $TSPO_<NAME>_VIDEOS; the manifest row is a placeholder."""
-        return datasets.Dataset.from_list(docs.docs_from_env(benchmark))
+        try:
+            return datasets.Dataset.from_list(docs.docs_from_env(benchmark))
+        except Exception as err:  # one clear line before lmms-eval's retries and wrapped tracebacks
+            log.error("tspo task %s cannot load its documents: %s: %s", benchmark, type(err).__name__, err)
+            raise
 
     def doc_to_visual(doc: dict) -> list[str]:
         return [doc["video_path"]]

@@ -8,7 +8,9 @@ parser as on the command line; everything else is a validated `ModelArgs` field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
+
+from ..config import existing_path, model_location
 
 from ..policy import EXTRACT_KEYS, POLICY_KEYS, ExtractConfig, FramePolicy, coerce_fields, parse_extract, \
     parse_policy, split_settings
@@ -46,18 +48,21 @@ class ModelArgs:
     pretrained: str | None = field(default=None, metadata={"help": "backbone directory or hub id"})
     agent: str = field(default="hzf666/TSPO-0.4B", metadata={"help": "TSPO-0.4B directory / hub id / random:<config>"})
     cache_dir: str = field(default="feature_cache", metadata={"help": "feature cache root"})
-    dtype: str = field(default="bfloat16", metadata={"help": "backbone dtype"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa (default) / flash_attention_2"})
+    dtype: Literal["bfloat16", "float16", "float32"] = field(default="bfloat16", metadata={"help": "backbone dtype"})
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] | None = field(default=None, metadata={
+        "help": "sdpa (default) / flash_attention_2"})
     record: str | None = field(default=None, metadata={"help": "JSONL of every answer with its frames"})
     decode_workers: int = field(default=4, metadata={"help": "frame decoding threads"})
     prefetch: int = field(default=8, metadata={"help": "questions decoded ahead"})
-    conv_template: str | None = field(default=None, metadata={"help": "LLaVA-Video: qwen_1_5 / chatml_direct"})
+    conv_template: Literal["qwen_1_5", "chatml_direct"] | None = field(default=None, metadata={
+        "help": "LLaVA-Video: qwen_1_5 / chatml_direct"})
     compile_vision: bool | None = field(default=None, metadata={
         "help": "LLaVA-Video: torch.compile the vision tower (~20% faster vision on an H200 after a ~45 s first call)"})
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL min pixels per frame"})
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen2.5-VL max pixels per frame"})
-    time_encoding: str | None = field(default=None, metadata={"help": "Qwen2.5-VL: real / mean / none"})
-    resize: str | None = field(default=None, metadata={
+    time_encoding: Literal["real", "mean", "none"] | None = field(default=None, metadata={
+        "help": "Qwen2.5-VL: real / mean / none"})
+    resize: Literal["published", "processor"] | None = field(default=None, metadata={
         "help": "Qwen2.5-VL: published (the fork's torchvision resize before the processor; default) / processor"})
     policy: FramePolicy = field(default_factory=FramePolicy, metadata={
         "help": "the frame policy (from the policy keys; method defaults to the model name's)"})
@@ -85,7 +90,21 @@ def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
     for option, value in BACKBONE_DEFAULTS[flavour.backbone].items():
         if getattr(args, option) is None:
             setattr(args, option, value)
+    _check_paths(model_name, args)
     return args
+
+
+def _check_paths(model_name: str, args: ModelArgs) -> None:
+    """Paths that do not exist say so before any weights load (the hub client would answer
+    "Repo id must be in the form ..."); enumerated options are checked by their Literal hints."""
+    model_location(args.pretrained, f"{model_name}: pretrained", "a backbone checkpoint directory or a hub id "
+                   f"(default {FLAVOURS[model_name].pretrained})")
+    if not args.agent.startswith("random:"):
+        model_location(args.agent, f"{model_name}: agent", "a TSPO-0.4B directory, a hub id (hzf666/TSPO-0.4B) "
+                       "or random:<config>")
+    if args.policy.selections is not None:
+        existing_path(args.policy.selections, f"{model_name}: selections", "a selections file, a published "
+                      "frame_idx JSON, or a folder of <method>_<benchmark>.json")
 
 
 def build_answering(model_name: str, args: ModelArgs, device, batch_size: int = 1):

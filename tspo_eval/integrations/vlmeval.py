@@ -347,21 +347,21 @@ def run(model: str, dataset: str, work_dir: str | Path = "vlmeval_outputs", *, d
 
 
 # ----------------------------------------------------------------------------- command line
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def build_commands(parser: argparse.ArgumentParser) -> None:
     """`tspo-eval vlmeval run` and `tspo-eval vlmeval convert` (VLMEvalKit is imported only when run)."""
-    from ..cli import add_config_args
+    from ..config import add_config_args
     from ..policy import add_extract_args, add_policy_args
 
-    parser = subparsers.add_parser("vlmeval", help="run tspo-eval models in VLMEvalKit; convert its dataset TSVs")
     sub = parser.add_subparsers(dest="vlmeval_command", required=True)
 
     p = sub.add_parser("run", help="VLMEvalKit inference + evaluation of one model on one dataset, in this process")
     p.add_argument("--model", required=True, choices=list(FLAVOURS), help="model name")
     p.add_argument("--data", required=True, help="VLMEvalKit dataset: LVBench, or Video-MME / LongVideoBench / "
-                                                 "MLVU_MCQ with --data-file, or any VLMEvalKit name")
-    p.add_argument("--data-file", type=Path, help="LVBench: its annotation file; others: VLMEvalKit's TSV on disk")
-    p.add_argument("--data-root", type=Path, help="LVBench: its video folder; others: the folder VLMEvalKit's TSV "
-                                                  "paths are relative to")
+                                                 "MLVU_MCQ with --annotations, or any VLMEvalKit name")
+    p.add_argument("--annotations", "--data-file", dest="data_file", type=Path, metavar="FILE",
+                   help="LVBench: its annotation file (video_info.meta.jsonl); others: VLMEvalKit's TSV on disk")
+    p.add_argument("--videos", "--data-root", dest="data_root", type=Path, metavar="DIR",
+                   help="LVBench: its video folder; others: the folder VLMEvalKit's TSV paths are relative to")
     p.add_argument("--nframe", type=int, default=8, help="frames VLMEvalKit decodes for a local copy's prompts "
                                                          "(LongVideoBench needs > 0; our models pick their own k)")
     p.add_argument("--work-dir", type=Path, default=Path("vlmeval_outputs"), help="VLMEvalKit output folder")

@@ -10,11 +10,12 @@ import argparse
 import dataclasses
 import json
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import distributed
-from ..cli import add_config_args, config_from_args
+from ..config import add_config_args, config_from_args
+from .config import ExportConfig, LLMTrainConfig, ToyConfig, TrainConfig, VarianceConfig
 
 _UNSET = object()
 
@@ -52,7 +53,7 @@ def config_with_file(cls: type, ns: argparse.Namespace) -> Any:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from .config import TrainConfig
+    from .. import distributed
     from .trainer import run_training
 
     history = run_training(config_with_file(TrainConfig, ns))
@@ -63,7 +64,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_train_llm(ns: argparse.Namespace) -> int:
-    from .llm_grpo import LLMTrainConfig, run_llm_training
+    from .. import distributed
+    from .llm_grpo import run_llm_training
 
     history = run_llm_training(config_with_file(LLMTrainConfig, ns))
     if history and distributed.rank() == 0:
@@ -72,14 +74,14 @@ def cmd_train_llm(ns: argparse.Namespace) -> int:
 
 
 def cmd_toy(ns: argparse.Namespace) -> int:
-    from .toy import ToyConfig, run_toy
+    from .toy import run_toy
 
     run_toy(config_from_args(ToyConfig, ns))
     return 0
 
 
 def cmd_select_data(ns: argparse.Namespace) -> int:
-    from .variance import VarianceConfig, select_data
+    from .variance import select_data
 
     report = select_data(config_with_file(VarianceConfig, ns))
     if report is not None:
@@ -88,37 +90,36 @@ def cmd_select_data(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from .export import ExportConfig, export_checkpoint
+    from .export import export_checkpoint
 
     out = export_checkpoint(config_from_args(ExportConfig, ns))
     print(f"exported a TSPO-0.4B-layout agent to {out}")
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register the training commands on the `tspo-eval` parser."""
-    from .config import TrainConfig
-    from .export import ExportConfig
-    from .llm_grpo import LLMTrainConfig
-    from .toy import ToyConfig
-    from .variance import VarianceConfig
+def _with_config_file(cls: type, run) -> Callable[[argparse.ArgumentParser], None]:
+    def build(p: argparse.ArgumentParser) -> None:
+        _add_with_config_file(p, cls)
+        p.set_defaults(run=run)
+    return build
 
-    p = sub.add_parser("train", help="TSPO: train the agent head with GRPO against a frozen answerer")
-    _add_with_config_file(p, TrainConfig)
-    p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("train-llm", help="Temporal-RLT: GRPO of the video LLM itself (LoRA or full)")
-    _add_with_config_file(p, LLMTrainConfig)
-    p.set_defaults(run=cmd_train_llm)
+def _plain(cls: type, run) -> Callable[[argparse.ArgumentParser], None]:
+    def build(p: argparse.ArgumentParser) -> None:
+        add_config_args(p, cls)
+        p.set_defaults(run=run)
+    return build
 
-    p = sub.add_parser("toy", help="offline toy training on generated videos (reward curve, score timelines)")
-    add_config_args(p, ToyConfig)
-    p.set_defaults(run=cmd_toy)
 
-    p = sub.add_parser("select-data", help="variance-aware data selection: keep samples whose rewards disagree")
-    _add_with_config_file(p, VarianceConfig)
-    p.set_defaults(run=cmd_select_data)
-
-    p = sub.add_parser("export", help="write a trained head + its CLIP as a released-layout TSPO-0.4B directory")
-    add_config_args(p, ExportConfig)
-    p.set_defaults(run=cmd_export)
+# name -> (one-line help, builder of its flags): `tspo_eval.cli` lists them and builds the one asked for
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": ("TSPO: train the agent head with GRPO against a frozen answerer",
+              _with_config_file(TrainConfig, cmd_train)),
+    "train-llm": ("Temporal-RLT: GRPO of the video LLM itself (LoRA or full)",
+                  _with_config_file(LLMTrainConfig, cmd_train_llm)),
+    "toy": ("offline toy training on generated videos (reward curve, score timelines)", _plain(ToyConfig, cmd_toy)),
+    "select-data": ("variance-aware data selection: keep samples whose rewards disagree",
+                    _with_config_file(VarianceConfig, cmd_select_data)),
+    "export": ("write a trained head + its CLIP as a released-layout TSPO-0.4B directory",
+               _plain(ExportConfig, cmd_export)),
+}

@@ -10,34 +10,13 @@ whose LLaVA model holds the head as `multiModal_align.` (any key prefix, sharded
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from ..agent import TemporalAgent, load_agent
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-@dataclass
-class ExportConfig:
-    """Which head, which CLIP, where."""
-
-    checkpoint: str = field(default="", metadata={
-        "help": "run folder, checkpoints/step-N folder, or a published checkpoint (multiModal_align.* keys)"})
-    out: str = field(default="TSPO-0.4B-export", metadata={"help": "output directory (released layout)"})
-    clip: str | None = field(default=None, metadata={
-        "help": "CLIP ViT-L/14 or TSPO-0.4B dir / hub id the head pairs with (default: the run's agent)"})
-    dtype: Literal["bf16", "fp16", "fp32"] = field(default="bf16", metadata={"help": "weights dtype (released: bf16)"})
-    tau: float = field(default=0.025, metadata={"help": "inference temperature written to the config"})
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not self.checkpoint:
-            raise ValueError("--checkpoint is required")
+from ..config import torch_dtype
+from .config import ExportConfig
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -69,4 +48,4 @@ def export_checkpoint(cfg: ExportConfig) -> Path:
                              "(the CLIP ViT-L/14 or TSPO-0.4B directory the head was trained on)")
         clip = json.loads(run_config.read_text())["agent"]
     agent = load_agent(clip, torch_dtype=torch.float32).load_head(checkpoint)
-    return export_agent(agent, cfg.out, DTYPES[cfg.dtype], cfg.tau)
+    return export_agent(agent, cfg.out, torch_dtype(cfg.dtype), cfg.tau)

@@ -21,12 +21,11 @@ Two objectives (SPEC section 7, step 9):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
-Objective = Literal["plackett-luce", "official"]
+from .config import Objective
 
 
 def tau_at(step: int, total_steps: int, start: float = 0.025, end: float = 0.01) -> float:

@@ -31,9 +31,9 @@ import copy
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import VideoQuery
 from ..backbones.base import PhaseTimer
+from .config import LLMTrainConfig
 from .data import Sample, read_samples
 from .grpo import group_advantages
 from .rewards import Group, score_group
@@ -55,56 +56,6 @@ THINK_INSTRUCTION = ("\nOutput the thinking process in <think> </think> and the 
 # `model.language_model.layers` (Qwen2.5-VL, whose vision blocks also have `mlp.*_proj`).
 LM_LAYERS = r"model\.(language_model\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 Prompt = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # embeds (1, P, H), mask (1, P), positions (..., 1, P)
-
-
-@dataclass
-class LLMTrainConfig:
-    """GRPO of the video LLM on fixed frames."""
-
-    data: str = field(default="", metadata={"help": "training questions (TSPO-10K / Temporal-RLT jsonl)"})
-    video_root: str | None = field(default=None, metadata={"help": "folder the rows' `video` paths are relative to"})
-    output_dir: str = field(default="runs/llm", metadata={"help": "checkpoints, metrics"})
-    backbone: str = field(default="llava_video", metadata={"help": "registered backbone kind (needs build_inputs)"})
-    backbone_path: str = field(default="", metadata={"help": "backbone checkpoint dir or hub id"})
-    finetune: Literal["lora", "full"] = field(default="lora", metadata={"help": "LoRA adapters (peft) or all LM weights"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    frames: Literal["uniform", "agent"] = field(default="uniform", metadata={
-        "help": "uniform: linspace over all frames (lmms-eval); agent: the agent's top-k"})
-    agent: str = field(default="random:clip-tiny", metadata={"help": "agent for frames=agent"})
-    cache: str = field(default="feature_cache", metadata={"help": "feature cache root (frames=agent)"})
-    k: int = field(default=16, metadata={"help": "frames per question"})
-    think: bool = field(default=False, metadata={"help": "append the <think>/<answer> instruction to prompts"})
-    rollouts: int = field(default=8, metadata={"help": "G: sampled answers per question"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    max_new_tokens: int = field(default=256, metadata={"help": "answer length cap"})
-    clip_eps: float = field(default=0.2, metadata={"help": "PPO ratio clipping"})
-    kl_coef: float = field(default=1e-2, metadata={"help": "k3 KL to the reference policy"})
-    entropy_coef: float = field(default=1e-3, metadata={"help": "entropy bonus"})
-    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 0.5, "temporal_iou": 0.5, "format": 0.5},
-                                      metadata={"help": "reward name=weight"})
-    adv_eps: float = field(default=1e-4, metadata={"help": "added to the group std"})
-    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate, decayed linearly to 0"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    grad_accum: int = field(default=1, metadata={"help": "questions per rank per optimiser step"})
-    epochs: int = field(default=1, metadata={"help": "passes over the data"})
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimiser steps"})
-    save_every: int = field(default=500, metadata={"help": "checkpoint every N steps (and at the end)"})
-    seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute each LM layer in the backward instead of keeping its activations"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
-
-    def __post_init__(self) -> None:
-        from .rewards import get_rewards
-
-        get_rewards(list(self.rewards))
-        if self.finetune not in ("lora", "full") or self.frames not in ("uniform", "agent"):
-            raise ValueError("finetune must be lora or full; frames uniform or agent")
-        if self.rollouts < 2 or self.temperature <= 0:
-            raise ValueError("need rollouts >= 2 and temperature > 0")
 
 
 class VideoPolicy(nn.Module):

@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -28,7 +26,7 @@ from ..cache import FeatureCache
 from ..plots import frame_grid, reward_curve, score_timeline
 from ..quality import chance_hit_rate
 from ..synthetic import write_video
-from .config import TrainConfig
+from .config import ToyConfig, TrainConfig
 from .data import EpisodeBuilder, Sample
 from .environment import build_environment
 from .export import export_agent
@@ -37,34 +35,6 @@ from .trainer import StepGroup, Trainer
 QUESTION = "What is the scene at the beginning of the video?"
 OPTIONS = ("Windswept sandy shore.", "Enchanted, mist-shrouded forest.", "Boundless grassland.",
            "Trumpeting elephants.")
-
-
-
-@dataclass
-class ToyConfig:
-    """An offline training run on generated videos."""
-
-    out: Path = field(default=Path("toy_out"), metadata={"help": "output folder"})
-    agent: str = field(default="random:clip-tiny", metadata={"help": "starting agent (random:<config> or a dir)"})
-    environment: Literal["synthetic", "backbone"] = field(default="synthetic", metadata={
-        "help": "synthetic answerer (right iff a chosen frame shows the content) or a real backbone"})
-    backbone: str = field(default="llava_video", metadata={"help": "registered backbone kind"})
-    backbone_path: str | None = field(default=None, metadata={"help": "backbone checkpoint dir"})
-    steps: int = field(default=30, metadata={"help": "optimiser steps"})
-    rollouts: int = field(default=12, metadata={"help": "G (12 as the published toy)"})
-    k: int = field(default=6, metadata={"help": "K (6 as the published toy)"})
-    lr: float = field(default=5e-3, metadata={
-        "help": "AdamW learning rate (above the paper's 5e-4: the tiny random CLIP separates scenes weakly)"})
-    tau_start: float = field(default=0.025, metadata={"help": "temperature at step 0"})
-    tau_end: float = field(default=0.01, metadata={"help": "temperature at the last step"})
-    duration: float = field(default=120.0, metadata={"help": "seconds per generated video"})
-    begin: float = field(default=10.0, metadata={"help": "seconds of the first scene"})
-    plot_every: int = field(default=1, metadata={"help": "score timeline + frames every N steps (0: none)"})
-    seed: int = field(default=0, metadata={"help": "seed of videos, head init and rollouts"})
-
-    def __post_init__(self) -> None:
-        if not 0 < self.begin < self.duration:
-            raise ValueError("begin must lie inside the video")
 
 
 # ----------------------------------------------------------------------------- generated data

@@ -16,62 +16,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
+from .config import Statistic, VarianceConfig
 from .data import Sample, read_samples, write_samples
-
-Statistic = Literal["disagree", "std"]
-
-
-@dataclass
-class VarianceConfig:
-    """Which samples to score, with which policy, and the keep rule."""
-
-    data: str = field(default="", metadata={"help": "candidate training samples (TSPO-10K / Temporal-RLT jsonl)"})
-    video_root: str | None = field(default=None, metadata={"help": "folder the rows' `video` paths are relative to"})
-    out: str = field(default="selected", metadata={"help": "output folder (kept.jsonl, scores.jsonl, report.json)"})
-    policy: Literal["agent", "llm"] = field(default="agent", metadata={
-        "help": "agent: frame selections answered by the environment; llm: the video LLM's sampled answers"})
-    runs: int = field(default=8, metadata={"help": "N: rollouts per sample"})
-    statistic: Statistic = field(default="disagree", metadata={"help": "disagree (max - min) or std of the rewards"})
-    threshold: float = field(default=0.0, metadata={"help": "keep when the statistic exceeds this"})
-    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "temporal_coverage": 1.0},
-                                      metadata={"help": "reward name=weight"})
-    agent: str = field(default="random:clip-tiny", metadata={"help": "agent (policy=agent, or frames=agent)"})
-    cache: str = field(default="feature_cache", metadata={"help": "feature cache root"})
-    k: int = field(default=16, metadata={"help": "frames per rollout / per LLM query"})
-    tau: float = field(default=0.025, metadata={"help": "agent temperature of the rollouts"})
-    environment: Literal["synthetic", "backbone"] = field(default="backbone", metadata={
-        "help": "answerer for policy=agent"})
-    backbone: str = field(default="llava_video", metadata={"help": "registered backbone kind"})
-    backbone_path: str | None = field(default=None, metadata={"help": "backbone checkpoint dir"})
-    answer_from: Literal["logits", "generate"] = field(default="logits", metadata={"help": "see train"})
-    temperature: float = field(default=1.0, metadata={"help": "LLM sampling temperature (policy=llm)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "LLM tokens per answer (policy=llm)"})
-    think: bool = field(default=False, metadata={
-        "help": "policy=llm: the <think>/<answer> instruction on the prompts, as train-llm --think (score the "
-                "prompt you will train on)"})
-    seed: int = field(default=0, metadata={"help": "seed of the rollouts"})
-
-    def __post_init__(self) -> None:
-        from .rewards import get_rewards
-
-        get_rewards(list(self.rewards))
-        if not self.data:
-            raise ValueError("--data is required")
-        if self.runs < 2:
-            raise ValueError("runs must be >= 2: a single rollout has no variance")
-        if self.statistic not in ("disagree", "std"):
-            raise ValueError(f"statistic must be disagree or std, got {self.statistic!r}")
-        if self.policy not in ("agent", "llm"):
-            raise ValueError(f"policy must be agent or llm, got {self.policy!r}")
 
 
 def keeps(rewards: np.ndarray, statistic: Statistic, threshold: float) -> bool:

@@ -1,0 +1,213 @@
+"""Stage configurations and their command-line form, importable without torch.
+
+The command line derives one flag per field of these dataclasses (the field's help is the
+flag's help), so building a parser, and every `--help`, imports no model code: the heavy
+modules (`demo`, `compare`) import their config from here (the frame policy and extraction
+settings live in the equally light `tspo_eval.policy`) and load torch
+only when a command runs.  Values are checked when a config is built, before any video is
+decoded or weights load.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .policy import FramePolicy, parse_bool, parse_params
+
+# dtype names accepted by the command line and the training export; torch dtypes via torch_dtype()
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a DTYPE_NAMES entry (imports torch)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+# ----------------------------------------------------------------------------- paths given by users
+def existing_path(path: str | Path, what: str, valid: str, directory: bool = False) -> Path:
+    """`path` when it exists (a directory if `directory`); otherwise an error naming the flag and what it takes."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path}: no such {'directory' if directory else 'file'}; give {valid}")
+    if directory and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path}: not a directory; give {valid}")
+    return path
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether `value` can only mean a local path: hub ids are `org/name`, never absolute, relative
+    (`./`, `../`, `~`) or of more than two parts."""
+    return (value.startswith(("/", "./", "../", "~")) or value in (".", "..") or value.count("/") > 1
+            or value.endswith("/"))
+
+
+def model_location(value: str, what: str, valid: str) -> str:
+    """A model directory or hub id, as given; a value that looks like a path and does not exist (or is
+    a file) is an error saying so, instead of the hub client's "Repo id must be in the form ..."."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{what} {value}: not a directory; give {valid}")
+    if not path.exists() and looks_like_path(value):
+        raise FileNotFoundError(f"{what} {value}: no such directory; give {valid}")
+    return value
+
+
+# ----------------------------------------------------------------------------- dataclass <-> argparse
+def literal_choices(hint: Any) -> tuple:
+    """The values of a `Literal[...]` or `Literal[...] | None` hint; () for any other hint."""
+    if _is_union(hint):
+        return tuple(v for a in typing.get_args(hint) if typing.get_origin(a) is typing.Literal
+                     for v in typing.get_args(a))
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
+    """One `--flag` per field of the config dataclass `cls` (but those in `exclude`)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if f.default is dataclasses.MISSING else f.default
+        args = typing.get_args(hint)
+        choices = literal_choices(hint)
+        if required:
+            base = str if choices else hint
+            parser.add_argument(flag, required=True, type=base, choices=choices or None, help=help_)
+        elif hint is bool:
+            parser.add_argument(flag, action="store_true", help=help_)
+        elif typing.get_origin(hint) is dict:
+            parser.add_argument(flag, metavar="KEY=VALUE", action="append", default=[], help=help_)
+        elif typing.get_origin(hint) is tuple:
+            parser.add_argument(flag, nargs="+", type=args[0], default=default, help=f"{help_} (default {default})")
+        elif choices:
+            parser.add_argument(flag, choices=choices, default=default, help=f"{help_} (default {default})")
+        else:
+            base = next((a for a in args if a is not type(None)), hint) if _is_union(hint) else hint
+            if base is bool:  # bool(str) is True for "false": accept true/false/1/0 only
+                base = parse_bool
+            parser.add_argument(flag, type=base, default=default, help=f"{help_} (default {default})")
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
+    """Build `cls` from parsed flags (dict fields from repeated KEY=VALUE)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(ns, f.name)
+        origin = typing.get_origin(typing.get_type_hints(cls)[f.name])
+        if isinstance(value, list) and origin is dict:
+            value = dict(_key_value(item) for item in value)
+        elif isinstance(value, list) and origin is tuple:
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+def _key_value(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise SystemExit(f"error: expected KEY=VALUE, got {item!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+# ----------------------------------------------------------------------------- stage configs
+# K = 8 of 120 candidates (uniform then hits about a quarter of the segments); the policy flags
+# (--k, --official, --fps, ...) apply to every method and to the training rollouts' K.
+DEMO_POLICY = FramePolicy(k=8)
+
+
+@dataclass
+class DemoConfig:
+    """The generated splits, the training run and the evaluation over the held-out split."""
+
+    out: Path = field(default=Path("demo_out"), metadata={"help": "output folder (a rerun reuses what is valid)"})
+    agent: str | None = field(default=None, metadata={
+        "help": "evaluate this agent (TSPO-0.4B directory or hub id) instead of training one"})
+    base_agent: str = field(default="random:clip-tiny", metadata={
+        "help": "the agent whose head the demo trains (random:<config>: nothing downloaded)"})
+    train_videos: int = field(default=64, metadata={"help": "generated training videos (one question each)"})
+    heldout_videos: int = field(default=60, metadata={"help": "generated held-out videos (one question each)"})
+    duration: float = field(default=120.0, metadata={"help": "seconds per generated video"})
+    video_fps: float = field(default=4.0, metadata={"help": "frame rate of the generated videos"})
+    needle: float = field(default=3.0, metadata={"help": "seconds of the answer-bearing segment"})
+    steps: int = field(default=800, metadata={"help": "GRPO optimiser steps (2 questions each)"})
+    rollouts: int = field(default=8, metadata={"help": "G: rollouts per question"})
+    lr: float = field(default=5e-3, metadata={
+        "help": "AdamW learning rate (above the paper's 5e-4: a tiny random CLIP separates frames weakly)"})
+    examples: int = field(default=3, metadata={"help": "held-out questions drawn as timelines and frame rows"})
+    seed: int = field(default=0, metadata={"help": "seed of the videos, the head's training and the intervals"})
+
+    def __post_init__(self) -> None:
+        if min(self.train_videos, self.heldout_videos, self.steps) < 1 or self.examples < 0:
+            raise ValueError("train_videos, heldout_videos and steps must be >= 1, examples >= 0")
+        if self.rollouts < 2:
+            raise ValueError("GRPO needs at least 2 rollouts per question")
+
+
+# `tspo-eval compare`: every selector by default; accuracy through lmms-eval on one of BACKBONES
+DEFAULT_METHODS = ("uniform", "topk", "bin-max", "aks", "bolt", "dpp", "tspo")
+BACKBONES = ("llava_video", "qwen2_5_vl")
+
+
+@dataclass
+class CompareConfig:
+    """Which selectors are compared, at which budget, and where the results go."""
+
+    methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={
+        "help": "selectors, each NAME or NAME:KEY=VALUE[,KEY=VALUE] (e.g. aks:preset=tspo bolt:power=2); "
+                "methods scored by the agent (tspo) are skipped when no --agent is given"})
+    out: Path = field(default=Path("compare"), metadata={"help": "output folder"})
+    tolerance: float = field(default=0.5, metadata={"help": "seconds a frame may lie outside a reference span"})
+    backbone: str | None = field(default=None, metadata={
+        "help": "llava_video | qwen2_5_vl: also score accuracy through lmms-eval (needs a GPU); none: quality only"})
+    pretrained: str | None = field(default=None, metadata={"help": "backbone directory / hub id (default: 7B)"})
+    limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (first N questions)"})
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+        if not self.methods:
+            raise ValueError("give at least one method")
+        specs = [method_spec(m) for m in self.methods]  # raises on an unknown method or parameter
+        labels = [label for label, _ in specs]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"methods repeat: {', '.join(labels)}")
+        if self.backbone is not None and self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)} (or none), got {self.backbone!r}")
+        if self.backbone is not None and any(cfg.params for _, cfg in specs):
+            raise ValueError("accuracy runs each method by name through lmms-eval: drop the method parameters "
+                             "(NAME:KEY=VALUE) or the --backbone")
+
+
+def method_spec(spec: str, base: FramePolicy | None = None) -> tuple[str, FramePolicy]:
+    """("label", the policy `base` (K, official, sampling) with this method and parameters) of
+    "NAME" or "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself."""
+    name, _, raw = spec.partition(":")
+    try:
+        params = parse_params(raw.replace(",", ";"))
+    except ValueError:
+        raise ValueError(f"method {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]") from None
+    from .selection import SELECTORS
+
+    if name not in SELECTORS:
+        raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(sorted(SELECTORS))}")
+    return spec, (base or FramePolicy()).replace(method=name, params=params)
