@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,15 +218,15 @@ def test_every_entry_point_feeds_the_frames_select_writes(method, params, offici
     runs["VLMEvalKit adapter"] = _recorded(tmp_path / "vlmeval.jsonl")
 
     # 5. tspo-eval evaluate: its lmms-eval command line is run by the in-process model above
-    def lmms_eval_process(cmd, env=None, check=False):
+    def lmms_eval_process(cmd, env=None):
         model_name, model_args = cmd[cmd.index("--model") + 1], cmd[cmd.index("--model_args") + 1]
         _run_lmms_model(model_name, model_args, docs)
         out = Path(cmd[cmd.index("--output_path") + 1])
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_results.json").write_text(json.dumps({"results": {evaluation.TASKS["lvbench"]: {"acc": 0.0}}}))
-        return subprocess.CompletedProcess(cmd, 0)
+        return 0, []  # exit code, output lines
 
-    monkeypatch.setattr(evaluation.subprocess, "run", lmms_eval_process)
+    monkeypatch.setattr(evaluation, "run_logged", lmms_eval_process)
     eval_flags = [f for f in flags if not f.startswith("--method=")]
     out = tmp_path / "evaluate"
     assert main(["evaluate", "--benchmark", "lvbench", "--annotations", str(annotations), "--videos", str(videos),
