@@ -16,8 +16,15 @@ import pytest
 import torch
 
 from tspo_eval import cache as cache_module
+from tspo_eval import cli, scoring
+from tspo_eval.benchmarks import BenchmarkFormatError, load_benchmark, read_tsv
+from tspo_eval.benchmarks.core import RefusedRow
+from tspo_eval.benchmarks.docs import build_docs, refused_doc
 from tspo_eval.cache import FeatureCache, VideoFeatures, tensor_checksum, video_key
-from tspo_eval.policy import FramePolicy, Sampling
+from tspo_eval.integrations import vlmeval as tv
+from tspo_eval.integrations.models import parse_model_args
+from tspo_eval.policy import FramePolicy, Sampling, parse_bool
+from tspo_eval.selections import SelectionSet
 
 
 # ----------------------------------------------------------------------------- cache
@@ -136,10 +143,6 @@ def test_stale_tmp_files_are_removed_but_never_a_live_writers(tmp_path):
 
 
 # ----------------------------------------------------------------------------- benchmark rows
-from tspo_eval import cli  # noqa: E402
-from tspo_eval.benchmarks import BenchmarkFormatError, load_benchmark, read_tsv  # noqa: E402
-from tspo_eval.benchmarks.docs import build_docs  # noqa: E402
-from tspo_eval.selections import SelectionSet  # noqa: E402
 
 AGENT = ["--agent", "random:clip-tiny"]
 
@@ -236,9 +239,6 @@ def test_header_only_tsv_says_there_is_nothing_to_do(bench, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- failures in results
-from tspo_eval import scoring  # noqa: E402
-from tspo_eval.benchmarks.docs import refused_doc  # noqa: E402
-from tspo_eval.benchmarks.core import RefusedRow  # noqa: E402
 
 
 def test_results_count_answered_and_failed_beside_accuracy():
@@ -321,9 +321,6 @@ def test_aks_choosing_nothing_fails_those_questions_and_names_the_flag(bench, tm
 
 
 # ----------------------------------------------------------------------------- VLMEvalKit runs
-from tspo_eval.integrations import vlmeval as tv  # noqa: E402
-from tspo_eval.integrations.models import parse_model_args  # noqa: E402
-from tspo_eval.policy import parse_bool  # noqa: E402
 
 
 def test_boolean_options_accept_true_false_1_0_and_nothing_else():

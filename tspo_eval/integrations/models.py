@@ -12,8 +12,16 @@ from typing import Any, Literal
 
 from ..config import existing_path, model_location
 
-from ..policy import EXTRACT_KEYS, POLICY_KEYS, ExtractConfig, FramePolicy, coerce_fields, parse_extract, \
-    parse_policy, split_settings
+from ..policy import (
+    EXTRACT_KEYS,
+    POLICY_KEYS,
+    ExtractConfig,
+    FramePolicy,
+    coerce_fields,
+    parse_extract,
+    parse_policy,
+    split_settings,
+)
 
 BACKBONE_OPTIONS = {
     "llava_video": ("conv_template", "compile_vision"),
