@@ -37,6 +37,7 @@ Prints a table and writes JSON (medians of --repeats runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -485,9 +486,10 @@ def write_questions(videos: list[Path], tsv: Path) -> None:
     tsv.write_text("\n".join(lines) + "\n")
 
 
-def run_watched(cmd: list[str], env: dict | None = None, poll_s: float = 0.2) -> dict:
+def run_watched(cmd: list[str], env: dict | None = None, poll_s: float = 0.2, timeout_s: float = 300.0) -> dict:
     """Run `cmd`; wall-clock seconds, and the peak memory of its whole process tree (its decoding
-    workers included): RSS summed over the tree, GPU memory through NVML where it is installed."""
+    workers included): RSS summed over the tree, GPU memory through NVML where it is installed.
+    A run past `timeout_s` is killed with its tree (returncode -9): a hang costs one figure."""
     import psutil
 
     nvml = None
@@ -508,6 +510,12 @@ def run_watched(cmd: list[str], env: dict | None = None, poll_s: float = 0.2) ->
     peak_rss = peak_gpu = 0
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
+        if time.perf_counter() - t0 > timeout_s:
+            for p in [*root.children(recursive=True), root]:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            proc.wait()
+            break
         try:
             tree = [root, *root.children(recursive=True)]
             peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree))
@@ -848,7 +856,7 @@ def main() -> None:
     p.add_argument("--cli-configs", nargs="+", default=["defaults", "backend=decord", "decode-resize"],
                    help="cli: extract flags per run, FLAG[=VALUE][,...] without dashes (defaults: none); the first "
                         "runs on every set, the rest on --cli-alt-sets")
-    p.add_argument("--cli-alt-sets", nargs="*", default=["10min", "720p"])
+    p.add_argument("--cli-alt-sets", nargs="*", default=["10min"])
     p.add_argument("--cli-fps", type=float, default=30.0, help="cli: frame rate of the generated videos")
     p.add_argument("--startup-repeats", type=int, default=1)
     p.add_argument("--freezing-encoder", action="store_true", help="also time ours compiled with freezing")
