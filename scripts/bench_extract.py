@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -597,7 +598,8 @@ def measure_checksum(frames: int) -> dict:
 
 def measure_nvdec(videos: dict[str, Path], threads: int = 8) -> dict:
     """GPU decoding through PyNvVideoCodec, where it is installed (not a backend yet): candidates/s
-    of one decoder and of `threads` decoders at once, and its RGB pixels against decord's."""
+    of one decoder and of `threads` decoders at once, and its RGB pixels against decord's (PyAV's
+    where decord is missing: the two give equal pixels on these videos)."""
     try:
         import PyNvVideoCodec as nvc
     except ImportError as err:
@@ -606,7 +608,8 @@ def measure_nvdec(videos: dict[str, Path], threads: int = 8) -> dict:
 
     from tspo_eval.video import read_frames
 
-    out: dict = {"available": True, "version": getattr(nvc, "__version__", "?")}
+    reference = "decord" if importlib.util.find_spec("decord") else "pyav"  # equal pixels on these videos
+    out: dict = {"available": True, "version": getattr(nvc, "__version__", "?"), "reference_decoder": reference}
     for name, path in videos.items():
         try:
             wanted = sample_candidates(path).frame_numbers.tolist()
@@ -626,12 +629,12 @@ def measure_nvdec(videos: dict[str, Path], threads: int = 8) -> dict:
             with ThreadPoolExecutor(threads) as pool:
                 many = timed(lambda: list(pool.map(lambda _: len(decode()), range(threads))), 1, True)
             picks = np.linspace(0, len(wanted) - 1, min(16, len(wanted))).astype(int)
-            ref = read_frames(path, [wanted[i] for i in picks], backend="decord").astype(np.int16)
+            ref = read_frames(path, [wanted[i] for i in picks], backend=reference).astype(np.int16)
             gpu = np.stack([frames[i].cpu().numpy() for i in picks]).astype(np.int16)
             diff = np.abs(gpu - ref) if gpu.shape == ref.shape else None
             out[name] = {"candidates": len(wanted), "first_call_s": first, "one_decoder_fps": len(wanted) / one,
                          f"{threads}_decoders_fps": threads * len(wanted) / many,
-                         "shape": list(gpu.shape[1:]), "decord_shape": list(ref.shape[1:]),
+                         "shape": list(gpu.shape[1:]), "reference_shape": list(ref.shape[1:]),
                          "max_abs_diff": None if diff is None else int(diff.max()),
                          "mean_abs_diff": None if diff is None else float(diff.mean()),
                          "share_over_2_levels": None if diff is None else float((diff > 2).mean())}
@@ -651,10 +654,8 @@ def cli_flags(config: str) -> list[str]:
     return flags
 
 
-def cli_section(args: argparse.Namespace, results: dict, save: Callable[[], None]) -> None:
-    """The published structure in a warm process against `python -m tspo_eval.cli extract` (the
-    console script's code) as a user runs it, per set of videos, one question per video."""
-    env = cli_env()
+def make_cli_videos(args: argparse.Namespace, results: dict) -> tuple[dict, dict[str, Path], Path]:
+    """The --cli-sets' base videos and a warm-up one, made in parallel processes: (sets, base paths, warm-up)."""
     sets = {}
     for spec in args.cli_sets:  # NAME:MINUTES:HEIGHTxWIDTH:COPIES
         name, minutes, size, count = spec.split(":")
@@ -667,16 +668,24 @@ def cli_section(args: argparse.Namespace, results: dict, save: Callable[[], None
         "import sys; sys.path.insert(0, %r); from bench_extract import make_video; from pathlib import Path\n"
         "make_video(Path(%r), %r, fps=%r, size=%r)") % (str(Path(__file__).parent), str(path), minutes, args.cli_fps,
                                                         tuple(size))])
-        for path, (minutes, size, _) in [(warmup, (0.5, (270, 480), 0))] + [(base[n], sets[n]) for n in sets]]
+        for path, (minutes, size, _) in [(warmup, (0.5, (270, 480), 0))] + [(base[n], sets[n]) for n in sets]
+        if not path.exists()]
     t0 = time.perf_counter()
     if any(m.wait() != 0 for m in makers):
         raise SystemExit("making the videos failed")
     results["cli_videos_made_s"] = time.perf_counter() - t0
     print(f"videos made in {results['cli_videos_made_s']:.0f}s", flush=True)
+    return sets, base, warmup
 
+
+def cli_section(args: argparse.Namespace, results: dict, save: Callable[[], None]) -> None:
+    """The published structure in a warm process against `python -m tspo_eval.cli extract` (the
+    console script's code) as a user runs it, per set of videos, one question per video."""
+    env = cli_env()
+    sets, base, warmup = make_cli_videos(args, results)
     results["startup"] = measure_startup(args)
     save()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and "nvdec" not in results:
         results["nvdec"] = measure_nvdec({n: base[n] for n in sets if sets[n][0] <= 10})
         save()
     videos = {name: distinct_copies(base[name], count, args.videos / f"cli_{name}")
@@ -844,11 +853,11 @@ def main() -> None:
         help="bare-model variants, NAME[@BATCH,...] (a static compile recompiles per batch size); "
              "also compile-max-autotune")
     p.add_argument("--sections", nargs="+", default=["encode", "extract"],
-                   choices=["encode", "extract", "select", "cli"],
+                   choices=["encode", "extract", "select", "cli", "nvdec"],
                    help="encode: encoder paths, variants, accuracy; extract: decode and end to end in warm "
                         "processes; select: selection time per question from cached features (CPU); cli: the "
                         "published structure against the real `tspo-eval extract`, start-up included and "
-                        "excluded, and the cache checksum's cost")
+                        "excluded, and the cache checksum's cost; nvdec: GPU decoding alone (speed, pixels)")
     p.add_argument("--select-k", type=int, nargs="+", default=[16, 64], help="frames per question timed (select)")
     p.add_argument("--select-questions", type=int, default=50, help="questions timed per case (select)")
     p.add_argument("--cli-sets", nargs="+", default=["10min:10:270x480:8", "30min:30:270x480:3", "720p:2:720x1280:6"],
@@ -878,7 +887,7 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    qpv = questions_per_video(args.questions_per_video) if set(args.sections) - {"cli"} else {}
+    qpv = questions_per_video(args.questions_per_video) if set(args.sections) - {"cli", "nvdec"} else {}
     args.videos.mkdir(parents=True, exist_ok=True)
     results: dict = {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
                      "cpu_cores": os.cpu_count(), "torch": torch.__version__, "clip": args.clip,
@@ -890,6 +899,10 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
 
+    if "nvdec" in args.sections:
+        sets, base, _ = make_cli_videos(args, results)
+        results["nvdec"] = measure_nvdec({n: base[n] for n in sets if sets[n][0] <= 10})
+        save()
     if "cli" in args.sections:
         from tspo_eval.extract import available_cores, decode_plan
 
@@ -898,8 +911,8 @@ def main() -> None:
                                    "readers": plan.readers, "decode_threads": plan.decode_threads,
                                    "decode_processes": plan.decode_processes}
         cli_section(args, results, save)
-        if args.sections == ["cli"]:
-            return
+    if set(args.sections) <= {"cli", "nvdec"}:
+        return
 
     # videos are made in a background process while the (GPU-bound) encoder paths are measured
     specs = [("bench_warmup.mp4", 0.5, (270, 480))] + [(f"bench_{m:g}min.mp4", m, (270, 480)) for m in args.minutes]
