@@ -137,19 +137,19 @@ def _running(pid: int) -> bool:
 class DecodeWorker:
     """One worker process and the memory-mapped block it decodes into.
 
-    The worker is a fresh interpreter that imports only this module (`python -m`), not the
-    parent's main module as multiprocessing's spawn does (for `tspo-eval` that is torch and
-    transformers: seconds and hundreds of MB per worker)."""
+    The worker is a fresh interpreter that imports only this module, not the parent's main
+    module as multiprocessing's spawn does (for `tspo-eval` that is torch and transformers:
+    seconds and hundreds of MB per worker). This package's folder goes last on its path, so a
+    checkout that is not installed works and nothing else is shadowed."""
 
     reply_timeout_s = 300.0  # a read of one run far exceeding this means the decoder hangs
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
-        package_root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        code = (f"import sys; sys.path.append({str(Path(__file__).resolve().parents[1])!r}); "
+                f"from {__name__} import _worker_main; _worker_main({theirs.fileno()})")
         try:
-            self.process = subprocess.Popen([_python, "-m", __name__, str(theirs.fileno())],
-                                            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen([_python, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
@@ -324,6 +324,7 @@ def _serve(conn: Connection) -> None:
         reader.close()
 
 
-if __name__ == "__main__":  # a worker: `python -m tspo_eval.decode_workers FD`
+def _worker_main(fd: int) -> None:
+    """A worker process: serve the parent over the socket `fd` until it closes it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the pipe
-    _serve(Connection(int(sys.argv[1])))
+    _serve(Connection(fd))
