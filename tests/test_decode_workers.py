@@ -199,3 +199,21 @@ def test_blocks_go_to_the_temp_folder_when_shared_memory_is_too_small(tmp_path, 
     assert Path(fits.path).parent == small and Path(spilled.path).parent == spill
     fits.close()
     spilled.close()
+
+
+def test_a_worker_is_watched_through_its_pipe_where_the_system_has_no_pidfd(numbered_video, monkeypatch):
+    """Without pidfd_open (a sandbox refusing it), a dead worker is still noticed at once: by its pipe."""
+    def refused(pid):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(decode_workers.os, "pidfd_open", refused, raising=False)
+    worker = DecodeWorker()
+    worker.reply_timeout_s = 300
+    assert worker.sentinel is None
+    assert read_frame_number(worker.read(str(numbered_video), ARGS, np.array([30]), (48, 64, 3))[0]) == 30
+    worker.process.kill()
+    worker.process.wait()
+    start = time.monotonic()
+    with pytest.raises(VideoError, match="decoding process died"):
+        worker.read(str(numbered_video), ARGS, np.array([60]), (48, 64, 3))
+    assert time.monotonic() - start < 20

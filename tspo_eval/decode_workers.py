@@ -124,6 +124,15 @@ def sweep_stale_blocks(folder: str | None = None) -> list[str]:
     return removed
 
 
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that turns readable when process `pid` ends; None where the system has none
+    (not Linux, or a sandbox without pidfd_open): the pipe's end of file then tells alone."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -154,7 +163,7 @@ class DecodeWorker:
             theirs.close()
         self.conn = Connection(ours.detach())
         # readable once the process has ended, whatever became of the pipe (Linux; else the pipe alone)
-        self.sentinel = os.pidfd_open(self.process.pid) if hasattr(os, "pidfd_open") else None
+        self.sentinel = _pidfd(self.process.pid)
         self.block: _Block | None = None
         self.opened: tuple | None = None  # the reader the worker has open (it then needs no index)
 
