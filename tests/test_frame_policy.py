@@ -263,8 +263,8 @@ def test_training_episodes_find_a_cache_built_with_their_sampling(mini_benchmark
     builder = EpisodeBuilder(videos, encoder, FeatureCache(tmp_path / "cache"), max_candidates=6, min_candidates=1,
                              decode_resize=True, extract=parse_extract(KNOBS))
     for video in sorted(videos.glob("*.mp4")):
-        episode = builder.build(Sample(id="s", video=video.name, kind="multiple_choice", question="q", prompt="q", answer="A"),
-                                np.random.default_rng(0))
+        sample = Sample(id="s", video=video.name, kind="multiple_choice", question="q", prompt="q", answer="A")
+        episode = builder.build(sample, np.random.default_rng(0))
         # the 10 s video's candidates capped to 6: what the cache holds under that sampling
         frames = episode.frame_numbers
         assert len(frames) == 6 and (np.diff(frames) > 0).all() and 0 <= frames[0] and frames[-1] < 100

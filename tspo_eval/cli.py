@@ -362,7 +362,7 @@ def _build_convert(p: argparse.ArgumentParser) -> None:
 
 def _build_evaluate(p: argparse.ArgumentParser) -> None:
     add_config_args(p, EvaluateConfig)
-    add_policy_args(p, exclude=("method", "loader"))  # every method runs under these; uniform under the backbone's loader
+    add_policy_args(p, exclude=("method", "loader"))  # for every method; uniform by the backbone's published loader
     add_extract_args(p)
     p.set_defaults(run=cmd_evaluate)
 

@@ -177,7 +177,8 @@ def parse_extract(raw: Mapping[str, Any], base: ExtractConfig | None = None, whe
     prefix = f"{where}: " if where else ""
     unknown = sorted(set(raw) - set(EXTRACT_KEYS))
     if unknown:
-        raise ValueError(f"{prefix}unknown extraction setting(s) {', '.join(unknown)}; valid: {', '.join(EXTRACT_KEYS)}")
+        raise ValueError(f"{prefix}unknown extraction setting(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(EXTRACT_KEYS)}")
     base = base or ExtractConfig()
     try:
         return dataclasses.replace(base, **_coerce_into(ExtractConfig, base, raw))
