@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,3 +356,29 @@ def test_select_data_with_the_llm_scores_the_prompt_train_llm_trains_on(numbered
     trained, _, _ = llm_grpo.frames_for(sample, llm_grpo.LLMTrainConfig(k=4, think=True), None)
     assert scored[0].prompt == trained.prompt and scored[0].prompt.endswith(llm_grpo.THINK_INSTRUCTION)
     assert scored[0].frame_numbers == trained.frame_numbers == [0, 99, 199, 299]  # linspace(0, 299, 4)
+
+
+@pytest.mark.parametrize("command, extra", [("train", ["--environment", "synthetic"]),
+                                            ("select-data", ["--data", "pool.jsonl"]), ("train-llm", [])])
+def test_training_commands_take_decode_resize_and_the_extraction_knobs(command, extra, tmp_path):
+    """Spelled as for every other command; a --config file's `extract` mapping, flags over it, and a
+    saved run's config.json reads back equal."""
+    from tspo_eval.cli import build_parser
+    from tspo_eval.policy import ExtractConfig
+    from tspo_eval.training.cli import config_with_file
+    from tspo_eval.training.config import LLMTrainConfig, TrainConfig, VarianceConfig
+
+    cls = {"train": TrainConfig, "select-data": VarianceConfig, "train-llm": LLMTrainConfig}[command]
+    (tmp_path / "run.yaml").write_text("extract:\n  readers: 3\n  backend: pyav\n")
+    ns = build_parser().parse_args([command, "--config", str(tmp_path / "run.yaml"), "--readers", "5",
+                                    "--decode-resize", *extra])
+    cfg = config_with_file(cls, ns)
+    assert cfg.extract == ExtractConfig(readers=5, backend="pyav") and cfg.decode_resize is True
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    again = config_with_file(cls, build_parser().parse_args([command, "--config", str(tmp_path / "config.json"),
+                                                             *extra]))
+    assert again == cfg
+    for bad, message in (("backend: pyv", "backend='pyv' is not one of"), ("reader: 4", "unknown extraction")):
+        (tmp_path / "bad.yaml").write_text(f"extract:\n  {bad}\n")
+        with pytest.raises(ValueError, match=message):
+            config_with_file(cls, build_parser().parse_args([command, "--config", str(tmp_path / "bad.yaml"), *extra]))

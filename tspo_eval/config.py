@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .policy import FramePolicy, parse_bool, parse_params
+from .policy import (
+    ExtractConfig,
+    FramePolicy,
+    add_extract_args,
+    extract_from_args,
+    parse_bool,
+    parse_extract,
+    parse_params,
+)
 
 # dtype names accepted by the command line and the training export; torch dtypes via torch_dtype()
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
@@ -75,6 +83,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: Sequenc
     for f in dataclasses.fields(cls):
         if f.name in exclude:
             continue
+        if hints[f.name] is ExtractConfig:  # a contained ExtractConfig: its knobs' flags, spelled as everywhere
+            add_extract_args(parser)
+            continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
@@ -108,6 +119,11 @@ def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
     """Build `cls` from parsed flags (dict fields from repeated KEY=VALUE)."""
     values = {}
     for f in dataclasses.fields(cls):
+        if typing.get_type_hints(cls)[f.name] is ExtractConfig:  # the file's (or default) knobs <- the flags
+            given = getattr(ns, f.name, None)
+            base = given if isinstance(given, ExtractConfig) else parse_extract(given or {}, where=f.name)
+            values[f.name] = extract_from_args(ns, base)
+            continue
         value = getattr(ns, f.name)
         origin = typing.get_origin(typing.get_type_hints(cls)[f.name])
         if isinstance(value, list) and origin is dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import add_config_args, config_from_args
+from ..policy import EXTRACT_KEYS
 from .config import ExportConfig, LLMTrainConfig, ToyConfig, TrainConfig, VarianceConfig
 
 _UNSET = object()
@@ -38,7 +39,7 @@ def config_with_file(cls: type, ns: argparse.Namespace) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{ns.config}: unknown field(s) {', '.join(unknown)}")
-    merged = argparse.Namespace()
+    merged = argparse.Namespace(**{k: getattr(ns, k) for k in EXTRACT_KEYS if hasattr(ns, k)})  # flags for `extract`
     for f in dataclasses.fields(cls):
         given = getattr(ns, f.name)
         if given is not _UNSET and given is not None:

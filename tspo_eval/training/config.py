@@ -18,6 +18,13 @@ from typing import Any, Literal
 import yaml
 
 from ..config import DTYPE_NAMES
+from ..policy import ExtractConfig, Sampling
+
+# The policy's own help for the one candidate-sampling setting training leaves free (fps is 1 and
+# the cap is max_candidates, the published training rule); extraction knobs: `extract`.
+_DECODE_RESIZE = {"help": next(f for f in dataclasses.fields(Sampling) if f.name == "decode_resize").metadata["help"]}
+_EXTRACT = {"help": "extraction speed knobs (--readers, --backend, ...: flags as for `tspo-eval extract`; "
+                    "in a --config file a mapping under `extract`)"}
 
 Objective = Literal["plackett-luce", "official"]
 
@@ -33,6 +40,8 @@ class TrainConfig:
     agent: str = field(default="random:clip-tiny", metadata={
         "help": "starting agent: CLIP ViT-L/14 dir (fresh head), TSPO-0.4B dir, or random:<config>"})
     cache: str = field(default="feature_cache", metadata={"help": "feature cache root"})
+    decode_resize: bool = field(default=False, metadata=_DECODE_RESIZE)
+    extract: ExtractConfig = field(default_factory=ExtractConfig, metadata=_EXTRACT)
     output_dir: str = field(default="runs/tspo", metadata={"help": "checkpoints, TensorBoard logs, metrics"})
     environment: Literal["synthetic", "backbone"] = field(default="backbone", metadata={
         "help": "answerer: a frozen video LLM, or the synthetic one (right iff a chosen frame shows the target)"})
@@ -124,6 +133,8 @@ class LLMTrainConfig:
         "help": "uniform: linspace over all frames (lmms-eval); agent: the agent's top-k"})
     agent: str = field(default="random:clip-tiny", metadata={"help": "agent for frames=agent"})
     cache: str = field(default="feature_cache", metadata={"help": "feature cache root (frames=agent)"})
+    decode_resize: bool = field(default=False, metadata=_DECODE_RESIZE)
+    extract: ExtractConfig = field(default_factory=ExtractConfig, metadata=_EXTRACT)
     k: int = field(default=16, metadata={"help": "frames per question"})
     think: bool = field(default=False, metadata={"help": "append the <think>/<answer> instruction to prompts"})
     rollouts: int = field(default=8, metadata={"help": "G: sampled answers per question"})
@@ -176,6 +187,8 @@ class VarianceConfig:
                                       metadata={"help": "reward name=weight"})
     agent: str = field(default="random:clip-tiny", metadata={"help": "agent (policy=agent, or frames=agent)"})
     cache: str = field(default="feature_cache", metadata={"help": "feature cache root"})
+    decode_resize: bool = field(default=False, metadata=_DECODE_RESIZE)
+    extract: ExtractConfig = field(default_factory=ExtractConfig, metadata=_EXTRACT)
     k: int = field(default=16, metadata={"help": "frames per rollout / per LLM query"})
     tau: float = field(default=0.025, metadata={"help": "agent temperature of the rollouts"})
     environment: Literal["synthetic", "backbone"] = field(default="backbone", metadata={

@@ -262,7 +262,8 @@ def agent_chooser(cfg: LLMTrainConfig, root: str | None, device: torch.device):
     from .data import EpisodeBuilder
 
     agent = load_agent(cfg.agent, device=device)
-    builder = EpisodeBuilder(root, agent.encoder, FeatureCache(cfg.cache))
+    builder = EpisodeBuilder(root, agent.encoder, FeatureCache(cfg.cache), decode_resize=cfg.decode_resize,
+                             extract=cfg.extract)
 
     def choose(sample: Sample) -> np.ndarray:
         ep = builder.build(sample, np.random.default_rng(0))

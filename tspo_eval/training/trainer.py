@@ -327,7 +327,7 @@ def run_training(cfg: TrainConfig) -> list[dict[str, float]]:
         pool = [str(root / line.strip()) for line in Path(cfg.distractor_videos).read_text().splitlines() if line.strip()]
     builder = EpisodeBuilder(cfg.video_root, agent.encoder, FeatureCache(cfg.cache), cfg.max_candidates,
                              cfg.min_candidates, cfg.distractors, cfg.clip_len, cfg.max_repeats,
-                             distractor_videos=pool)
+                             distractor_videos=pool, decode_resize=cfg.decode_resize, extract=cfg.extract)
     failed = builder.prepare(samples, progress=distributed.rank() == 0)
     kept = [s for s in samples if builder.path(s) not in failed]
     if failed and distributed.rank() == 0:

@@ -76,7 +76,8 @@ def agent_group_rewards(cfg: VarianceConfig, samples: list[Sample]) -> Callable[
 
     device = distributed.local_device()
     agent = load_agent(cfg.agent, device=device)
-    builder = EpisodeBuilder(cfg.video_root, agent.encoder, FeatureCache(cfg.cache))
+    builder = EpisodeBuilder(cfg.video_root, agent.encoder, FeatureCache(cfg.cache), decode_resize=cfg.decode_resize,
+                             extract=cfg.extract)
     builder.prepare(samples, progress=distributed.rank() == 0)
     options = {"device": device} if cfg.environment == "backbone" else {}
     environment = build_environment(cfg.environment, cfg.backbone, cfg.backbone_path, cfg.answer_from, 16, **options)
