@@ -99,6 +99,25 @@ def _generate(root: Path, spec: NeedleBenchmark) -> tuple[list[Question], Path]:
 
 
 @contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block on `n` intra-op threads (None: unchanged)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# A CLIP this small (the tiny random one has 3.5M parameters, ViT-L/14 430M) gains nothing from
+# intra-op threads, whose spinning takes the cores the decoders need: measured 15 s instead of
+# 32-38 s for 20 videos on a busy 2-core machine.  The head (120 x 64 tensors) trains on one
+# thread for the same reason (6 s instead of 47 s).
+SMALL_MODEL_PARAMETERS = 50_000_000
+
+
+@contextmanager
 def _head(agent: TemporalAgent, state: dict[str, torch.Tensor] | None) -> Iterator[TemporalAgent]:
     """The agent with another head's weights (None: its own) for the duration of the block."""
     if state is None:
@@ -155,15 +174,17 @@ class _Demo:
         training rule (1 fps, at most 128) through the episode builder."""
         torch.manual_seed(self.cfg.seed)  # a plain CLIP directory as base_agent gets the same fresh head every run
         self.agent = load_agent(self.cfg.agent or self.cfg.base_agent)
-        report = extract_videos([self.video(q) for q in self.questions], self.agent.encoder, self.cache,
-                                self.policy.sampling, self.extract_cfg)
-        failed = dict(report.failed)
-        if self.train:
-            self.builder = EpisodeBuilder(None, self.agent.encoder, self.cache, extract=self.extract_cfg)
-            samples = [sample_from_question(q, resolve_video(self.train_root, q.video_name, "lvbench"))
-                       for q in self.train_questions]
-            failed.update(self.builder.prepare(samples, progress=True))
-            self.samples = [s for s in samples if self.builder.path(s) not in failed]
+        small = sum(p.numel() for p in self.agent.parameters()) < SMALL_MODEL_PARAMETERS
+        with _torch_threads(1 if small else None):
+            report = extract_videos([self.video(q) for q in self.questions], self.agent.encoder, self.cache,
+                                    self.policy.sampling, self.extract_cfg)
+            failed = dict(report.failed)
+            if self.train:
+                self.builder = EpisodeBuilder(None, self.agent.encoder, self.cache, extract=self.extract_cfg)
+                samples = [sample_from_question(q, resolve_video(self.train_root, q.video_name, "lvbench"))
+                           for q in self.train_questions]
+                failed.update(self.builder.prepare(samples, progress=True))
+                self.samples = [s for s in samples if self.builder.path(s) not in failed]
         for why in sorted(failed.values()):
             print(f"      FAILED {why}")
 
@@ -182,12 +203,8 @@ class _Demo:
         self.heads[UNTRAINED] = {k: v.clone() for k, v in self.agent.selector.state_dict().items()}
         trainer = Trainer(train_cfg, self.agent, self.samples, self.builder, SyntheticEnvironment(),
                           torch.device("cpu"))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # (T, D) = (120, 64) tensors: threads cost more than they save (6 s vs 47 s)
-        try:
+        with _torch_threads(1):  # see SMALL_MODEL_PARAMETERS
             self.history = trainer.train()
-        finally:
-            torch.set_num_threads(threads)
         self.heads[TRAINED] = {k: v.clone() for k, v in self.agent.selector.state_dict().items()}
         export_agent(self.agent, self.out / "agent", dtype=torch.float32)
         episodes = [self.builder.build(s, np.random.default_rng(0)) for s in self.samples]
