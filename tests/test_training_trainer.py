@@ -222,3 +222,17 @@ def test_toy_beginning_learns_to_look_at_the_start(tmp_path):
         assert (out / name).stat().st_size > 500, name
     agent = TemporalAgent.from_pretrained(out / "agent")  # the trained toy agent, released layout
     assert agent.tau == 0.025
+
+
+def test_metrics_go_to_jsonl_when_tensorboard_is_missing(tmp_path, monkeypatch, caplog):
+    """A plain `pip install` has no tensorboard: training (and so `tspo-eval demo`) still runs."""
+    import sys
+
+    from tspo_eval.training.trainer import log_metrics, metrics_writer
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError
+    writer = metrics_writer(tmp_path, 0)
+    assert writer is None and "tensorboard is not installed" in caplog.text
+    log_metrics(writer, tmp_path, {"step": 1, "reward": 0.5})
+    assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        {"step": 1, "reward": 0.5}]

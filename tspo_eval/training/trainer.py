@@ -87,9 +87,15 @@ def step_samples(cfg: TrainConfig, step: int, num_samples: int, rank: int, world
 
 
 def metrics_writer(out: Path, start_step: int):
-    """TensorBoard writer of `out/tensorboard`, dropping what a resumed run will redo."""
-    from torch.utils.tensorboard import SummaryWriter
-
+    """TensorBoard writer of `out/tensorboard`, dropping what a resumed run will redo; None
+    (metrics.jsonl only, with a warning) where tensorboard is not installed, e.g. a plain
+    `pip install` running `tspo-eval demo`."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed (pip install tensorboard, or the [train] extra): "
+                    "metrics go to %s only", out / "metrics.jsonl")
+        return None
     return SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
 
 
@@ -97,7 +103,7 @@ def log_metrics(writer, out: Path, metrics: dict[str, float]) -> None:
     """One step's metrics: TensorBoard scalars `train/<name>` and a line of `out/metrics.jsonl`."""
     step = int(metrics["step"])
     for key, value in metrics.items():
-        if key != "step" and np.isfinite(value):
+        if writer is not None and key != "step" and np.isfinite(value):
             writer.add_scalar(f"train/{key}", value, step)
     with (out / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps(metrics) + "\n")
