@@ -171,7 +171,8 @@ class DemoConfig:
     lr: float = field(default=5e-3, metadata={
         "help": "AdamW learning rate (above the paper's 5e-4: a tiny random CLIP separates frames weakly)"})
     examples: int = field(default=3, metadata={"help": "held-out questions drawn as timelines and frame rows"})
-    seed: int = field(default=0, metadata={"help": "seed of the videos, the head's training and the intervals"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the videos and of the head's training (the intervals' bootstrap: fixed seed 0)"})
 
     def __post_init__(self) -> None:
         if min(self.train_videos, self.heldout_videos, self.steps) < 1 or self.examples < 0:
