@@ -165,8 +165,8 @@ def parse_policy(raw: Mapping[str, Any], base: FramePolicy | None = None, where:
                          f"valid: {', '.join(POLICY_KEYS)}")
     base = base or FramePolicy()
     try:
-        cand = _coerce_into(Sampling, base.sampling, {k: v for k, v in raw.items() if k in _SAMPLING_KEYS})
-        values = _coerce_into(FramePolicy, base, {k: v for k, v in raw.items() if k not in _SAMPLING_KEYS})
+        cand = _coerce_into(Sampling, {k: v for k, v in raw.items() if k in _SAMPLING_KEYS})
+        values = _coerce_into(FramePolicy, {k: v for k, v in raw.items() if k not in _SAMPLING_KEYS})
         return dataclasses.replace(base, **values, sampling=dataclasses.replace(base.sampling, **cand))
     except (ValueError, TypeError) as err:
         raise ValueError(f"{prefix}{err}") from None
@@ -181,7 +181,7 @@ def parse_extract(raw: Mapping[str, Any], base: ExtractConfig | None = None, whe
                          f"valid: {', '.join(EXTRACT_KEYS)}")
     base = base or ExtractConfig()
     try:
-        return dataclasses.replace(base, **_coerce_into(ExtractConfig, base, raw))
+        return dataclasses.replace(base, **_coerce_into(ExtractConfig, raw))
     except (ValueError, TypeError) as err:
         raise ValueError(f"{prefix}{err}") from None
 
@@ -333,12 +333,12 @@ def coerce_fields(cls: type, raw: Mapping[str, Any], where: str = "") -> dict[st
     """`raw`'s values as the field hints of the dataclass `cls` require (typed, or strings from a
     command line / model arguments); ValueError naming the key (and `where`)."""
     try:
-        return _coerce_into(cls, None, raw)
+        return _coerce_into(cls, raw)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{where}: {err}" if where else str(err)) from None
 
 
-def _coerce_into(cls: type, base: Any, raw: Mapping[str, Any]) -> dict[str, Any]:
+def _coerce_into(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {k: _coerce(k, hints[k], v) for k, v in raw.items()}
 
