@@ -119,6 +119,11 @@ def test_model_args_take_the_policy_and_extraction_keys_and_fail_before_weights(
     assert args.policy == FramePolicy("uniform", 8, official=True, loader="qwen2_5_vl",
                                       sampling=Sampling(2.0, 8, True))
     assert args.extract.to_args() == KNOBS
+    # official: the published Qwen2.5-VL time (no fps: pairs 2 fps apart) unless asked otherwise
+    assert args.time_encoding == "none"
+    assert models.parse_model_args("qwen_2_5_vl_tspo", {}).time_encoding is None  # the backbone's own: real
+    assert models.parse_model_args("qwen_2_5_vl_tspo", {"official": "true", "time_encoding": "real"}
+                                   ).time_encoding == "real"
     with pytest.raises(ValueError, match="qwen_2_5_vl_tspo: method='tspoo'"):
         models.parse_model_args("qwen_2_5_vl_tspo", {"method": "tspoo"})
     with pytest.raises(ValueError, match="unknown model_args frames.*decode_resize"):

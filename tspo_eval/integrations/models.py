@@ -30,6 +30,9 @@ BACKBONE_OPTIONS = {
 # The published evaluation scripts (evaluation/*llava_video.sh) run LLaVA-Video with
 # conv_template=chatml_direct, for uniform and TSPO alike; the backbone's own default is qwen_1_5.
 BACKBONE_DEFAULTS = {"llava_video": {"conv_template": "chatml_direct"}, "qwen2_5_vl": {}}
+# Under `official` (what the published code does), backbone options not given take the published
+# behaviour: the Qwen2.5-VL wrapper passes no fps, so frame pairs sit 2 fps apart (`time_encoding=none`).
+OFFICIAL_DEFAULTS = {"llava_video": {}, "qwen2_5_vl": {"time_encoding": "none"}}
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,9 @@ def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
     args.policy = parse_policy(policy_raw, FramePolicy(method=flavour.method, loader=flavour.backbone), model_name)
     args.extract = parse_extract(extract_raw, where=model_name)
     args.pretrained = args.pretrained or flavour.pretrained
-    for option, value in BACKBONE_DEFAULTS[flavour.backbone].items():
+    defaults = {**BACKBONE_DEFAULTS[flavour.backbone],
+                **(OFFICIAL_DEFAULTS[flavour.backbone] if args.policy.official else {})}
+    for option, value in defaults.items():
         if getattr(args, option) is None:
             setattr(args, option, value)
     _check_paths(model_name, args)
