@@ -387,3 +387,16 @@ def test_training_commands_take_decode_resize_and_the_extraction_knobs(command, 
         (tmp_path / "bad.yaml").write_text(f"extract:\n  {bad}\n")
         with pytest.raises(ValueError, match=message):
             config_with_file(cls, build_parser().parse_args([command, "--config", str(tmp_path / "bad.yaml"), *extra]))
+
+
+def test_question_frames_answers_frame_numbers_and_timestamps(numbered_video):
+    """The one-question form of the planner: 300 frames at 29.97 fps, uniform K = 4 over all of them."""
+    from tspo_eval import FramePolicy as PublicPolicy, question_frames
+    from tspo_eval.selections import QuestionRef
+
+    ref = QuestionRef("q", "lvbench", str(numbered_video), "what?")
+    chosen = question_frames(ref, PublicPolicy("uniform", 4))
+    assert chosen.frame_numbers == [0, 99, 199, 299]  # linspace(0, 299, 4) truncated
+    assert np.allclose(chosen.timestamps, np.array([0, 99, 199, 299]) * 1001 / 30000)
+    official = question_frames(ref, PublicPolicy("uniform", 16, official=True))  # 10 one-fps frames <= 16
+    assert official.frame_numbers == list(range(0, 300, 30))
