@@ -37,6 +37,7 @@ from .agent import TemporalAgent, load_agent
 from .benchmarks import Question, load_benchmark, resolve_video
 from .cache import FeatureCache
 from .config import DEMO_POLICY, DemoConfig
+from .distributed import local_device
 from .extract import extract_videos, video_features
 from .plots import Panel, comparison_chart, method_frames, method_timelines, reward_curve
 from .policy import ExtractConfig, FramePolicy
@@ -173,7 +174,11 @@ class _Demo:
         """Held-out candidates at the evaluation's sampling; training ones at the published
         training rule (1 fps, at most 128) through the episode builder."""
         torch.manual_seed(self.cfg.seed)  # a plain CLIP directory as base_agent gets the same fresh head every run
-        self.agent = load_agent(self.cfg.agent or self.cfg.base_agent)
+        # An agent to evaluate (a released TSPO-0.4B: CLIP ViT-L/14) runs on this process's GPU when
+        # there is one, as `tspo-eval select` does; the trained one stays on the CPU with its trainer.
+        device = local_device() if self.cfg.agent else torch.device("cpu")
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.agent = load_agent(self.cfg.agent or self.cfg.base_agent, torch_dtype=dtype, device=device)
         small = sum(p.numel() for p in self.agent.parameters()) < SMALL_MODEL_PARAMETERS
         with _torch_threads(1 if small else None):
             report = extract_videos([self.video(q) for q in self.questions], self.agent.encoder, self.cache,
