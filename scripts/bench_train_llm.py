@@ -126,6 +126,9 @@ def main() -> int:
     ap.add_argument("--side", type=int, default=448, help="video frame side (448: 256 tokens per frame pair)")
     ap.add_argument("--seconds", type=int, default=64, help="video length, 2 fps")
     ap.add_argument("--loss-atol", type=float, default=2e-3, help="plain vs DeepSpeed step-1 loss tolerance")
+    ap.add_argument("--num-processes", type=int, default=1,
+                    help="ranks of the DeepSpeed runs; the plain run (one process) then accumulates that many "
+                         "questions per step, so both take the same questions per optimiser step")
     ap.add_argument("--run-timeout", type=float, default=240, help="seconds allowed per train-llm process")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_train_llm")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "bench_train_llm.json")
@@ -143,12 +146,14 @@ def main() -> int:
     train = ["-m", "tspo_eval.cli", "train-llm", "--backbone", "qwen2_5_vl", "--backbone-path", str(model_dir),
              "--data", str(data), "--finetune", "lora", "--k", str(k), "--rollouts", str(a.rollouts),
              "--max-new-tokens", str(new_tokens), "--max-steps", str(a.steps), "--save-every", "1", "--think",
+             "--epochs", str(a.steps),
              *(["--gradient-checkpointing"] if checkpointing else [])]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "scripts/accelerate/deepspeed.yaml"), "--deepspeed_config_file",
-              str(ROOT / "scripts/deepspeed/zero2.json"), "--num_processes", "1", "--num_machines", "1",
+              str(ROOT / "scripts/deepspeed/zero2.json"), "--num_processes", str(a.num_processes), "--num_machines", "1",
               "--main_process_port", "29517"]
-    runs = {"plain": run("plain", [sys.executable, *train, "--output-dir", str(work / "plain")], work, a.run_timeout),
+    plain_cmd = [sys.executable, *train, "--grad-accum", str(a.num_processes), "--output-dir", str(work / "plain")]
+    runs = {"plain": run("plain", plain_cmd, work, a.run_timeout),
             "deepspeed": run("deepspeed", [*launch, *train, "--output-dir", str(work / "deepspeed")], work,
                              a.run_timeout)}
     first = work / "deepspeed" / "checkpoints" / "step-000001"
@@ -184,7 +189,7 @@ def main() -> int:
     result = {
         "bench": "train_llm", "size": a.size, "device": torch.cuda.get_device_name() if torch.cuda.is_available()
         else platform.processor() or "cpu", "versions": {"torch": torch.__version__, **_versions()},
-        "config": {"k": k, "rollouts": a.rollouts, "max_new_tokens": new_tokens, "steps": a.steps, "side": a.side,
+        "config": {"num_processes": a.num_processes, "k": k, "rollouts": a.rollouts, "max_new_tokens": new_tokens, "steps": a.steps, "side": a.side,
                    "video_seconds": a.seconds, "finetune": "lora", "lora_r": 16, "think": True,
                    "gradient_checkpointing": checkpointing},
         "setup_s": round(setup_s, 1), "plain": step_summary(plain), "deepspeed": step_summary(ds),
