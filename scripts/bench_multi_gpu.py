@@ -108,7 +108,9 @@ def part_train(a: argparse.Namespace) -> dict:
     data = _training_rows(root)
     steps = 3 if a.cpu else a.train_steps
     agent = "random:clip-tiny" if a.cpu else a.train_agent
-    result: dict = {"agent": agent, "steps": steps, "ranks": a.nproc, "environment": "synthetic"}
+    result: dict = {"agent": agent, "steps": steps, "ranks": a.nproc, "environment": "synthetic",
+                    "note": "synthetic environment: a step is the head's rollouts + update only (no answering "
+                            "LLM), so steps/s measures the DDP overhead, not the 7B answering speed-up"}
     runs = {}
     for ranks in (1, a.nproc):  # the 1-rank run first: it fills the feature cache both share
         out = work / f"ranks{ranks}"
@@ -137,9 +139,11 @@ def part_train(a: argparse.Namespace) -> dict:
     if heads and single_path.is_file():
         single = load_file(str(single_path))
         diff = max(float((heads[0][k] - single[k]).abs().max()) for k in single)
-        scale = max(float(v.abs().max()) for v in single.values())
+        differing = sum(int((heads[0][k] != single[k]).sum()) for k in single)
         checks["equals_one_rank_with_accumulation"] = {
-            "ok": diff <= a.head_atol, "max_abs_diff": diff, "atol": a.head_atol, "max_abs_weight": scale,
+            "ok": all(torch.allclose(heads[0][k], single[k], rtol=a.head_rtol, atol=a.head_atol) for k in single),
+            "max_abs_diff": diff, "rtol": a.head_rtol, "atol": a.head_atol, "differing_elements": differing,
+            "elements": sum(v.numel() for v in single.values()),
             "bit_identical": all(torch.equal(heads[0][k], single[k]) for k in single)}
     if all(runs[r].get("steps_per_s") for r in runs):
         result["speedup_steps_per_s"] = round(runs[a.nproc]["steps_per_s"] / runs[1]["steps_per_s"], 3)
@@ -228,8 +232,9 @@ def main() -> int:
     ap.add_argument("--run-timeout", type=float, default=150, help="seconds allowed per launched command")
     ap.add_argument("--train-steps", type=int, default=40)
     ap.add_argument("--train-agent", default="random:clip-vit-l-14")
-    ap.add_argument("--head-atol", type=float, default=1e-2,
-                    help="N ranks vs 1 rank with accumulation: max abs head difference allowed (bf16 on GPUs)")
+    ap.add_argument("--head-rtol", type=float, default=1.6e-2,
+                    help="N ranks vs 1 rank with accumulation: allclose rtol (bf16 heads on GPUs: ~2 ulps)")
+    ap.add_argument("--head-atol", type=float, default=1e-3, help="allclose atol of the same comparison")
     ap.add_argument("--extract-videos", type=int, default=8)
     ap.add_argument("--extract-agent", default="random:clip-vit-l-14")
     a = ap.parse_args()

@@ -87,3 +87,14 @@ def test_full_finetuning_moves_the_language_model_but_not_the_vision_tower(sampl
     assert any(n.startswith("model.layers.") for n in moved) and "lm_head.weight" in moved
     assert not any(n.startswith(("model.vision_tower", "model.mm_projector")) for n in moved)
     assert history[0]["kl"] == 0 and np.isfinite(history[-1]["loss"])
+
+
+def test_step_metrics_pool_lists_of_different_lengths():
+    """With grad_accum 2 a step has two losses but one grad_norm (at the optimiser step); NaNs are left out."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    trainer = SimpleNamespace(accelerator=Accelerator(cpu=True))
+    metrics = LLMTrainer.reduce(trainer, {"loss": [1.0, float("nan"), 4.0], "grad_norm": [0.5], "kl": []})
+    assert metrics["loss"] == 2.5 and metrics["grad_norm"] == 0.5 and np.isnan(metrics["kl"])

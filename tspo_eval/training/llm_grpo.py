@@ -405,11 +405,9 @@ class LLMTrainer:
 
     def reduce(self, stats: dict[str, list[float]]) -> dict[str, float]:
         """Mean over this rank's questions, then over ranks; NaNs (not applicable) are left out."""
-        keys = sorted(stats)
-        values = np.array([stats[k] for k in keys], dtype=np.float64)
-        finite = np.isfinite(values)
-        pairs = torch.tensor(np.stack([np.where(finite, values, 0).sum(1), finite.sum(1)], 1),
-                             device=self.accelerator.device)
+        keys = sorted(stats)  # lists may differ in length: grad_norm comes once per step, not per question
+        finite = [np.asarray(stats[k], dtype=np.float64)[np.isfinite(stats[k])] for k in keys]
+        pairs = torch.tensor([[v.sum(), v.size] for v in finite], dtype=torch.float64, device=self.accelerator.device)
         pairs = self.accelerator.reduce(pairs, "sum").cpu()
         return {k: float(s / c) if c else float("nan") for k, (s, c) in zip(keys, pairs.tolist())}
 
