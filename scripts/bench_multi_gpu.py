@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,10 +46,13 @@ def _launch(nproc: int, port: int, args: list[str], log: Path, cpu: bool, limit:
     with log.open("a") as fh:
         fh.write(f"\n$ {' '.join(command)}\n")
         fh.flush()
+        proc = subprocess.Popen(command, cwd=ROOT, env=_env(cpu), stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own group: a timeout ends the workers too
         try:
-            code = subprocess.run(command, cwd=ROOT, env=_env(cpu), stdout=fh, stderr=subprocess.STDOUT,
-                                  timeout=limit).returncode
+            code = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             code = "timeout"
     return {"command": " ".join(command), "returncode": code, "wall_s": round(time.perf_counter() - start, 2)}
 

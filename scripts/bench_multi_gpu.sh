@@ -30,7 +30,7 @@ if [[ -n "${MULTI_GPU_CPU:-}" ]]; then
   nproc=2 cpu=(--cpu) llm=(--size tiny --device cpu --steps 2 --rollouts 2 --seconds 8 --side 112)
   t_train=600 t_extract=600 t_llm=900
 else
-  nproc=${NPROC:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+  nproc=${NPROC:-$("$python" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
   cpu=() llm=(--size tiny --steps 3)  # tiny Qwen2.5-VL: the 7B run takes longer than this call allows
   t_train=${T_TRAIN:-100} t_extract=${T_EXTRACT:-140} t_llm=${T_LLM:-180}
 fi
