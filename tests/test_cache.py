@@ -98,7 +98,9 @@ def _writer(root: str, seed: int, rounds: int) -> None:
         cache.put_video(key, entry(t=50, seed=seed * 1000 + i))
 
 
-def test_concurrent_writers_never_leave_a_partial_entry(tmp_path):
+def test_concurrent_writers_never_leave_a_partial_entry(tmp_path, caplog):
+    """Readers racing two writers see whole entries only: never a false "damaged" entry (reading
+    one file's metadata with another's tensors), so they never delete a writer's new entry."""
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), s, 30)) for s in (1, 2)]
     for p in procs:
@@ -116,3 +118,28 @@ def test_concurrent_writers_never_leave_a_partial_entry(tmp_path):
         assert p.exitcode == 0
     assert cache.get_video(key).features.shape == (50, 8)
     assert not list(tmp_path.rglob("*.tmp"))
+    assert "damaged" not in caplog.text
+
+
+def test_a_damaged_entry_replaced_while_read_keeps_the_new_one(tmp_path, monkeypatch):
+    """Deterministic form of the race: the reader finds a damaged entry, a writer replaces it with a
+    whole one before the reader removes it; the whole one must stay."""
+    import tspo_eval.cache as cache_module
+
+    cache = FeatureCache(tmp_path)
+    key = video_key("fp", "enc-a", Sampling(1.0, None))
+    path = cache.put_video(key, entry(seed=1))
+    raw = bytearray(path.read_bytes())
+    raw[-4:] = bytes(b ^ 0xFF for b in raw[-4:])  # flip the last feature bytes: checksum mismatch
+    path.write_bytes(bytes(raw))
+    read_entry = cache_module._read_entry
+
+    def read_then_writer_replaces(p):
+        got = read_entry(p)
+        FeatureCache(tmp_path).put_video(key, entry(seed=2))  # the writer lands after our read
+        return got
+
+    monkeypatch.setattr(cache_module, "_read_entry", read_then_writer_replaces)
+    assert cache.get_video(key) is None  # what we read was damaged
+    monkeypatch.setattr(cache_module, "_read_entry", read_entry)
+    torch.testing.assert_close(cache.get_video(key).features, entry(seed=2).features, rtol=0, atol=0)

@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from .policy import Sampling
@@ -100,6 +101,33 @@ def _checked(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str
     return tensors
 
 
+def _read_entry(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], os.stat_result]:
+    """Tensors, metadata and identity of one entry file, all read through one open file.
+
+    `safe_open` re-opens the path for the tensors, so a writer replacing the entry between its
+    metadata and its tensors mixed two files (a false checksum mismatch, and the reader then
+    deleted the new, whole entry). One read of one inode cannot mix them.
+    """
+    with path.open("rb") as fh:
+        data = fh.read()
+        identity = os.fstat(fh.fileno())
+    if len(data) < 8:
+        raise ValueError("truncated header")
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    return load_safetensors(data), header.get("__metadata__") or {}, identity
+
+
+def _remove_if_same(path: Path, identity: os.stat_result | None) -> None:
+    """Remove a damaged entry, unless a writer has meanwhile replaced it with another file."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return
+    if identity is None or (now.st_ino, now.st_dev) == (identity.st_ino, identity.st_dev):
+        path.unlink(missing_ok=True)
+
+
 def _pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -147,10 +175,10 @@ class FeatureCache:
         path = self._video_path(key)
         if not path.is_file():
             return None
+        identity = None
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-                tensors = {name: fh.get_tensor(name) for name in ("features", "frame_numbers", "timestamps")}
+            loaded, meta, identity = _read_entry(path)
+            tensors = {name: loaded[name] for name in ("features", "frame_numbers", "timestamps")}
             if meta.get("key") != key or meta.get("format") != FORMAT:
                 raise ValueError("metadata does not match the requested key")
             _checked(tensors, meta)
@@ -164,9 +192,11 @@ class FeatureCache:
                 fps=float(meta["fps"]), num_frames=int(meta["num_frames"]), encoder=meta["encoder"],
                 fingerprint=meta["fingerprint"], video=meta["video"],
             )
+        except FileNotFoundError:  # removed between the check and the read
+            return None
         except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
             log.warning("damaged cache entry %s (%s): removing it; it will be recomputed", path, err)
-            path.unlink(missing_ok=True)
+            _remove_if_same(path, identity)
             return None
 
     def put_video(self, key: str, entry: VideoFeatures) -> Path:
@@ -187,15 +217,17 @@ class FeatureCache:
         for text in dict.fromkeys(texts):
             key, path = self._text_path(encoder, text)
             if path.is_file():
+                identity = None
                 try:
-                    with safe_open(str(path), framework="pt") as fh:
-                        meta = fh.metadata() or {}
-                        if meta.get("key") == key:
-                            found[text] = _checked({"features": fh.get_tensor("features")}, meta)["features"]
-                            continue
-                except (SafetensorError, OSError, ValueError) as err:
+                    loaded, meta, identity = _read_entry(path)
+                    if meta.get("key") == key:
+                        found[text] = _checked({"features": loaded["features"]}, meta)["features"]
+                        continue
+                except FileNotFoundError:  # removed between the check and the read: compute it
+                    pass
+                except (SafetensorError, OSError, ValueError, KeyError) as err:
                     log.warning("damaged cache entry %s (%s): recomputing", path, err)
-                path.unlink(missing_ok=True)
+                _remove_if_same(path, identity)
         missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             for text, feats in zip(missing, compute(missing)):
