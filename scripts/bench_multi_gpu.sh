@@ -32,7 +32,7 @@ if [[ -n "${MULTI_GPU_CPU:-}" ]]; then
 else
   nproc=${NPROC:-$("$python" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
   cpu=() llm=(--size tiny --steps 3)  # tiny Qwen2.5-VL: the 7B run takes longer than this call allows
-  t_train=${T_TRAIN:-100} t_extract=${T_EXTRACT:-140} t_llm=${T_LLM:-180}
+  t_train=${T_TRAIN:-100} t_extract=${T_EXTRACT:-160} t_llm=${T_LLM:-170}
 fi
 common=(--nproc "$nproc" --work "$work" --log "$log" "${cpu[@]}")
 echo "== $(date -u +%T) train (limit ${t_train}s)" | tee -a "$log"
@@ -40,7 +40,7 @@ timeout -k 10 "$t_train" "$python" scripts/bench_multi_gpu.py train "${common[@]
   >> "$log" 2>&1 || echo "train part exited $?" | tee -a "$log"
 echo "== $(date -u +%T) extract (limit ${t_extract}s)" | tee -a "$log"
 timeout -k 10 "$t_extract" "$python" scripts/bench_multi_gpu.py extract "${common[@]}" \
-  --run-timeout $((t_extract / 2 - 5)) >> "$log" 2>&1 || echo "extract part exited $?" | tee -a "$log"
+  --run-timeout $((t_extract / 3 - 5)) >> "$log" 2>&1 || echo "extract part exited $?" | tee -a "$log"
 echo "== $(date -u +%T) deepspeed (limit ${t_llm}s)" | tee -a "$log"
 timeout -k 10 "$t_llm" "$python" scripts/bench_train_llm.py "${llm[@]}" --num-processes "$nproc" \
   --run-timeout $((t_llm * 3 / 10)) --workdir "$work/llm" --out "$out/train_llm_multi.json" \
