@@ -165,7 +165,7 @@ def part_extract(a: argparse.Namespace) -> dict:
     agent = "random:clip-tiny" if a.cpu else a.extract_agent
     result: dict = {"agent": agent, "videos": len(videos), "ranks": a.nproc}
     runs, checks = {}, {}
-    for ranks in (1, a.nproc):
+    for ranks in dict.fromkeys((1, a.nproc)):  # one run when N = 1 (a single-GPU baseline)
         cache = work / f"cache{ranks}"
         args = ["-m", "tspo_eval.cli", "extract", "--benchmark", "lvbench", "--annotations",
                 str(root / "LVBench.tsv"), "--videos", str(root / "videos"), "--agent", agent, "--cache", str(cache)]
