@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from .decode_workers import pid_running
 from .policy import Sampling
 
 log = logging.getLogger(__name__)
@@ -126,16 +127,6 @@ def _remove_if_same(path: Path, identity: os.stat_result | None) -> None:
         return
     if identity is None or (now.st_ino, now.st_dev) == (identity.st_ino, identity.st_dev):
         path.unlink(missing_ok=True)
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _hash(payload: dict) -> str:
@@ -250,7 +241,7 @@ class FeatureCache:
             match = _TMP_NAME.fullmatch(tmp.name)
             try:
                 stale = now - tmp.stat().st_mtime > _STALE_TMP_S or (
-                    match is not None and match["host"] == _HOST and not _pid_running(int(match["pid"])))
+                    match is not None and match["host"] == _HOST and not pid_running(int(match["pid"])))
                 if stale:
                     tmp.unlink()
                     removed.append(tmp)

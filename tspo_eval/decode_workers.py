@@ -104,7 +104,7 @@ def sweep_stale_blocks(folder: str | None = None) -> list[str]:
     removed = []
     for name in names:
         match = _BLOCK_NAME.match(name)
-        if match is None or _running(int(match.group(1))):
+        if match is None or pid_running(int(match.group(1))):
             continue
         path = os.path.join(folder, name)
         try:
@@ -133,7 +133,8 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether process `pid` of this machine still runs (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
