@@ -27,7 +27,7 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -152,17 +152,22 @@ POLICY_KEYS = tuple(f.name for f in dataclasses.fields(FramePolicy) if f.name !=
 EXTRACT_KEYS = tuple(f.name for f in dataclasses.fields(ExtractConfig))
 
 
+def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], what: str, where: str) -> str:
+    """The error prefix for `where`; ValueError naming any key of `raw` not in `valid`."""
+    prefix = f"{where}: " if where else ""
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ValueError(f"{prefix}unknown {what} setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return prefix
+
+
 def parse_policy(raw: Mapping[str, Any], base: FramePolicy | None = None, where: str = "") -> FramePolicy:
     """A checked `FramePolicy` from flat keys (POLICY_KEYS); values may be typed or strings
     ("32", "true", "none", "preset=tspo;t1=0.5").  Keys not given keep `base`'s values.
 
     An unknown key or a bad value raises ValueError naming it (and `where`, e.g. the model name).
     """
-    prefix = f"{where}: " if where else ""
-    unknown = sorted(set(raw) - set(POLICY_KEYS))
-    if unknown:
-        raise ValueError(f"{prefix}unknown frame policy setting(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(POLICY_KEYS)}")
+    prefix = _check_keys(raw, POLICY_KEYS, "frame policy", where)
     base = base or FramePolicy()
     try:
         cand = _coerce_into(Sampling, {k: v for k, v in raw.items() if k in _SAMPLING_KEYS})
@@ -174,11 +179,7 @@ def parse_policy(raw: Mapping[str, Any], base: FramePolicy | None = None, where:
 
 def parse_extract(raw: Mapping[str, Any], base: ExtractConfig | None = None, where: str = "") -> ExtractConfig:
     """A checked `ExtractConfig` from flat keys (EXTRACT_KEYS), as `parse_policy` does."""
-    prefix = f"{where}: " if where else ""
-    unknown = sorted(set(raw) - set(EXTRACT_KEYS))
-    if unknown:
-        raise ValueError(f"{prefix}unknown extraction setting(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(EXTRACT_KEYS)}")
+    prefix = _check_keys(raw, EXTRACT_KEYS, "extraction", where)
     base = base or ExtractConfig()
     try:
         return dataclasses.replace(base, **_coerce_into(ExtractConfig, raw))
