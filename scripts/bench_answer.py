@@ -51,7 +51,7 @@ from tspo_eval.answering import AnswerConfig, answer_questions
 from tspo_eval.policy import FramePolicy
 from tspo_eval.backbones import VideoQuery
 from tspo_eval.benchmarks.docs import build_docs, prompt
-from tspo_eval.selections import FramePlanner, QuestionRef, Selection, SelectionSet
+from tspo_eval.selection.stage import FramePlanner, QuestionRef, Selection, SelectionSet
 from tspo_eval.video import iter_frames, probe
 
 SYNTHETIC = ("Question {q} about the video?\nA. one\nB. two\nC. three\nD. four\n"

@@ -21,7 +21,7 @@ from tspo_eval.answering import (
 )
 from tspo_eval.backbones import Backbone, VideoQuery
 from tspo_eval.policy import FramePolicy
-from tspo_eval.selections import Selection, SelectionSet
+from tspo_eval.selection.stage import Selection, SelectionSet
 from tspo_eval.synthetic import read_frame_number
 
 
@@ -202,7 +202,7 @@ def test_frames_selected_on_the_fly_equal_the_select_stage(mini_benchmarks, tmp_
     from tspo_eval.agent import random_agent
     from tspo_eval.benchmarks import load_benchmark, resolve_video
     from tspo_eval.cache import FeatureCache
-    from tspo_eval.selections import select_benchmark
+    from tspo_eval.selection.stage import select_benchmark
 
     annotations, videos = mini_benchmarks["lvbench"]
     questions = load_benchmark("lvbench", annotation_path=annotations)

@@ -10,7 +10,7 @@ import pytest
 
 from tspo_eval.benchmarks import load_benchmark
 from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
-from tspo_eval.selections import SelectionSet
+from tspo_eval.selection.stage import SelectionSet
 
 AGENT = ["--agent", "random:clip-tiny"]
 

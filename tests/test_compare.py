@@ -17,7 +17,7 @@ from tspo_eval.compare import CompareConfig, add_accuracy, compare_selectors, me
 from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
 from tspo_eval.encoders import as_uint8_batch
 from tspo_eval.policy import FramePolicy
-from tspo_eval.selections import SelectionSet
+from tspo_eval.selection.stage import SelectionSet
 
 AGENT = ["--agent", "random:clip-tiny"]
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tspo_eval import plots
-from tspo_eval.selections import SelectionSet
+from tspo_eval.selection.stage import SelectionSet
 from tspo_eval.synthetic import NEEDLE_COLORS, NeedleBenchmark, make_benchmark
 from tspo_eval.video import probe, read_frames
 

@@ -24,7 +24,7 @@ from tspo_eval.cache import FeatureCache, VideoFeatures, tensor_checksum, video_
 from tspo_eval.integrations import vlmeval as tv
 from tspo_eval.integrations.models import parse_model_args
 from tspo_eval.policy import FramePolicy, Sampling, parse_bool
-from tspo_eval.selections import SelectionSet
+from tspo_eval.selection.stage import SelectionSet
 
 
 # ----------------------------------------------------------------------------- cache
@@ -306,7 +306,7 @@ def test_a_zero_time_scale_is_named_not_called_truncated(numbered_video_factory,
 
 def test_aks_choosing_nothing_fails_those_questions_and_names_the_flag(bench, tmp_path):
     from tspo_eval.agent import random_agent
-    from tspo_eval.selections import select_benchmark
+    from tspo_eval.selection.stage import select_benchmark
 
     videos, jsonl, tsv = bench
     agent = random_agent("clip-tiny", seed=0)

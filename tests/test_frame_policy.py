@@ -173,7 +173,7 @@ def test_every_entry_point_feeds_the_frames_select_writes(method, params, offici
     from tspo_eval.benchmarks import build_docs
     from tspo_eval.cli import main
     from tspo_eval.integrations import vlmeval as tv
-    from tspo_eval.selections import SelectionSet
+    from tspo_eval.selection.stage import SelectionSet
 
     annotations, videos, tsv, cache, rows = bench
     recorders: list[RecordingBackbone] = []
@@ -290,7 +290,8 @@ def _video_frames(name: str) -> int:
 def test_every_released_frame_idx_entry_reaches_the_backbone_as_published(benchmark, model, frame_idx, annotation,
                                                                           fallbacks, official_dir, tmp_path,
                                                                           monkeypatch):
-    from tspo_eval import answering, selections
+    from tspo_eval import answering
+    from tspo_eval.selection import stage as selections
     from tspo_eval.benchmarks import build_docs, read_frame_idx
     from tspo_eval.video import VideoInfo
 
@@ -322,7 +323,8 @@ def test_every_released_frame_idx_entry_reaches_the_backbone_as_published(benchm
 
 
 def test_released_frame_idx_without_official_is_fed_as_listed(official_dir, tmp_path, monkeypatch):
-    from tspo_eval import answering, selections
+    from tspo_eval import answering
+    from tspo_eval.selection import stage as selections
     from tspo_eval.benchmarks import build_docs, read_frame_idx
     from tspo_eval.video import VideoInfo
 
@@ -392,7 +394,7 @@ def test_training_commands_take_decode_resize_and_the_extraction_knobs(command, 
 def test_question_frames_answers_frame_numbers_and_timestamps(numbered_video):
     """The one-question form of the planner: 300 frames at 29.97 fps, uniform K = 4 over all of them."""
     from tspo_eval import FramePolicy as PublicPolicy, question_frames
-    from tspo_eval.selections import QuestionRef
+    from tspo_eval.selection.stage import QuestionRef
 
     ref = QuestionRef("q", "lvbench", str(numbered_video), "what?")
     chosen = question_frames(ref, PublicPolicy("uniform", 4))

@@ -35,7 +35,7 @@ def selections(mini_benchmarks, tmp_path_factory) -> Path:
     from tspo_eval.benchmarks import load_benchmark
     from tspo_eval.cache import FeatureCache
     from tspo_eval.policy import FramePolicy
-    from tspo_eval.selections import select_benchmark
+    from tspo_eval.selection.stage import select_benchmark
 
     folder = tmp_path_factory.mktemp("selections")
     agent = random_agent("clip-tiny")
@@ -70,7 +70,7 @@ def _env(mini_benchmarks) -> dict[str, str]:
 @pytest.mark.parametrize("model", ["llava_vid_tspo", "qwen_2_5_vl_tspo"])
 def test_lmms_eval_cli_runs_all_four_tasks_from_the_selected_frames(model, checkpoints, selections,
                                                                     mini_benchmarks, tmp_path):
-    from tspo_eval.selections import SelectionSet
+    from tspo_eval.selection.stage import SelectionSet
 
     record = tmp_path / "answers.jsonl"
     args = (f"pretrained={checkpoints[model]},agent=random:clip-tiny,k=4,selections={selections},"
@@ -209,7 +209,7 @@ def test_evaluate_command_selects_then_runs_lmms_eval_per_method(checkpoints, mi
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads((out / "summary_lvbench.json").read_text())
     assert set(summary) == {"uniform", "tspo"} and "lvbench_acc" in summary["tspo"]
-    from tspo_eval.selections import SelectionSet
+    from tspo_eval.selection.stage import SelectionSet
 
     chosen = SelectionSet.load(out / "selections" / "tspo_lvbench.json").selections  # selected first
     records = [json.loads(line) for line in (out / "answers" / "llava_vid_tspo_tspo_lvbench.jsonl").read_text()

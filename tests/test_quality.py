@@ -8,7 +8,7 @@ import pytest
 
 from tspo_eval.benchmarks import Question
 from tspo_eval.quality import bootstrap_interval, chance_hit_rate, quality_table, wilson_interval
-from tspo_eval.selections import Selection, SelectionSet
+from tspo_eval.selection.stage import Selection, SelectionSet
 
 
 def test_wilson_interval_matches_hand_computed_values():

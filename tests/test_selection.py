@@ -8,7 +8,7 @@ from functools import reduce
 import numpy as np
 import pytest
 
-from tspo_eval.selection import (AKS_PRESETS, BOLT_POWER, SELECTORS, TSPO_DEFAULT_METHOD, frames_for_question,
+from tspo_eval.selection.methods import (AKS_PRESETS, BOLT_POWER, SELECTORS, TSPO_DEFAULT_METHOD, frames_for_question,
                                  published_feed, register_selector, select, uniform_frames)
 
 BUILTINS = ["uniform", "topk", "bin-max", "aks", "tspo", "bolt"]
@@ -529,7 +529,7 @@ def test_dpp_needs_features_and_checks_them():
 
 def test_clip_scores_are_the_cosine():
     torch = pytest.importorskip("torch")
-    from tspo_eval.selections import question_scores
+    from tspo_eval.selection.stage import question_scores
 
     gen = torch.Generator().manual_seed(0)
     feats, text = torch.randn(50, 16, generator=gen).bfloat16(), torch.randn(16, generator=gen)

@@ -250,7 +250,7 @@ def mini_selections(mini_benchmarks, tmp_path_factory) -> Path:
     """`tspo_<benchmark>.json` for every mini benchmark, chosen by a random agent (k=4)."""
     from tspo_eval.agent import random_agent
     from tspo_eval.cache import FeatureCache
-    from tspo_eval.selections import select_benchmark
+    from tspo_eval.selection.stage import select_benchmark
 
     folder = tmp_path_factory.mktemp("selections")
     agent = random_agent("clip-tiny")
@@ -267,7 +267,7 @@ def test_same_question_gets_the_same_frames_in_lmms_eval_and_vlmevalkit(dataset,
                                                                          tmp_path):
     from tspo_eval.benchmarks.docs import build_docs, prompt
     from tspo_eval.integrations.lmms_eval import question_ref as lmms_question_ref
-    from tspo_eval.selections import SelectionSet
+    from tspo_eval.selection.stage import SelectionSet
 
     benchmark = PUBLISHED[dataset][0]
     annotations, videos = mini_benchmarks[benchmark]
@@ -361,7 +361,7 @@ def test_vlmevalkit_runs_our_model_on_lvbench_from_the_selected_frames_and_score
     from vlmeval.smp import load
 
     from tspo_eval import backbones
-    from tspo_eval.selections import SelectionSet
+    from tspo_eval.selection.stage import SelectionSet
 
     annotations, videos = mini_benchmarks["lvbench"]
     record = vlmeval_env / "answers.jsonl"

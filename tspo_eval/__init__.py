@@ -4,7 +4,7 @@ The pipeline, one module per stage: `video` (candidate frames) -> `encoders` / `
 (features, scores) -> `cache` (per-video features) -> `selection` (K frames) ->
 `backbones` -> `answering` -> benchmarks, CLI and framework adapters. Which frames a
 question gets is decided by one `FramePolicy` (`policy`) and answered by one function,
-`question_frames` (`selections`), whatever the entry point.
+`question_frames` (`selection.stage`), whatever the entry point.
 
 Public names are imported lazily, so that `import tspo_eval.<anything>` (e.g. the
 lmms-eval entry point) stays cheap.
@@ -14,8 +14,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_PUBLIC = {"TemporalAgent": ".agent", "select": ".selection", "FramePolicy": ".policy", "parse_policy": ".policy",
-           "question_frames": ".selections", "FramePlanner": ".selections"}
+_PUBLIC = {"TemporalAgent": ".agent", "select": ".selection.methods", "FramePolicy": ".policy", "parse_policy": ".policy",
+           "question_frames": ".selection.stage", "FramePlanner": ".selection.stage"}
 __all__ = list(_PUBLIC)
 
 

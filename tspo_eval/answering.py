@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone, VideoQuery
 from .prefetch import prefetched
-from .selections import FramePlanner, QuestionRef, Selection
+from .selection.stage import FramePlanner, QuestionRef, Selection
 from .video import VideoError, read_frames
 
 log = logging.getLogger(__name__)

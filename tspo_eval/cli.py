@@ -186,7 +186,7 @@ def cmd_extract(ns: argparse.Namespace) -> int:
 def cmd_select(ns: argparse.Namespace) -> int:
     from .benchmarks import get_benchmark
     from .cache import FeatureCache
-    from .selections import SelectionSet, select_benchmark
+    from .selection.stage import SelectionSet, select_benchmark
 
     policy, extract = policy_from_args(ns), extract_from_args(ns)
     if ns.frame_idx_out and ns.annotations.suffix.lower() == ".tsv":
@@ -232,7 +232,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
 
 def cmd_quality(ns: argparse.Namespace) -> int:
     from .quality import quality_table
-    from .selections import SelectionSet
+    from .selection.stage import SelectionSet
 
     runs = {}
     for path in ns.selections:

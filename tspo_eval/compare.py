@@ -32,7 +32,7 @@ from .encoders import Encoder
 from .extract import video_features
 from .policy import ExtractConfig, FramePolicy
 from .quality import quality_table
-from .selections import SelectionSet, select_for_question
+from .selection.stage import SelectionSet, select_for_question
 from .video import VideoError
 
 def file_label(label: str) -> str:

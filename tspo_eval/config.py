@@ -223,7 +223,7 @@ def method_spec(spec: str, base: FramePolicy | None = None) -> tuple[str, FrameP
         params = parse_params(raw.replace(",", ";"))
     except ValueError:
         raise ValueError(f"method {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]") from None
-    from .selection import SELECTORS
+    from .selection.methods import SELECTORS
 
     if name not in SELECTORS:
         raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(sorted(SELECTORS))}")

@@ -42,7 +42,7 @@ from .extract import extract_videos, video_features
 from .plots import Panel, comparison_chart, method_frames, method_timelines, reward_curve
 from .policy import ExtractConfig, FramePolicy
 from .quality import chance_hit_rate, hit_and_coverage, quality_table, reference_spans
-from .selections import SelectionSet, question_scores, select_benchmark
+from .selection.stage import SelectionSet, question_scores, select_benchmark
 from .synthetic import NeedleBenchmark, make_benchmark
 from .training.config import TrainConfig
 from .training.data import EpisodeBuilder, sample_from_question

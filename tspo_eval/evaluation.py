@@ -97,7 +97,7 @@ def ensure_selections(cfg: EvaluateConfig, policy: FramePolicy, extract: Extract
     from .benchmarks import load_benchmark
     from .cache import FeatureCache
     from .distributed import local_device
-    from .selections import select_benchmark
+    from .selection.stage import select_benchmark
 
     refused = None if cfg.strict else []
     questions = (load_benchmark(cfg.benchmark, cfg.annotations, refused=refused) if cfg.annotations.suffix == ".tsv"

@@ -11,7 +11,7 @@ from .extract import video_features
 from .plots import frame_grid, score_timeline
 from .policy import ExtractConfig, FramePolicy
 from .quality import reference_spans
-from .selections import Selection, select_for_question
+from .selection.stage import Selection, select_for_question
 from .video import read_frames
 
 

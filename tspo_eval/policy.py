@@ -357,7 +357,7 @@ def _check_method(method: str, k: int, params: Mapping[str, Any]) -> None:
     """The method exists, takes these parameters and accepts their values (a dry run on k + 1 scores)."""
     import numpy as np
 
-    from .selection import SELECTORS, select, takes
+    from .selection.methods import SELECTORS, select, takes
 
     if method not in SELECTORS:
         raise ValueError(f"method={method!r} is not one of {', '.join(sorted(SELECTORS))}")

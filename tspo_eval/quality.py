@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .benchmarks import Question
-from .selections import SelectionSet
+from .selection.stage import SelectionSet
 
 
 def reference_spans(question: Question, fps: float) -> list[tuple[float, float]]:

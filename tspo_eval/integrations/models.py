@@ -125,7 +125,7 @@ def build_answering(model_name: str, args: ModelArgs, device, batch_size: int = 
     from ..answering import AnswerConfig
     from ..backbones import load_backbone
     from ..cache import FeatureCache
-    from ..selections import FramePlanner
+    from ..selection.stage import FramePlanner
 
     kind = FLAVOURS[model_name].backbone
     options = {o: getattr(args, o) for o in BACKBONE_OPTIONS[kind] if getattr(args, o) is not None}

@@ -239,7 +239,7 @@ def usable_samples(samples: list[Sample], root: str | None) -> tuple[list[Sample
 def frames_for(sample: Sample, cfg: LLMTrainConfig, root: str | None, chooser: Any = None
                ) -> tuple[VideoQuery, np.ndarray, float]:
     """The question's query (K frames with their real timestamps), the timestamps and the video's duration."""
-    from ..selection import uniform_frames
+    from ..selection.methods import uniform_frames
     from ..video import probe, read_frames
 
     path = video_path(sample, root)
@@ -258,7 +258,7 @@ def agent_chooser(cfg: LLMTrainConfig, root: str | None, device: torch.device):
     """frames=agent: the agent's top-k candidates of each question."""
     from ..agent import load_agent
     from ..cache import FeatureCache
-    from ..selection import select
+    from ..selection.methods import select
     from .data import EpisodeBuilder
 
     agent = load_agent(cfg.agent, device=device)

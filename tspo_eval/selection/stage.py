@@ -36,14 +36,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .agent import TemporalAgent, load_agent
-from .benchmarks import Question, read_frame_idx, resolve_video, write_frame_idx
-from .cache import FeatureCache, VideoFeatures
-from .encoders import Encoder
-from .extract import ExtractConfig, video_features
-from .policy import FramePolicy
-from .selection import frames_for_question, published_feed, takes, uniform_frames
-from .video import VideoError, probe
+from ..agent import TemporalAgent, load_agent
+from ..benchmarks import Question, read_frame_idx, resolve_video, write_frame_idx
+from ..cache import FeatureCache, VideoFeatures
+from ..encoders import Encoder
+from ..extract import ExtractConfig, video_features
+from ..policy import FramePolicy
+from .methods import frames_for_question, published_feed, takes, uniform_frames
+from ..video import VideoError, probe
 
 FORMAT = "tspo-eval/selections@1"
 
