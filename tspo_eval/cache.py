@@ -13,7 +13,9 @@ of this machine that no longer runs, or any older than a day (no write takes tha
 
 Layout: `<root>/videos/<key[:2]>/<key>.safetensors` (features, frame numbers, timestamps;
 metadata: fps, frame count, encoder, video fingerprint, path) and
-`<root>/text/<key[:2]>/<key>.safetensors` (one question text's features).
+`<root>/text/<key[:2]>/<key>.safetensors` (one question text's features) and
+`<root>/scores/<key[:2]>/<key>.safetensors` (one question's scores of one video's candidates by
+an expensive scorer, BLIP ITM: `selection.blip`).
 """
 from __future__ import annotations
 
@@ -228,6 +230,41 @@ class FeatureCache:
                                   {"format": FORMAT, "key": key, "encoder": encoder})
         return torch.stack([found[t] for t in texts])
 
+    # per-question frame scores (an expensive scorer's, e.g. BLIP ITM) ----------------
+    def _scores_path(self, key: str) -> Path:
+        return self.root / "scores" / key[:2] / f"{key}.safetensors"
+
+    def get_scores(self, key: str, frame_numbers: np.ndarray) -> torch.Tensor | None:
+        """(T,) cached scores of these candidate frames, or None when absent; a damaged entry (or
+        one for other frame numbers) is removed with a warning, so it is recomputed."""
+        path = self._scores_path(key)
+        if not path.is_file():
+            return None
+        identity = None
+        try:
+            loaded, meta, identity = _read_entry(path)
+            tensors = _checked({name: loaded[name] for name in ("scores", "frame_numbers")}, meta)
+            if meta.get("key") != key or meta.get("format") != FORMAT:
+                raise ValueError("metadata does not match the requested key")
+            if not np.array_equal(tensors["frame_numbers"].numpy(), np.asarray(frame_numbers)) \
+                    or tensors["scores"].shape != (len(frame_numbers),):
+                raise ValueError("scores of other candidate frames")
+            return tensors["scores"]
+        except FileNotFoundError:
+            return None
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
+            log.warning("damaged cache entry %s (%s): removing it; it will be recomputed", path, err)
+            _remove_if_same(path, identity)
+            return None
+
+    def put_scores(self, key: str, scores: torch.Tensor, frame_numbers: np.ndarray, scorer: str) -> torch.Tensor:
+        """Cache one question's (T,) scores of these candidate frames; returns them (float32, CPU)."""
+        scores = scores.detach().float().cpu().contiguous()
+        self._atomic_save(self._scores_path(key), {
+            "scores": scores, "frame_numbers": torch.as_tensor(np.asarray(frame_numbers, dtype=np.int64))},
+            {"format": FORMAT, "key": key, "scorer": scorer})
+        return scores
+
     # io -----------------------------------------------------------------------------
     def remove_stale_tmp(self) -> list[Path]:
         """Remove temporary files that writers killed mid-write left; returns them.
@@ -237,7 +274,7 @@ class FeatureCache:
         """
         removed = []
         now = time.time()
-        for tmp in itertools.chain(*(self.root.glob(f"{kind}/*/.*.tmp") for kind in ("videos", "text"))):
+        for tmp in itertools.chain(*(self.root.glob(f"{kind}/*/.*.tmp") for kind in ("videos", "text", "scores"))):
             match = _TMP_NAME.fullmatch(tmp.name)
             try:
                 stale = now - tmp.stat().st_mtime > _STALE_TMP_S or (

@@ -31,9 +31,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ScoreSource = Literal["auto", "agent", "clip"]
+ScoreSource = Literal["auto", "agent", "clip", "blip"]
 Loader = Literal["llava_video", "qwen2_5_vl"]
 POLICY_FORMAT = "tspo-eval/frame-policy@1"
+# AKS's scorer: LAVIS blip_image_text_matching "large" = BLIP ViT-L fine-tuned for COCO retrieval
+BLIP_DEFAULT_MODEL = "Salesforce/blip-itm-large-coco"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,10 @@ class FramePolicy:
     params: Mapping[str, Any] = field(default_factory=dict, metadata={
         "help": "the method's parameters, KEY=VALUE[;KEY=VALUE], e.g. preset=tspo;t1=0.5 (aks)"})
     scores: ScoreSource = field(default="auto", metadata={
-        "help": "auto: agent for tspo, CLIP cosine for the others; or force agent / clip"})
+        "help": "auto: agent for tspo, CLIP cosine for the others; or force agent / clip / blip (BLIP "
+                "image-text matching probability, as AKS scores; cached per video and question)"})
+    blip_model: str | None = field(default=None, metadata={
+        "help": f"scores=blip: BLIP ITM checkpoint, a directory or hub id (default {BLIP_DEFAULT_MODEL})"})
     official: bool = field(default=False, metadata={
         "help": "feed what the published code feeds: sorted(frames[:k]), K uniform frames over the whole video "
                 "when fewer than K were chosen, the published uniform loaders (docs/frame_policy.md)"})
@@ -85,7 +90,7 @@ class FramePolicy:
         _check_method(self.method, self.k, self.params)
 
     @property
-    def score_source(self) -> Literal["agent", "clip"]:
+    def score_source(self) -> Literal["agent", "clip", "blip"]:
         """The scores a computed selection uses."""
         if self.scores != "auto":
             return self.scores
@@ -97,6 +102,10 @@ class FramePolicy:
         flat = _flat(self)
         if not (self.official and self.method == "uniform"):
             del flat["loader"]
+        if self.score_source == "blip":
+            flat["blip_model"] = self.blip_model or BLIP_DEFAULT_MODEL
+        else:
+            del flat["blip_model"]
         return {"format": POLICY_FORMAT, **flat}
 
     def fingerprint(self) -> str:

@@ -21,7 +21,9 @@ that the published lmms-eval fork consumes.
 
 Scores: `tspo` uses the agent's S; the zero-shot methods (`topk`, `bin-max`, `aks`, `bolt`,
 `dpp`) use the CLIP cosine of the cached frame features with the question stem (as AKS and
-BOLT score with CLIP); `uniform` ignores scores.  `scores=agent` / `clip` overrides that.
+BOLT score with CLIP); `uniform` ignores scores.  `scores=agent` / `clip` overrides that, and
+`scores=blip` scores every candidate with BLIP image-text matching (`selection.blip`, AKS's
+scorer; decoded and scored once per video and question, then cached).
 Methods that declare `features` (`dpp`) also receive the video's cached frame features.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..cache import FeatureCache, VideoFeatures
 from ..encoders import Encoder
 from ..extract import ExtractConfig, video_features
 from ..policy import FramePolicy
+from .blip import BlipScorer, blip_scores
 from .methods import frames_for_question, published_feed, takes, uniform_frames
 from ..video import VideoError, probe
 
@@ -131,10 +134,15 @@ def uniform_selection(video: str | Path, num_frames: int, fps: float, policy: Fr
 
 
 def select_for_question(vf: VideoFeatures, text: torch.Tensor, policy: FramePolicy, benchmark: str,
-                        agent: TemporalAgent | None = None) -> tuple[Selection, torch.Tensor]:
+                        agent: TemporalAgent | None = None,
+                        scores: torch.Tensor | None = None) -> tuple[Selection, torch.Tensor]:
     """One question's selection from its video's cached features and its stem's features,
-    with the per-candidate scores (for plots; a uniform policy ignores them)."""
-    scores = question_scores(vf.features, text, policy.score_source, agent)
+    with the per-candidate scores (for plots; a uniform policy ignores them). `scores`: the
+    question's (T,) scores when computed elsewhere (`scores=blip`: `FramePlanner.blip_scores`)."""
+    if scores is None:
+        if policy.score_source == "blip":
+            raise ValueError("scores=blip: pass the question's BLIP scores (FramePlanner.blip_scores)")
+        scores = question_scores(vf.features, text, policy.score_source, agent)
     if policy.method == "uniform":
         return uniform_selection(vf.video, vf.num_frames, vf.fps, policy), scores
     frames = frames_for_question(vf.frame_numbers, scores.numpy(), policy.k, policy.method, vf.num_frames,
@@ -194,6 +202,7 @@ class FramePlanner:
         self.device, self.dtype = device, dtype
         self._precomputed: dict[str, tuple[dict[str, list[int]], bool]] = {}
         self._features: tuple[str, VideoFeatures] | None = None  # the last video's, for its next question
+        self._blip: BlipScorer | None = None
         self._lock = threading.Lock()
 
     def _scorer(self) -> tuple[TemporalAgent | None, Encoder]:
@@ -245,6 +254,15 @@ class FramePlanner:
             self._features = (path, vf)
         return vf
 
+    def blip_scores(self, path: str, vf: VideoFeatures, questions: Sequence[str]) -> torch.Tensor:
+        """(len(questions), T) BLIP ITM scores of the video's candidates (`scores=blip`): from the
+        cache, or decoded and scored in one pass for all the given questions (then cached)."""
+        with self._lock:
+            if self._blip is None:
+                self._blip = BlipScorer.from_pretrained(self.policy.identity()["blip_model"], self.device, self.dtype)
+            scorer = self._blip
+        return blip_scores(scorer, vf, path, questions, self.cache, self.policy.sampling)
+
     def plan(self, ref: QuestionRef, text: torch.Tensor | None = None) -> Selection:
         """The frames for one question; raises VideoError / ValueError when it has none.
         `text`: the stem's features when the caller has them already (batch-encoded)."""
@@ -265,9 +283,10 @@ class FramePlanner:
             return uniform_selection(Path(ref.video_path).name, info.num_frames, info.fps, policy)
         agent, encoder = self._scorer()
         vf = self._video_features(ref.video_path)
-        if text is None:
+        scores = self.blip_scores(ref.video_path, vf, [ref.question])[0] if policy.score_source == "blip" else None
+        if text is None and scores is None:
             text = self.cache.text_features(encoder.identity, [ref.question], encoder.encode_text)[0]
-        selection, _ = select_for_question(vf, text, policy, ref.benchmark, agent)
+        selection, _ = select_for_question(vf, text, policy, ref.benchmark, agent, scores)
         return selection
 
 
@@ -302,6 +321,12 @@ def select_benchmark(questions: Sequence[Question], video_root: str | Path, enco
     for video_name, members in tqdm(by_video.items(), desc=f"select {policy.method}", unit="video",
                                     disable=not progress):
         path = str(resolve_video(video_root, video_name, benchmark))
+        if policy.score_source == "blip" and computed:  # all the video's questions in one decoding pass
+            try:
+                planner.blip_scores(path, planner._video_features(path), [questions[i].question for i in members])
+            except (VideoError, OSError) as err:
+                result.failed.update({questions[j].index: str(err) for j in members})
+                continue
         for n, i in enumerate(members):
             q = questions[i]
             try:
