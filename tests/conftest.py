@@ -131,3 +131,31 @@ def sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     return calls
+
+
+BLIP_WORDS = ["what", "is", "the", "man", "doing", "a", "dog", "red", "car", "?", "which", "color"]
+
+
+@pytest.fixture(scope="session")
+def tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BLIP ITM model at toy sizes, its image processor and a BERT tokenizer, in one directory."""
+    import torch
+    from transformers import (BertTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor,
+                              BlipProcessor)
+
+    out = tmp_path_factory.mktemp("tiny_blip")
+    vocab = out / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BLIP_WORDS]) + "\n")
+    tokenizer = BertTokenizer(str(vocab))
+    size = len(tokenizer) + 2  # BLIP's layout: [DEC], then [ENC], after the BERT vocabulary
+    config = BlipConfig(
+        text_config={"vocab_size": size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "intermediate_size": 64, "max_position_embeddings": 64, "encoder_hidden_size": 32},
+        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16, image_text_hidden_size=16)
+    torch.manual_seed(0)
+    BlipForImageTextRetrieval(config).eval().save_pretrained(out)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out

@@ -149,3 +149,32 @@ def test_compare_command(bench, tmp_path):
     assert "| tspo" in proc.stdout and (out / "compare_lvbench.png").stat().st_size > 1000
     proc = run(*args, "--methods", "topk", "nope", check=False)
     assert proc.returncode == 2 and "unknown method 'nope'" in proc.stderr
+
+
+def test_a_method_scored_by_blip_compares_beside_its_clip_version(bench, tiny_blip, tmp_path, monkeypatch):
+    from tspo_eval.selection.blip import BlipScorer
+
+    root, videos, jsonl, tsv = bench
+    questions = load_benchmark("lvbench", tsv, jsonl)
+    blip = f"topk:scores=blip,blip_model={tiny_blip}"
+    label, policy = method_spec(blip, FramePolicy(k=4))
+    assert policy.method == "topk" and policy.score_source == "blip" and not policy.params
+    cfg = CompareConfig(methods=("topk", blip), out=tmp_path / "out")
+    cache = FeatureCache(tmp_path / "cache")
+    result = compare_selectors(questions, videos, NeedleEncoder(), cache, cfg, FramePolicy(k=4), progress=False)
+    assert list(result.table.index) == ["topk", blip] and result.table.loc[blip, "failed"] == 0
+    assert result.runs[blip].meta["scores"] == "blip"
+    # one cached entry per question; each selection is topk of the BLIP scores of its video's candidates
+    assert len(list((tmp_path / "cache" / "scores").rglob("*.safetensors"))) == len(questions)
+    from tspo_eval.extract import video_features
+    from tspo_eval.selection.blip import blip_scores
+    from tspo_eval.selection.methods import select
+
+    scorer = BlipScorer.from_pretrained(str(tiny_blip))
+    monkeypatch.setattr(BlipScorer, "score_video", lambda *a, **k: pytest.fail("scored again"))
+    for q in questions:
+        path = videos / q.video_name
+        vf = video_features(path, NeedleEncoder(), cache, policy.sampling)
+        scores = blip_scores(scorer, vf, path, [q.question], cache, policy.sampling)[0]
+        assert result.runs[blip].selections[q.index].frame_numbers == \
+            vf.frame_numbers[select(scores.numpy(), 4, "topk")].tolist()

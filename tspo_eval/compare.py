@@ -5,7 +5,9 @@ selects from them, so methods differ in nothing but their rule. Per method the t
 the time-reference hit rate and coverage (`quality.quality_table`: LVBench, LongVideoBench),
 the questions whose selection failed, and the mean selection time per question: scoring (CLIP
 cosine, or the agent's forward pass for `tspo`) plus selection, from the cached features,
-without decoding or cache reads (one untimed warm-up call per method first). With a
+without decoding or cache reads (one untimed warm-up call per method first). A method scored
+by BLIP (`NAME:scores=blip`) has its scores computed (or read from the cache) per video before
+the clock starts: its time is the selection alone. With a
 backbone, each method's selections also go through lmms-eval (`evaluation.evaluate`) and
 the benchmark's overall accuracy joins the table.
 
@@ -32,6 +34,7 @@ from .encoders import Encoder
 from .extract import video_features
 from .policy import ExtractConfig, FramePolicy
 from .quality import quality_table
+from .selection.blip import BlipScorer, blip_scores
 from .selection.stage import SelectionSet, select_for_question
 from .video import VideoError
 
@@ -75,29 +78,45 @@ def compare_selectors(questions: Sequence[Question], video_root: str | Path, enc
                                  "fps": policy.sampling.fps, "max_frames": policy.sampling.max_frames})
             for label, scfg in specs.items()}
     seconds: dict[str, list[float]] = {label: [] for label in specs}
+    blip = {model: BlipScorer.from_pretrained(model) for model in
+            {scfg.identity()["blip_model"] for scfg in specs.values() if scfg.score_source == "blip"}}
     warmed: set[str] = set()
     by_video: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         by_video.setdefault(q.video_name, []).append(i)
     for video_name, members in tqdm(by_video.items(), desc="compare", unit="video", disable=not progress):
+        path = resolve_video(video_root, video_name, benchmark)
         try:
-            vf = video_features(resolve_video(video_root, video_name, benchmark), encoder, cache, policy.sampling,
-                                extract)
+            vf = video_features(path, encoder, cache, policy.sampling, extract)
         except (VideoError, ValueError) as err:
             for run in runs.values():
                 run.failed.update({questions[i].index: str(err) for i in members})
             continue
+        stems = [questions[i].question for i in members]
+        try:  # every BLIP model's scores of this video's questions, one decoding pass each
+            scored = {model: dict(zip(members, blip_scores(scorer, vf, path, stems, cache, policy.sampling)))
+                      for model, scorer in blip.items()}
+        except (VideoError, OSError) as err:
+            for label, scfg in specs.items():
+                if scfg.score_source == "blip":
+                    runs[label].failed.update({questions[i].index: str(err) for i in members})
+            scored = {}
         for label, scfg in specs.items():
+            given = scored.get(scfg.identity()["blip_model"]) if scfg.score_source == "blip" else None
+            if scfg.score_source == "blip" and given is None:
+                continue
             if label not in warmed:  # untimed warm-up: lazy imports, first allocations
                 warmed.add(label)
                 try:
-                    select_for_question(vf, texts[members[0]], scfg, benchmark, agent)
+                    select_for_question(vf, texts[members[0]], scfg, benchmark, agent,
+                                        given[members[0]] if given else None)
                 except ValueError:
                     pass
             for i in members:
                 start = time.perf_counter()
                 try:
-                    selection, _ = select_for_question(vf, texts[i], scfg, benchmark, agent)
+                    selection, _ = select_for_question(vf, texts[i], scfg, benchmark, agent,
+                                                       given[i] if given else None)
                 except ValueError as err:
                     runs[label].failed[questions[i].index] = str(err)
                     continue

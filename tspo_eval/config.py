@@ -215,9 +215,15 @@ class CompareConfig:
                              "(NAME:KEY=VALUE) or the --backbone")
 
 
+# policy keys a method spec may set beside the selector's parameters ("aks:scores=blip")
+SPEC_POLICY_KEYS = ("scores", "blip_model")
+
+
 def method_spec(spec: str, base: FramePolicy | None = None) -> tuple[str, FramePolicy]:
     """("label", the policy `base` (K, official, sampling) with this method and parameters) of
-    "NAME" or "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself."""
+    "NAME" or "NAME:KEY=VALUE[,KEY=VALUE]"; the label is the spec itself. `scores` and
+    `blip_model` among the KEYs set the policy's score source ("aks:scores=blip"), the others
+    are the selector's parameters."""
     name, _, raw = spec.partition(":")
     try:
         params = parse_params(raw.replace(",", ";"))
@@ -227,4 +233,5 @@ def method_spec(spec: str, base: FramePolicy | None = None) -> tuple[str, FrameP
 
     if name not in SELECTORS:
         raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(sorted(SELECTORS))}")
-    return spec, (base or FramePolicy()).replace(method=name, params=params)
+    scoring = {key: params.pop(key) for key in SPEC_POLICY_KEYS if key in params}
+    return spec, (base or FramePolicy()).replace(method=name, params=params, **scoring)

@@ -7,7 +7,7 @@ Stage configs contain a policy instead of re-declaring these fields, and every e
 (CLI commands, lmms-eval and VLMEvalKit model arguments, training, data selection) builds it
 with `parse_policy`, from the same flat keys spelled the same way everywhere:
 
-    method, k, params, scores, official, loader, selections, fps, max_frames, decode_resize
+    method, k, params, scores, blip_model, official, loader, selections, fps, max_frames, decode_resize
 
 (`params` is `KEY=VALUE[;KEY=VALUE...]`, e.g. `params=preset=tspo;t1=0.5`.)  Options are
 checked when the policy is built, so a typo fails before any weights load.
