@@ -70,8 +70,6 @@ class FramePolicy:
     scores: ScoreSource = field(default="auto", metadata={
         "help": "auto: agent for tspo, CLIP cosine for the others; or force agent / clip / blip (BLIP "
                 "image-text matching probability, as AKS scores; cached per video and question)"})
-    blip_model: str | None = field(default=None, metadata={
-        "help": f"scores=blip: BLIP ITM checkpoint, a directory or hub id (default {BLIP_DEFAULT_MODEL})"})
     official: bool = field(default=False, metadata={
         "help": "feed what the published code feeds: sorted(frames[:k]), K uniform frames over the whole video "
                 "when fewer than K were chosen, the published uniform loaders (docs/frame_policy.md)"})
@@ -81,6 +79,8 @@ class FramePolicy:
         "help": "precomputed frames: a tspo-eval selections file, a published frame_idx JSON, or a folder of "
                 "<method>_<benchmark>.json files (as `tspo-eval select` writes them)"})
     sampling: Sampling = field(default_factory=Sampling)
+    blip_model: str | None = field(default=None, metadata={
+        "help": f"scores=blip: BLIP ITM checkpoint, a directory or hub id (default {BLIP_DEFAULT_MODEL})"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", parse_params(self.params))
