@@ -128,7 +128,7 @@ def test_accuracy_joins_the_table_in_fractions(bench, tmp_path, monkeypatch):
         return pd.DataFrame({"uniform": {"lvbench_acc": 0.25, "lvbench_acc_reasoning": 0.0},
                              "bolt": {"lvbench_acc": 0.75, "lvbench_acc_reasoning": 1.0}})
 
-    monkeypatch.setattr("tspo_eval.evaluation.evaluate", fake_evaluate)
+    monkeypatch.setattr("tspo_eval.integrations.lmms_runner.evaluate", fake_evaluate)
     add_accuracy(result, cfg, "lvbench", jsonl, videos, tmp_path / "cache", agent="random:clip-tiny",
                  policy=FramePolicy(k=4))
     assert result.table["accuracy"].to_dict() == {"uniform": 0.25, "bolt": 0.75}

@@ -169,7 +169,7 @@ def no_reextraction(monkeypatch):
 @pytest.mark.parametrize("method, params, official, k, backbone", CASES)
 def test_every_entry_point_feeds_the_frames_select_writes(method, params, official, k, backbone, bench, tmp_path,
                                                           monkeypatch, no_reextraction):
-    from tspo_eval import evaluation
+    from tspo_eval.integrations import lmms_runner
     from tspo_eval.benchmarks import build_docs
     from tspo_eval.cli import main
     from tspo_eval.integrations import vlmeval as tv
@@ -229,10 +229,10 @@ def test_every_entry_point_feeds_the_frames_select_writes(method, params, offici
         _run_lmms_model(model_name, model_args, docs)
         out = Path(cmd[cmd.index("--output_path") + 1])
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run_results.json").write_text(json.dumps({"results": {evaluation.TASKS["lvbench"]: {"acc": 0.0}}}))
+        (out / "run_results.json").write_text(json.dumps({"results": {lmms_runner.TASKS["lvbench"]: {"acc": 0.0}}}))
         return 0, []  # exit code, output lines
 
-    monkeypatch.setattr(evaluation, "run_logged", lmms_eval_process)
+    monkeypatch.setattr(lmms_runner, "run_logged", lmms_eval_process)
     eval_flags = [f for f in flags if not f.startswith("--method=")]
     out = tmp_path / "evaluate"
     assert main(["evaluate", "--benchmark", "lvbench", "--annotations", str(annotations), "--videos", str(videos),
@@ -372,7 +372,7 @@ def test_training_commands_take_decode_resize_and_the_extraction_knobs(command, 
     saved run's config.json reads back equal."""
     from tspo_eval.cli import build_parser
     from tspo_eval.policy import ExtractConfig
-    from tspo_eval.training.cli import config_with_file
+    from tspo_eval.config import config_with_file
     from tspo_eval.training.config import LLMTrainConfig, TrainConfig, VarianceConfig
 
     cls = {"train": TrainConfig, "select-data": VarianceConfig, "train-llm": LLMTrainConfig}[command]

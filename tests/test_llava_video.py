@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from tspo_eval.backbones.base import BACKBONES, VideoQuery
+from tspo_eval.backbones import VideoQuery, backbone_loader
 from tspo_eval.backbones.llava_video import (
     CheckpointError,
     LlavaVideo,
@@ -289,7 +289,7 @@ def test_saved_checkpoint_uses_the_original_layout(model, saved):
 
 
 def test_load_round_trip_gives_identical_logits(model, saved, video_frames, tmp_path):
-    assert BACKBONES["llava_video"] is from_pretrained
+    assert backbone_loader("llava_video") is from_pretrained
     _, frames = video_frames
     queries = [VideoQuery(frames[:3], [0, 1, 2], "What number is shown?"), VideoQuery(frames[1:], [1, 2, 3], "Why?")]
     want = model.next_token_logits(queries)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tspo_eval.evaluation import TASKS, first_error
+from tspo_eval.integrations.lmms_runner import TASKS, first_error
 from tspo_eval.integrations.lmms_tasks import tasks_path
 
 

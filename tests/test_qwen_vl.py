@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from tspo_eval.backbones import BACKBONES, VideoQuery
+from tspo_eval.backbones import VideoQuery, backbone_loader, load_backbone
 from tspo_eval.backbones.qwen_vl import (
     QwenVL,
     from_pretrained,
@@ -296,8 +296,8 @@ def test_vision_features_are_reused_for_the_same_video_and_frames(tiny: QwenVL, 
 
 def test_save_and_load_round_trip_gives_identical_logits(tiny: QwenVL, video_queries, tmp_path) -> None:
     tiny.save_pretrained(tmp_path)
-    loaded = BACKBONES["qwen2_5_vl"](tmp_path, dtype="float32", device="cpu", **PIXELS)
-    assert BACKBONES["qwen2_5_vl"] is from_pretrained
+    loaded = load_backbone("qwen2_5_vl", tmp_path, dtype="float32", device="cpu", **PIXELS)
+    assert backbone_loader("qwen2_5_vl") is from_pretrained
     assert torch.equal(loaded.next_token_logits(video_queries), tiny.next_token_logits(video_queries))
     assert loaded.generate(video_queries, 4) == tiny.generate(video_queries, 4)
 

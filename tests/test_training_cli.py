@@ -107,7 +107,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
     ("select_data.yaml", "select-data", "VarianceConfig")])
 def test_presets_are_valid_configs(preset, command, cls):
     from tspo_eval.training import config, llm_grpo, variance
-    from tspo_eval.training.cli import config_with_file
+    from tspo_eval.config import config_with_file
 
     ns = build_parser().parse_args([command, "--config", str(SCRIPTS / "train_configs" / preset)])
     cfg = config_with_file(getattr({"TrainConfig": config, "LLMTrainConfig": llm_grpo,

@@ -8,7 +8,7 @@ cosine, or the agent's forward pass for `tspo`) plus selection, from the cached 
 without decoding or cache reads (one untimed warm-up call per method first). A method scored
 by BLIP (`NAME:scores=blip`) has its scores computed (or read from the cache) per video before
 the clock starts: its time is the selection alone. With a
-backbone, each method's selections also go through lmms-eval (`evaluation.evaluate`) and
+backbone, each method's selections also go through lmms-eval (`integrations.lmms_runner.evaluate`) and
 the benchmark's overall accuracy joins the table.
 
 Outputs under `out`: `compare_<benchmark>.csv` and `.md` (the table), `compare_<benchmark>.png`
@@ -154,7 +154,7 @@ def write_comparison(comparison: Comparison, out: str | Path, benchmark: str) ->
 def add_accuracy(comparison: Comparison, cfg: CompareConfig, benchmark: str, annotations: str | Path,
                  videos: str | Path, cache: str | Path, agent: str | None = None, policy: FramePolicy | None = None,
                  extract: ExtractConfig | None = None) -> pd.DataFrame:
-    """Run each method's saved selections through lmms-eval (`evaluation.evaluate`, one run per
+    """Run each method's saved selections through lmms-eval (`integrations.lmms_runner.evaluate`, one run per
     method on `cfg.backbone`) and add the benchmark's overall accuracy as an `accuracy` column
     (fractions, whatever the benchmark's own scale). `write_comparison` must have saved the
     selections under `cfg.out` first: evaluate reads `<out>/selections/<method>_<benchmark>.json`.
@@ -162,7 +162,7 @@ def add_accuracy(comparison: Comparison, cfg: CompareConfig, benchmark: str, ann
     `uniform` runs as evaluate's uniform baseline: K frames over all decoded frames, not over
     the candidates (what the published evaluation compares against).
     """
-    from .evaluation import EvaluateConfig, evaluate
+    from .integrations.lmms_runner import EvaluateConfig, evaluate
     from .scoring import METRICS, SCALE
 
     kwargs = {"agent": agent} if agent else {}

@@ -1,4 +1,4 @@
-"""Stage configurations and their command-line form, importable without torch.
+"""Stage configurations and their command-line form (flags, `--config FILE`), importable without torch.
 
 The command line derives one flag per field of these dataclasses (the field's help is the
 flag's help), so building a parser, and every `--help`, imports no model code: the heavy
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Sequence
@@ -18,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .policy import (
+    EXTRACT_KEYS,
     ExtractConfig,
     FramePolicy,
     add_extract_args,
@@ -145,6 +149,49 @@ def _key_value(item: str) -> tuple[str, Any]:
             pass
     return key, raw
 
+
+
+# ----------------------------------------------------------------------------- --config FILE
+_UNSET = object()
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Field values from a YAML or JSON file (a saved run's config.json works too)."""
+    text = Path(path).read_text()
+    values = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise TypeError(f"{path}: expected a mapping of config fields")
+    return values
+
+
+def add_config_file_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """The dataclass's flags, plus --config; given flags are told apart from defaults."""
+    parser.add_argument("--config", type=Path, help="YAML / JSON file of field values (flags override it)")
+    add_config_args(parser, cls)
+    hints = typing.get_type_hints(cls)
+    parser.set_defaults(**{f.name: None if typing.get_origin(hints[f.name]) is dict else _UNSET
+                           for f in dataclasses.fields(cls)})
+
+
+def config_with_file(cls: type, ns: argparse.Namespace) -> Any:
+    """Dataclass defaults <- the --config file <- flags given on the command line."""
+    values = load_config_file(ns.config) if ns.config else {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{ns.config}: unknown field(s) {', '.join(unknown)}")
+    merged = argparse.Namespace(**{k: getattr(ns, k) for k in EXTRACT_KEYS if hasattr(ns, k)})  # flags for `extract`
+    for f in dataclasses.fields(cls):
+        given = getattr(ns, f.name)
+        if given is not _UNSET and given is not None:
+            setattr(merged, f.name, given)
+        elif f.name in values:
+            setattr(merged, f.name, values[f.name])
+        elif f.default is not dataclasses.MISSING:
+            setattr(merged, f.name, f.default)
+        else:
+            setattr(merged, f.name, f.default_factory())
+    return config_from_args(cls, merged)
 
 # ----------------------------------------------------------------------------- stage configs
 # K = 8 of 120 candidates (uniform then hits about a quarter of the segments); the policy flags

@@ -1,4 +1,4 @@
-"""The interface every video-LLM backbone implements, and the registry that builds them.
+"""The interface every video-LLM backbone implements (`registry` builds them by name).
 
 A backbone answers `VideoQuery`s: the frames chosen for one question (uint8, in time
 order, with their real timestamps) and the user text that follows the video.  The
@@ -16,7 +16,7 @@ import importlib.util
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from ..config import model_location
-
-BACKBONE_VALUES = ("a checkpoint directory or a hub id (lmms-lab/LLaVA-Video-7B-Qwen2, "
-                   "Qwen/Qwen2.5-VL-7B-Instruct)")
-
 
 @dataclass
 class VideoQuery:
@@ -129,26 +123,3 @@ def without_cudnn_attention() -> contextlib.AbstractContextManager:
     per-length plan costs no more than flash's slower kernel).  No effect with flash_attention_2.
     """
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-BACKBONES: dict[str, Callable[..., Backbone]] = {}
-
-
-def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    """Register a loader `fn(path_or_hub_id, **options) -> Backbone` under `name`."""
-
-    def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        BACKBONES[name] = fn
-        return fn
-
-    return wrap
-
-
-def load_backbone(kind: str, path_or_hub_id: str, **options: Any) -> Backbone:
-    """Build a registered backbone (`llava_video`, `qwen2_5_vl`) from a local dir or hub id."""
-    from . import llava_video, qwen_vl  # noqa: F401  (registration)
-
-    if kind not in BACKBONES:
-        raise ValueError(f"unknown backbone {kind!r}; known: {', '.join(sorted(BACKBONES))}")
-    model_location(str(path_or_hub_id), f"{kind} checkpoint", BACKBONE_VALUES)
-    return BACKBONES[kind](path_or_hub_id, **options)

@@ -43,7 +43,6 @@ from .base import (
     Backbone,
     VideoQuery,
     default_attention,
-    register_backbone,
     resolve_device,
     resolve_dtype,
     without_cudnn_attention,
@@ -571,7 +570,6 @@ def _checkpoint_dir(path_or_hub_id: str | Path) -> Path:
     return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
 
 
-@register_backbone("llava_video")
 def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "bfloat16",
                     device: str | torch.device | None = None, attn_implementation: str | None = None,
                     **options: Any) -> LlavaVideo:

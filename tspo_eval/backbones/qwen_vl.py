@@ -70,7 +70,6 @@ from .base import (
     Backbone,
     VideoQuery,
     default_attention,
-    register_backbone,
     resolve_device,
     resolve_dtype,
     without_cudnn_attention,
@@ -426,7 +425,6 @@ class QwenVL(Backbone):
         return list(zip(torch.split(merged, sizes), grid.cpu()))
 
 
-@register_backbone("qwen2_5_vl")
 def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "bfloat16",
                     device: str | torch.device | None = None, attn_implementation: str | None = None,
                     min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, max_frames: int = MAX_FRAMES,

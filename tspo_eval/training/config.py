@@ -10,12 +10,9 @@ model is loaded.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from ..config import DTYPE_NAMES
 from ..policy import ExtractConfig, Sampling
@@ -261,12 +258,3 @@ class ExportConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if not self.checkpoint:
             raise ValueError("--checkpoint is required")
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Field values from a YAML or JSON file (a saved run's config.json works too)."""
-    text = Path(path).read_text()
-    values = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    if not isinstance(values, dict):
-        raise TypeError(f"{path}: expected a mapping of config fields")
-    return values

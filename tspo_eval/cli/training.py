@@ -1,4 +1,4 @@
-"""`tspo-eval train | train-llm | toy | select-data | export`: flags derived from the config dataclasses.
+"""The training commands `tspo-eval train | train-llm | toy | select-data | export`, flags from the configs.
 
 `train` and `train-llm` also take `--config FILE` (YAML or JSON, e.g. a run's saved
 config.json): the file's values replace the defaults and flags given on the command line
@@ -7,55 +7,16 @@ replace the file's.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import typing
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-from ..config import add_config_args, config_from_args
-from ..policy import EXTRACT_KEYS
-from .config import ExportConfig, LLMTrainConfig, ToyConfig, TrainConfig, VarianceConfig
-
-_UNSET = object()
-
-
-def _add_with_config_file(p: argparse.ArgumentParser, cls: type) -> None:
-    """The dataclass's flags, plus --config; given flags are told apart from defaults."""
-    p.add_argument("--config", type=Path, help="YAML / JSON file of field values (flags override it)")
-    add_config_args(p, cls)
-    hints = typing.get_type_hints(cls)
-    p.set_defaults(**{f.name: None if typing.get_origin(hints[f.name]) is dict else _UNSET
-                      for f in dataclasses.fields(cls)})
-
-
-def config_with_file(cls: type, ns: argparse.Namespace) -> Any:
-    """Dataclass defaults <- the --config file <- flags given on the command line."""
-    from .config import load_config_file
-
-    values = load_config_file(ns.config) if ns.config else {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{ns.config}: unknown field(s) {', '.join(unknown)}")
-    merged = argparse.Namespace(**{k: getattr(ns, k) for k in EXTRACT_KEYS if hasattr(ns, k)})  # flags for `extract`
-    for f in dataclasses.fields(cls):
-        given = getattr(ns, f.name)
-        if given is not _UNSET and given is not None:
-            setattr(merged, f.name, given)
-        elif f.name in values:
-            setattr(merged, f.name, values[f.name])
-        elif f.default is not dataclasses.MISSING:
-            setattr(merged, f.name, f.default)
-        else:
-            setattr(merged, f.name, f.default_factory())
-    return config_from_args(cls, merged)
+from ..config import add_config_args, add_config_file_args, config_from_args, config_with_file
+from ..training.config import ExportConfig, LLMTrainConfig, ToyConfig, TrainConfig, VarianceConfig
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
     from .. import distributed
-    from .trainer import run_training
+    from ..training.trainer import run_training
 
     history = run_training(config_with_file(TrainConfig, ns))
     if history and distributed.rank() == 0:
@@ -66,7 +27,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 def cmd_train_llm(ns: argparse.Namespace) -> int:
     from .. import distributed
-    from .llm_grpo import run_llm_training
+    from ..training.llm_grpo import run_llm_training
 
     history = run_llm_training(config_with_file(LLMTrainConfig, ns))
     if history and distributed.rank() == 0:
@@ -75,14 +36,14 @@ def cmd_train_llm(ns: argparse.Namespace) -> int:
 
 
 def cmd_toy(ns: argparse.Namespace) -> int:
-    from .toy import run_toy
+    from ..training.toy import run_toy
 
     run_toy(config_from_args(ToyConfig, ns))
     return 0
 
 
 def cmd_select_data(ns: argparse.Namespace) -> int:
-    from .variance import select_data
+    from ..training.variance import select_data
 
     report = select_data(config_with_file(VarianceConfig, ns))
     if report is not None:
@@ -91,7 +52,7 @@ def cmd_select_data(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from .export import export_checkpoint
+    from ..training.export import export_checkpoint
 
     out = export_checkpoint(config_from_args(ExportConfig, ns))
     print(f"exported a TSPO-0.4B-layout agent to {out}")
@@ -100,7 +61,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 def _with_config_file(cls: type, run) -> Callable[[argparse.ArgumentParser], None]:
     def build(p: argparse.ArgumentParser) -> None:
-        _add_with_config_file(p, cls)
+        add_config_file_args(p, cls)
         p.set_defaults(run=run)
     return build
 

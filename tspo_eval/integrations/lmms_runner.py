@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .config import existing_path, model_location
-from .integrations.lmms_tasks import tasks_path
-from .policy import ExtractConfig, FramePolicy
+from ..config import existing_path, model_location
+from ..policy import ExtractConfig, FramePolicy
+from .lmms_tasks import tasks_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,11 +93,11 @@ def ensure_selections(cfg: EvaluateConfig, policy: FramePolicy, extract: Extract
         return path
     import torch
 
-    from .agent import load_agent
-    from .benchmarks import load_benchmark
-    from .cache import FeatureCache
-    from .distributed import local_device
-    from .selection.stage import select_benchmark
+    from ..agent import load_agent
+    from ..benchmarks import load_benchmark
+    from ..cache import FeatureCache
+    from ..distributed import local_device
+    from ..selection.stage import select_benchmark
 
     refused = None if cfg.strict else []
     questions = (load_benchmark(cfg.benchmark, cfg.annotations, refused=refused) if cfg.annotations.suffix == ".tsv"
@@ -136,7 +136,7 @@ def lmms_eval_command(cfg: EvaluateConfig, policy: FramePolicy, extract: Extract
 
 def task_environment(cfg: EvaluateConfig) -> dict[str, str]:
     """The variables the task configs read: where the annotations and videos are."""
-    from .benchmarks.docs import STRICT_VAR
+    from ..benchmarks.docs import STRICT_VAR
 
     name = cfg.benchmark.upper()
     return {**os.environ, f"TSPO_{name}_ANNOTATIONS": str(Path(cfg.annotations).resolve()),
@@ -205,7 +205,7 @@ def evaluate(cfg: EvaluateConfig, policy: FramePolicy | None = None, extract: Ex
         columns[method] = read_results(cfg.out / "lmms_eval" / method, TASKS[cfg.benchmark], log)
     table = pd.DataFrame(columns)
     # the overall accuracies, over the answered questions, and the answered / failed counts first
-    from .scoring import METRICS
+    from ..scoring import METRICS
 
     first = [m.name for m in METRICS[cfg.benchmark] if (m.field is None or m.macro) and m.name in table.index]
     table = table.loc[first + [name for name in table.index if name not in first]]

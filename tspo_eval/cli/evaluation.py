@@ -1,10 +1,4 @@
-"""`tspo-eval` command line: extract, select, inspect, quality, compare, convert, evaluate, demo, training, VLMEvalKit.
-
-Options come from the stage config dataclasses (their field help is the flag's help), so a
-typo or a bad value fails before any video is decoded.  Building a parser imports no torch
-(the configs live in `tspo_eval.config` / `tspo_eval.training.config`), and `main` builds
-only the subcommand it is given: every `--help` answers at once, heavy imports happen when a
-command runs.
+"""The evaluation commands: extract, select, inspect, quality, compare, convert, evaluate, tasks-path, demo.
 
 Every command that reads a benchmark takes `--benchmark NAME --annotations FILE [--videos DIR]`:
 FILE is the published TSV (`LVBench.tsv`, ...) or the benchmark's original annotation file
@@ -17,10 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from .config import (
+from ..config import (
     DEMO_POLICY,
     DTYPE_NAMES,
     CompareConfig,
@@ -30,8 +24,8 @@ from .config import (
     existing_path,
     torch_dtype,
 )
-from .evaluation import EvaluateConfig, LmmsEvalError
-from .policy import FramePolicy, add_extract_args, add_policy_args, extract_from_args, policy_from_args
+from ..integrations.lmms_runner import EvaluateConfig
+from ..policy import FramePolicy, add_extract_args, add_policy_args, extract_from_args, policy_from_args
 
 BENCHMARK_NAMES = "longvideobench | mlvu | videomme | lvbench (or registered)"
 
@@ -72,9 +66,9 @@ def _models(ns: argparse.Namespace):
         raise SystemExit("error: give --agent (TSPO-0.4B directory / hub id) or --encoder open_clip:<model>")
     import torch
 
-    from .agent import load_agent
-    from .distributed import local_device
-    from .encoders import OpenClipEncoder
+    from ..agent import load_agent
+    from ..distributed import local_device
+    from ..encoders import OpenClipEncoder
 
     device = torch.device(ns.device) if ns.device else local_device()
     dtype = torch_dtype(ns.dtype) if ns.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -91,7 +85,7 @@ def _questions(ns: argparse.Namespace, refused: list | None = None) -> list:
     """The benchmark's questions from --annotations (TSV, or original file with time references);
     bad rows are refused alone (printed, and appended to `refused`) unless --strict. A file
     without any question is an error: there is nothing to do."""
-    from .benchmarks import get_benchmark, load_benchmark
+    from ..benchmarks import get_benchmark, load_benchmark
 
     get_benchmark(ns.benchmark)  # an unknown name lists the known ones
     path = existing_path(ns.annotations, "--annotations", "the published TSV or the original annotation file")
@@ -132,8 +126,8 @@ def _print_failures(failed: dict[str, str], names: dict[str, str]) -> None:
 
 def _time_ref_hint(ns: argparse.Namespace) -> str:
     """Why no question has a time reference: a TSV was given, or this benchmark has none."""
-    from .benchmarks import BENCHMARKS, get_benchmark
-    from .benchmarks.core import no_time_refs
+    from ..benchmarks import BENCHMARKS, get_benchmark
+    from ..benchmarks.core import no_time_refs
 
     having = [f"{s.name} ({s.annotation_file})" for s in BENCHMARKS.values() if s.time_refs is not no_time_refs]
     spec = get_benchmark(ns.benchmark)
@@ -150,10 +144,10 @@ def _videos(ns: argparse.Namespace) -> Path:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_extract(ns: argparse.Namespace) -> int:
-    from . import distributed
-    from .benchmarks import resolve_video
-    from .cache import FeatureCache
-    from .extract import ExtractReport, extract_videos
+    from .. import distributed
+    from ..benchmarks import resolve_video
+    from ..cache import FeatureCache
+    from ..extract import ExtractReport, extract_videos
 
     sampling, cfg = policy_from_args(ns).sampling, extract_from_args(ns)
     refused: list = []
@@ -184,9 +178,9 @@ def cmd_extract(ns: argparse.Namespace) -> int:
 
 
 def cmd_select(ns: argparse.Namespace) -> int:
-    from .benchmarks import get_benchmark
-    from .cache import FeatureCache
-    from .selection.stage import SelectionSet, select_benchmark
+    from ..benchmarks import get_benchmark
+    from ..cache import FeatureCache
+    from ..selection.stage import SelectionSet, select_benchmark
 
     policy, extract = policy_from_args(ns), extract_from_args(ns)
     if ns.frame_idx_out and ns.annotations.suffix.lower() == ".tsv":
@@ -215,8 +209,8 @@ def cmd_select(ns: argparse.Namespace) -> int:
 
 
 def cmd_inspect(ns: argparse.Namespace) -> int:
-    from .cache import FeatureCache
-    from .inspection import inspect_question
+    from ..cache import FeatureCache
+    from ..inspection import inspect_question
 
     policy, extract = policy_from_args(ns), extract_from_args(ns)
     questions = {q.index: q for q in _questions(ns)}
@@ -231,8 +225,8 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
 
 
 def cmd_quality(ns: argparse.Namespace) -> int:
-    from .quality import quality_table
-    from .selection.stage import SelectionSet
+    from ..quality import quality_table
+    from ..selection.stage import SelectionSet
 
     runs = {}
     for path in ns.selections:
@@ -247,8 +241,8 @@ def cmd_quality(ns: argparse.Namespace) -> int:
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
-    from .cache import FeatureCache
-    from .compare import add_accuracy, compare_selectors, write_comparison
+    from ..cache import FeatureCache
+    from ..compare import add_accuracy, compare_selectors, write_comparison
 
     cfg = config_from_args(CompareConfig, ns)
     policy, extract = policy_from_args(ns), extract_from_args(ns)
@@ -268,7 +262,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def cmd_convert(ns: argparse.Namespace) -> int:
-    from .benchmarks import convert, get_benchmark, write_tsv
+    from ..benchmarks import convert, get_benchmark, write_tsv
 
     spec = get_benchmark(ns.benchmark)
     source = existing_path(ns.annotations, "--annotations", f"the original annotation file ({spec.annotation_file})")
@@ -283,14 +277,14 @@ def cmd_convert(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     table = run_demo(config_from_args(DemoConfig, ns), policy_from_args(ns, DEMO_POLICY), extract_from_args(ns))
     return 0 if (table["questions"] > 0).all() else 1  # a method with nothing scored: the demo did not work
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
-    from .evaluation import evaluate
+    from ..integrations.lmms_runner import evaluate
 
     cfg = config_from_args(EvaluateConfig, ns)
     # the policy flags hold for every method (parameters are checked against the first)
@@ -300,7 +294,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
 
 
 def cmd_tasks_path(ns: argparse.Namespace) -> int:
-    from .integrations.lmms_tasks import tasks_path
+    from ..integrations.lmms_tasks import tasks_path
 
     print(tasks_path())
     return 0
@@ -378,57 +372,16 @@ def _build_tasks_path(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=cmd_tasks_path)
 
 
-def _build_vlmeval(p: argparse.ArgumentParser) -> None:
-    from .integrations.vlmeval import build_commands
-
-    build_commands(p)
-
-
-def _commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]]:
-    from .training.cli import COMMANDS as TRAINING
-
-    return {
-        "extract": ("decode every benchmark video and cache its frame features", _build_extract),
-        "select": ("choose K frames for every question", _build_select),
-        "inspect": ("plot one question's scores and chosen frames", _build_inspect),
-        "quality": ("time-reference hit rate of selection files (no LLM)", _build_quality),
-        "compare": ("every selector on one benchmark's cache -> one table and one chart", _build_compare),
-        "convert": ("write a benchmark's published TSV from its original annotation file", _build_convert),
-        "evaluate": ("select frames, run lmms-eval per method, one table (uniform vs tspo)", _build_evaluate),
-        "tasks-path": ("print the folder of the lmms-eval task configs (for --include_path)", _build_tasks_path),
-        "demo": ("offline, synthetic: train the agent on generated videos, compare it with uniform, topk and aks "
-                 "on held-out ones (quality table with 95% intervals + pictures)", _build_demo),
-        **TRAINING,
-        "vlmeval": ("run tspo-eval models in VLMEvalKit; convert its dataset TSVs", _build_vlmeval),
-    }
-
-
-def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
-    """The `tspo-eval` parser; with `commands`, only those subcommands get their flags (the others
-    are listed with their one-line help), which is how `main` keeps `--help` instant."""
-    parser = argparse.ArgumentParser(prog="tspo-eval", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wanted = None if commands is None else set(commands)
-    for name, (help_, build) in _commands().items():
-        p = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_)  # argparse formats help with %
-        if wanted is None or name in wanted:
-            build(p)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
-    ns = build_parser([command] if command else []).parse_args(argv)
-    try:
-        return ns.run(ns)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except LmmsEvalError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+# name -> (one-line help, builder of its flags): `tspo_eval.cli` lists them and builds the one asked for
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "extract": ("decode every benchmark video and cache its frame features", _build_extract),
+    "select": ("choose K frames for every question", _build_select),
+    "inspect": ("plot one question's scores and chosen frames", _build_inspect),
+    "quality": ("time-reference hit rate of selection files (no LLM)", _build_quality),
+    "compare": ("every selector on one benchmark's cache -> one table and one chart", _build_compare),
+    "convert": ("write a benchmark's published TSV from its original annotation file", _build_convert),
+    "evaluate": ("select frames, run lmms-eval per method, one table (uniform vs tspo)", _build_evaluate),
+    "tasks-path": ("print the folder of the lmms-eval task configs (for --include_path)", _build_tasks_path),
+    "demo": ("offline, synthetic: train the agent on generated videos, compare it with uniform, topk and aks "
+             "on held-out ones (quality table with 95% intervals + pictures)", _build_demo),
+}
