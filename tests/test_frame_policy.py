@@ -341,28 +341,38 @@ def test_released_frame_idx_without_official_is_fed_as_listed(official_dir, tmp_
 
 def test_select_data_with_the_llm_scores_the_prompt_train_llm_trains_on(numbered_video, tmp_path, monkeypatch):
     """`select-data --policy llm --think` must score `train-llm --think`'s prompt (and frames)."""
-    from tspo_eval.training import llm_grpo
+    import contextlib
+
+    from tspo_eval.training import rollout, variance
     from tspo_eval.training.data import Sample
-    from tspo_eval.training.variance import VarianceConfig
+    from tspo_eval.training.llm_grpo import LLMTrainConfig
 
-    scored = []
+    class Prompted(Exception):
+        pass
 
-    class Scored:
-        rewards = np.zeros(2)
+    class RecordingPolicy:  # stands for the LLM: records the query it is prompted with, then stops
+        def __init__(self):
+            self.queries = []
 
-    def answer_group(policy, sample, query, *args, **kwargs):
-        scored.append(query)
-        return Scored()
+        def autocast(self):
+            return contextlib.nullcontext()
 
-    monkeypatch.setattr(llm_grpo, "_load", lambda cfg, device: None)
-    monkeypatch.setattr(llm_grpo, "VideoPolicy", lambda backbone: None)
-    monkeypatch.setattr(llm_grpo, "answer_group", answer_group)
+        def prompt(self, query):
+            self.queries.append(query)
+            raise Prompted
+
+    selecting, training = RecordingPolicy(), RecordingPolicy()
+    monkeypatch.setattr("tspo_eval.backbones.load_backbone", lambda *a, **k: None)
+    monkeypatch.setattr(variance, "VideoPolicy", lambda backbone: selecting)
     sample = Sample(id="s", video=str(numbered_video), kind="multiple_choice", question="q", prompt="Q?\nA. x\nB. y")
-    cfg = VarianceConfig(data="unused.jsonl", policy="llm", runs=2, k=4, think=True)
-    llm_grpo.llm_group_rewards(cfg)(0, sample)
-    trained, _, _ = llm_grpo.frames_for(sample, llm_grpo.LLMTrainConfig(k=4, think=True), None)
-    assert scored[0].prompt == trained.prompt and scored[0].prompt.endswith(llm_grpo.THINK_INSTRUCTION)
-    assert scored[0].frame_numbers == trained.frame_numbers == [0, 99, 199, 299]  # linspace(0, 299, 4)
+    with pytest.raises(Prompted):
+        variance.llm_group_rewards(variance.VarianceConfig(data="unused.jsonl", policy="llm", runs=2, k=4,
+                                                           think=True))(0, sample)
+    with pytest.raises(Prompted):  # what LLMTrainer.rollout asks of the same sample
+        rollout.answer_group(training, sample, LLMTrainConfig(k=4, think=True), 2, 0)
+    scored, trained = selecting.queries[0], training.queries[0]
+    assert scored.prompt == trained.prompt and scored.prompt.endswith(rollout.THINK_INSTRUCTION)
+    assert scored.frame_numbers == trained.frame_numbers == [0, 99, 199, 299]  # linspace(0, 299, 4)
 
 
 @pytest.mark.parametrize("command, extra", [("train", ["--environment", "synthetic"]),

@@ -12,12 +12,11 @@ from tspo_eval.training.data import Sample
 from tspo_eval.training.llm_grpo import (
     LLMTrainConfig,
     LLMTrainer,
-    VideoPolicy,
-    frames_for,
     grpo_token_loss,
     load_trainable,
     make_trainable,
 )
+from tspo_eval.training.rollout import TrainableBackbone, VideoPolicy, frames_for
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,7 @@ def config(tmp_path, **kw) -> LLMTrainConfig:
 def test_sampled_logprobs_equal_the_training_forward(samples, tmp_path):
     backbone = random_llava_video("tiny", seed=1)
     policy = VideoPolicy(backbone)
-    query, times, duration = frames_for(samples[0], config(tmp_path), None)
+    query, times, duration = frames_for(samples[0], 2, False, None)
     assert len(query.frames) == 2 and duration == pytest.approx(10.0) and times.tolist() == [0.0, 39 / 4]
     prompt = policy.prompt(query)
     ids, mask, old = policy.sample(prompt, 3, 0.7, 5, torch.Generator().manual_seed(0))
@@ -43,6 +42,26 @@ def test_sampled_logprobs_equal_the_training_forward(samples, tmp_path):
         logp, entropy = policy(*prompt, ids, 0.7)  # one forward, no KV cache
     torch.testing.assert_close(logp * mask, old, atol=1e-4, rtol=1e-4)
     assert bool((entropy > 0).all()) and bool(mask[:, 0].all())
+
+
+def test_only_a_trainable_backbone_becomes_a_policy():
+    from tspo_eval.backbones import Backbone
+
+    class AnswerOnly(Backbone):  # answers, but exposes no LM or prompt embeddings to train
+        name, tokenizer, device, dtype = "answer-only", None, torch.device("cpu"), torch.float32
+
+        def generate(self, queries, max_new_tokens=16):
+            return [""] * len(queries)
+
+        def next_token_logits(self, queries):
+            return torch.zeros(len(queries), 2)
+
+    llava = random_llava_video("tiny", seed=1)
+    assert isinstance(llava, TrainableBackbone)
+    assert VideoPolicy(llava).pad == llava.pad_token_id and VideoPolicy(llava).eos == sorted(llava.eos_token_ids)
+    assert not isinstance(AnswerOnly(), TrainableBackbone)
+    with pytest.raises(TypeError, match="AnswerOnly is not a TrainableBackbone"):
+        VideoPolicy(AnswerOnly())
 
 
 def test_token_loss_by_hand():

@@ -13,8 +13,8 @@ import torch
 from tspo_eval.backbones.qwen_vl import random_qwen_vl
 from tspo_eval.synthetic import number_frame, write_video
 from tspo_eval.training.data import parse_row
-from tspo_eval.training.llm_grpo import LLMTrainConfig, LLMTrainer, VideoPolicy, frames_for
-from tspo_eval.training.trainer import sample_seed
+from tspo_eval.training.llm_grpo import LLMTrainConfig, LLMTrainer
+from tspo_eval.training.rollout import TrainableBackbone, VideoPolicy, frames_for
 
 SIDE = 56  # frames resized to 56 x 56: 4 x 4 patches, 2 x 2 merged tokens per frame pair
 PIXELS = {"min_pixels": SIDE * SIDE, "max_pixels": SIDE * SIDE}
@@ -50,8 +50,9 @@ def config(tmp_path, **kw) -> LLMTrainConfig:
 
 def test_training_prompt_carries_the_real_frame_times_and_sampling_matches_the_forward(samples, tmp_path):
     backbone = tiny(1)
+    assert isinstance(backbone, TrainableBackbone)
     policy = VideoPolicy(backbone)
-    query, times, duration = frames_for(samples[0], config(tmp_path), None)
+    query, times, duration = frames_for(samples[0], 4, False, None)
     assert times.tolist() == [0.0, 3.25, 6.5, 9.75] and duration == pytest.approx(10.0)  # frames 0, 13, 26, 39
     embeds, mask, positions = policy.prompt(query)
     assert positions.shape == (3, 1, embeds.shape[1])
@@ -149,28 +150,31 @@ def test_a_resumed_run_continues_bit_identically(samples, tmp_path):
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
-def test_select_data_with_the_llm_scores_what_training_samples(rows, samples, tmp_path):
+def test_select_data_with_the_llm_scores_what_training_samples(rows, samples, tmp_path, monkeypatch):
+    """select-data's N rewards of a sample are the rewards train-llm's first epoch draws for it.
+    A random model's answers are all wrong, so a length reward makes every answer count."""
+    from tspo_eval.backbones import load_backbone
     from tspo_eval.training.data import write_samples
+    from tspo_eval.training.rewards import REWARDS
     from tspo_eval.training.variance import VarianceConfig, select_data
+
+    monkeypatch.setitem(REWARDS, "test_length", lambda g: [float(len(c)) for c in g.completions])
 
     tiny(6).save_pretrained(tmp_path / "qwen")
     write_samples(samples, tmp_path / "pool.jsonl")
     cfg = VarianceConfig(data=str(tmp_path / "pool.jsonl"), out=str(tmp_path / "sel"), policy="llm", runs=3, k=4,
                          backbone="qwen2_5_vl", backbone_path=str(tmp_path / "qwen"), max_new_tokens=4,
-                         rewards={"accuracy": 1.0, "temporal_iou": 1.0}, seed=7)
+                         temperature=1.5, rewards={"accuracy": 1.0, "temporal_iou": 1.0, "test_length": 0.1}, seed=7)
     select_data(cfg)
     scores = [json.loads(line) for line in (tmp_path / "sel" / "scores.jsonl").read_text().splitlines()]
-    from tspo_eval.backbones import load_backbone
-
-    policy = VideoPolicy(load_backbone("qwen2_5_vl", str(tmp_path / "qwen"), device="cpu"))
-    train_cfg = config(tmp_path, k=4, rollouts=3, seed=7, rewards=cfg.rewards)
-    from tspo_eval.training.llm_grpo import answer_group
-
-    for i, (sample, record) in enumerate(zip(samples, scores)):
-        query, times, duration = frames_for(sample, train_cfg, None)
-        group = answer_group(policy, sample, query, times, duration, 3, 1.0, 4, sample_seed(7, 0, i), cfg.rewards)
+    trainer = LLMTrainer(config(tmp_path, k=4, rollouts=3, temperature=1.5, max_new_tokens=4, seed=7,
+                                rewards=cfg.rewards), load_backbone("qwen2_5_vl", str(tmp_path / "qwen"), device="cpu"),
+                         samples)
+    for i, record in enumerate(scores):
+        group = trainer.rollout(0, i)  # epoch 0: the adapters are still zero, so the policy is the base model
         assert record["rewards"] == group.rewards.tolist()
         assert record["kept"] == bool(group.rewards.max() > group.rewards.min())
+    assert len({r for record in scores for r in record["rewards"]}) > 3  # other answers would score otherwise
     kept = (tmp_path / "sel" / "kept.jsonl").read_text().splitlines()
     assert len(kept) == sum(r["kept"] for r in scores)
 

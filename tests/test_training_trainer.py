@@ -37,12 +37,12 @@ def bench(tmp_path_factory):
     return root, samples
 
 
-def make_trainer(bench, tmp_path, environment=None, **overrides) -> Trainer:
+def make_trainer(bench, tmp_path, environment=None, min_candidates=1, **overrides) -> Trainer:
     root, samples = bench
     cfg = TrainConfig(**{"environment": "synthetic", "output_dir": str(tmp_path / "run"), "rollouts": 6, "k": 4,
                          "grad_accum": 2, "epochs": 2, "max_steps": 3, "lr": 1e-3, "seed": 1, **overrides})
     agent = random_agent("clip-tiny", seed=0)
-    builder = EpisodeBuilder(None, agent.encoder, FeatureCache(root / "cache"), min_candidates=1)
+    builder = EpisodeBuilder(None, agent.encoder, FeatureCache(root / "cache"), min_candidates=min_candidates)
     builder.prepare(samples, progress=False)
     return Trainer(cfg, agent, samples, builder, environment or SyntheticEnvironment(), torch.device("cpu"))
 
@@ -150,6 +150,25 @@ def test_questions_prepared_ahead_with_their_pixels_change_nothing(bench, tmp_pa
     assert all(torch.equal(head_state(runs[0])[k], v) for k, v in head_state(runs[2]).items())
     assert envs[0].seen == envs[2].seen and len(envs[0].seen) == 3 * 2 * 6  # steps x questions x rollouts
     assert envs[0].preloaded == [False] * 6 and envs[2].preloaded == [True] * 6
+
+
+def test_select_data_scores_the_groups_training_draws(bench, tmp_path):
+    """One rollout path: select-data's N rewards of a sample are those of the group the trainer draws
+    for it in epoch 0 (same agent, seed, k, tau, answerer); the rewards vary, so other draws would show."""
+    from tspo_eval.training.variance import VarianceConfig, agent_group_rewards
+
+    root, samples = bench
+    rewards = {"accuracy": 1.0, "temporal_coverage": 1.0}
+    cfg = VarianceConfig(data="unused.jsonl", agent="random:clip-tiny", cache=str(root / "cache"),
+                         environment="synthetic", runs=6, k=4, tau=0.2, rewards=rewards, seed=1)
+    selecting = agent_group_rewards(cfg, samples)
+    trainer = make_trainer(bench, tmp_path, min_candidates=50, rollouts=6, k=4, rewards=rewards, seed=1)
+    scored = []
+    for i, sample in enumerate(samples):
+        group = trainer.rollout_group(0, i, 0.2, trainer.episode(0, i))
+        scored.append(selecting(i, sample))
+        np.testing.assert_array_equal(scored[-1], group.rewards)
+    assert all(s.std() > 0 for s in scored)  # every group has hits and misses: other draws would differ
 
 
 def test_tensorboard_and_metrics_file(bench, tmp_path):

@@ -329,6 +329,7 @@ class LlavaVideo(Backbone):
         self.eos_token_ids = {eos} if isinstance(eos, int) else set(eos or ())
         if tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(tokenizer.eos_token_id)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids, default=0)
         self.max_length: int | None = config.get("tokenizer_model_max_length")
         self.vision_cache_frames = vision_cache_frames
         self.vision_batch_size = vision_batch_size
@@ -514,13 +515,12 @@ class LlavaVideo(Backbone):
         with self.timings("prefill"):
             logits, cache = self._prefill(embeds, mask, positions)
         eos = torch.tensor(sorted(self.eos_token_ids), device=self.device)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else int(eos[0])
         done = torch.zeros(len(queries), dtype=torch.bool, device=self.device)
         next_positions = positions[:, -1:] + 1
         steps = []
         with self.timings("decode_tokens"), without_cudnn_attention():
             for step in range(max_new_tokens):
-                token = logits.argmax(-1).masked_fill(done, pad)
+                token = logits.argmax(-1).masked_fill(done, self.pad_token_id)
                 steps.append(token)
                 done |= torch.isin(token, eos)
                 if step == max_new_tokens - 1 or bool(done.all()):

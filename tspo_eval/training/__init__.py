@@ -3,5 +3,6 @@ their shared reward library, variance-aware data selection, export and an offlin
 
 Entry points: `tspo-eval train | train-llm | toy | select-data | export` (`tspo_eval.cli.training`).
 Modules: `grpo` (rollouts, log-probabilities, advantages, loss), `rewards`, `data`,
-`environment` (the answerer), `trainer`, `llm_grpo`, `variance`, `export`, `toy`.
+`environment` (the answerer), `rollout` (sample a group, complete it, score it: both trainers
+and select-data), `trainer`, `llm_grpo`, `variance`, `export`, `toy`.
 """

@@ -71,6 +71,12 @@ class Sample:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the row as read
 
 
+def video_path(sample: Sample, root: str | Path | None) -> str:
+    """The sample's video file (`video` is relative to `root` unless absolute or no root is given)."""
+    p = Path(sample.video)
+    return str(p if p.is_absolute() or not root else Path(root) / p)
+
+
 def _options_prompt(stem: str, options: Sequence[str]) -> str:
     return stem + "".join(f"\n{chr(65 + i)}. {o}" for i, o in enumerate(options))
 
@@ -245,8 +251,7 @@ class EpisodeBuilder:
         self.features = functools.lru_cache(maxsize=512)(self._features)
 
     def path(self, sample: Sample) -> str:
-        p = Path(sample.video)
-        return str(p if p.is_absolute() or self.root is None else self.root / p)
+        return video_path(sample, self.root)
 
     def _features(self, path: str) -> VideoFeatures:
         """1-fps candidates capped at max_candidates; too few -> max_candidates over all frames."""

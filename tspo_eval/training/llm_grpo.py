@@ -4,10 +4,11 @@ Same data, reward library and data selection as agent training; the policy is no
 LLM's answer given fixed frames (K uniform frames, lmms-eval's linspace over all frames,
 or the agent's top-K).  One optimiser step (`LLMTrainer.train`), per question:
 
-    query   = frames_for(sample)                          # K frames decoded once, real timestamps
-    rollout = answer_group(policy, sample, query, ...)    # prompt once, G answers sampled (KV cache,
+    rollout = answer_group(policy, sample, cfg, G, seed)  # K frames decoded once (real timestamps),
+                                                          # prompt once, G answers sampled (KV cache,
                                                           # no grad), decoded, rewards (accuracy /
-                                                          # temporal IoU / format, weighted)
+                                                          # temporal IoU / format, weighted): the
+                                                          # rollout path select-data runs too
     adv     = group_advantages(rollout.rewards)           # (r - mean) / (std + eps)
     logp, H = model(prompt, answers)                      # one forward with grad over the G answers
     ref     = reference_logp(prompt, answers)             # LoRA off, or the frozen copy
@@ -17,11 +18,8 @@ or the agent's top-K).  One optimiser step (`LLMTrainer.train`), per question:
 Defaults are the Temporal-RLT code's: 8 rollouts, temperature 1.0, clip 0.2, KL 1e-2 (k3),
 entropy 1e-3, lr 1e-6, rewards accuracy-or-IoU 0.5 + format 0.5.
 
-The backbone must expose `build_inputs(queries) -> (embeds, mask, positions)`, `net` (a
-transformers causal LM: `net.model`, `net.lm_head`) and `vision_modules` (the frozen vision
-parameters): `llava_video` and `qwen2_5_vl` do.  Qwen2.5-VL's positions are its (3, B, L)
-rotary positions with the frames' real timestamps, built by the backbone exactly as when it
-answers.  Distribution goes through accelerate (DDP, or DeepSpeed ZeRO from an accelerate
+The backbone must be a `rollout.TrainableBackbone` (`build_inputs`, `net`, `vision_modules`,
+EOS / pad ids): `llava_video` and `qwen2_5_vl` are.  Distribution goes through accelerate (DDP, or DeepSpeed ZeRO from an accelerate
 config): the forward with grad runs through the prepared module; under DeepSpeed a
 checkpoint also holds DeepSpeed's own (optimizer) state.
 """
@@ -31,9 +29,8 @@ import copy
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,128 +38,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbones import VideoQuery
+from ..backbones import load_backbone
 from ..backbones.base import PhaseTimer
 from .config import LLMTrainConfig
-from .data import Sample, read_samples
+from .data import Sample, read_samples, video_path
 from .grpo import group_advantages
-from .rewards import Group, score_group
+from .rollout import AnswerGroup, FrameChooser, Prompt, TrainableBackbone, VideoPolicy, answer_group, sample_seed
+from .trainer import log_metrics, metrics_writer, step_samples, total_steps
 
 log = logging.getLogger(__name__)
 
-THINK_INSTRUCTION = ("\nOutput the thinking process in <think> </think> and the final answer in "
-                     "<answer> </answer> tags.")
 # Attention and MLP projections of the language model only: `model.layers` (LLaVA-Video),
 # `model.language_model.layers` (Qwen2.5-VL, whose vision blocks also have `mlp.*_proj`).
 LM_LAYERS = r"model\.(language_model\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-Prompt = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # embeds (1, P, H), mask (1, P), positions (..., 1, P)
-
-
-class VideoPolicy(nn.Module):
-    """A backbone's LM as a policy over answer tokens given the query's prompt embeddings.
-
-    Positions are whatever the backbone builds: (B, L) for LLaVA-Video, (3, B, L) rotary
-    positions carrying the frames' real times for Qwen2.5-VL; answer tokens continue from
-    the prompt's last position, on every axis.
-    """
-
-    def __init__(self, backbone: Any) -> None:
-        super().__init__()
-        if not hasattr(backbone, "build_inputs") or not hasattr(backbone, "net"):
-            raise ValueError(f"backbone {type(backbone).__name__} lacks build_inputs/net: LLM training needs them")
-        self.backbone = backbone
-        self.net = backbone.net
-        tok = backbone.tokenizer
-        self.eos = sorted(set(getattr(backbone, "eos_token_ids", ())) | {tok.eos_token_id} - {None})
-        self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos[0]
-
-    def prompt(self, query: VideoQuery) -> Prompt:
-        """Embeddings (1, P, H), mask (1, P) and positions (..., 1, P) of the video + prompt (no grad)."""
-        return self.backbone.build_inputs([query])
-
-    def _hidden(self, embeds, mask, positions, cache=None, use_cache=False):
-        out = self.net.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                             past_key_values=cache, use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
-
-    @torch.no_grad()
-    def sample(self, prompt: Prompt, num: int, temperature: float, max_new_tokens: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`num` answers sampled at `temperature`: ids, mask (through the first EOS) and their
-        per-token log-probs under the sampling policy, each (G, L)."""
-        embeds, mask, positions = expand_prompt(prompt, num)
-        hidden, cache = self._hidden(embeds, mask, positions, use_cache=True)
-        logits = self.net.lm_head(hidden[:, -1]).float() / temperature
-        done = torch.zeros(num, dtype=torch.bool, device=embeds.device)
-        eos_t = torch.tensor(self.eos, device=embeds.device)
-        ids, keep, logps = [], [], []
-        for step in range(max_new_tokens):
-            logp = torch.log_softmax(logits, -1)
-            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1).masked_fill(done, self.pad)
-            ids.append(token)
-            keep.append(~done)
-            logps.append(logp.gather(1, token[:, None]).squeeze(1))
-            done = done | torch.isin(token, eos_t)
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, mask.new_ones(num, 1)], dim=1)
-            hidden, cache = self._hidden(self.net.get_input_embeddings()(token[:, None]), mask,
-                                         positions[..., -1:] + step + 1, cache, True)
-            logits = self.net.lm_head(hidden[:, -1]).float() / temperature
-        keep_t = torch.stack(keep, 1)
-        return torch.stack(ids, 1), keep_t, torch.stack(logps, 1) * keep_t
-
-    def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-        """The answers' text (tokens through the first EOS, special tokens dropped)."""
-        return [self.backbone.tokenizer.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
-
-    def forward(self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, prompt_positions: torch.Tensor,
-                ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs and entropies (G, L) of answers `ids` after the prompt, one forward."""
-        g, p, length = ids.shape[0], prompt_embeds.shape[1], ids.shape[1]
-        embeds, mask, positions = expand_prompt((prompt_embeds, prompt_mask, prompt_positions), g)
-        embeds = torch.cat([embeds, self.net.get_input_embeddings()(ids)], 1)
-        mask = torch.cat([mask, torch.ones_like(ids)], 1)
-        steps = torch.arange(1, length + 1, device=positions.device)
-        positions = torch.cat([positions, positions[..., -1:] + steps], -1)
-        hidden, _ = self._hidden(embeds, mask, positions)
-        logits = self.net.lm_head(hidden[:, p - 1:-1]).float() / temperature  # (G, L, V): predicts ids
-        logp = torch.log_softmax(logits, -1)
-        entropy = -(logp.exp() * logp).sum(-1)
-        return logp.gather(-1, ids[..., None]).squeeze(-1), entropy
-
-
-def expand_prompt(prompt: Prompt, num: int) -> Prompt:
-    """One prompt repeated `num` times along the batch axis (axis 0; -2 of the positions)."""
-    embeds, mask, positions = prompt
-    return (embeds.expand(num, -1, -1), mask.expand(num, -1),
-            positions.expand(*positions.shape[:-2], num, positions.shape[-1]))
-
-
-@dataclass
-class AnswerGroup:
-    """G sampled answers to one question and their rewards: GRPO's rollout."""
-
-    prompt: Prompt
-    ids: torch.Tensor  # (G, L) answer tokens
-    mask: torch.Tensor  # (G, L) through the first EOS
-    old_logp: torch.Tensor  # (G, L) log-probs under the sampling policy
-    texts: list[str]
-    rewards: np.ndarray  # (G,) weighted sum
-    per_reward: dict[str, list[float | None]]
-
-
-def answer_group(policy: VideoPolicy, sample: Sample, query: VideoQuery, times: np.ndarray, duration: float,
-                 num: int, temperature: float, max_new_tokens: int, seed: int,
-                 weights: dict[str, float]) -> AnswerGroup:
-    """Prompt once, sample `num` answers (KV-cached, no grad), decode and score them."""
-    prompt = policy.prompt(query)
-    generator = torch.Generator(device=prompt[0].device).manual_seed(seed)
-    ids, mask, old_logp = policy.sample(prompt, num, temperature, max_new_tokens, generator)
-    texts = policy.decode(ids, mask)
-    group = Group(sample, texts, [np.arange(len(times))] * num, np.asarray(times), None, duration)
-    rewards, per_reward = score_group(group, weights)
-    return AnswerGroup(prompt, ids, mask, old_logp, texts, rewards, per_reward)
 
 
 def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -191,7 +79,7 @@ def _lora_enabled(net: nn.Module, enabled: bool) -> None:
             module.enable_adapters(enabled)
 
 
-def make_trainable(backbone: Any, cfg: LLMTrainConfig) -> list[nn.Parameter]:
+def make_trainable(backbone: TrainableBackbone, cfg: LLMTrainConfig) -> list[nn.Parameter]:
     """LoRA adapters injected in place on the LM layers, or every LM weight; the backbone's
     `vision_modules` stay frozen.  Adapters are kept in float32 whatever the model's dtype
     (a 1e-6 step vanishes in bf16); DeepSpeed's bf16 mode keeps its own fp32 master copy."""
@@ -218,11 +106,6 @@ def make_trainable(backbone: Any, cfg: LLMTrainConfig) -> list[nn.Parameter]:
     return params
 
 
-def video_path(sample: Sample, root: str | None) -> str:
-    """The sample's video file (`video` is relative to `root` unless absolute)."""
-    return sample.video if root is None or Path(sample.video).is_absolute() else str(Path(root) / sample.video)
-
-
 def usable_samples(samples: list[Sample], root: str | None) -> tuple[list[Sample], dict[str, str]]:
     """The samples whose video opens, and {video: why} for those that do not (their samples are dropped)."""
     from ..video import probe
@@ -236,25 +119,7 @@ def usable_samples(samples: list[Sample], root: str | None) -> tuple[list[Sample
     return [s for s in samples if video_path(s, root) not in failed], failed
 
 
-def frames_for(sample: Sample, cfg: LLMTrainConfig, root: str | None, chooser: Any = None
-               ) -> tuple[VideoQuery, np.ndarray, float]:
-    """The question's query (K frames with their real timestamps), the timestamps and the video's duration."""
-    from ..selection.methods import uniform_frames
-    from ..video import probe, read_frames
-
-    path = video_path(sample, root)
-    info = probe(path)
-    if chooser is None:
-        numbers = uniform_frames(info.num_frames, info.fps, cfg.k)  # the uniform rule of every entry point
-    else:
-        numbers = chooser(sample)
-    times = numbers / info.fps
-    prompt = sample.prompt + (THINK_INSTRUCTION if cfg.think else "")
-    return VideoQuery(read_frames(path, numbers), times.tolist(), prompt, video=path,
-                      frame_numbers=numbers.tolist()), times, info.duration
-
-
-def agent_chooser(cfg: LLMTrainConfig, root: str | None, device: torch.device):
+def agent_chooser(cfg: LLMTrainConfig, root: str | None, device: torch.device) -> FrameChooser:
     """frames=agent: the agent's top-k candidates of each question."""
     from ..agent import load_agent
     from ..cache import FeatureCache
@@ -274,11 +139,10 @@ def agent_chooser(cfg: LLMTrainConfig, root: str | None, device: torch.device):
 class LLMTrainer:
     """GRPO of the video LLM: `train` is the loop, one optimiser step per iteration."""
 
-    def __init__(self, cfg: LLMTrainConfig, backbone: Any, samples: list[Sample], chooser: Any = None) -> None:
+    def __init__(self, cfg: LLMTrainConfig, backbone: TrainableBackbone, samples: list[Sample],
+                 chooser: FrameChooser | None = None) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
-
-        from .trainer import total_steps
 
         self.cfg, self.samples, self.chooser = cfg, samples, chooser
         # cpu=True (which also turns DeepSpeed off) only to keep a CPU backbone on the CPU of a GPU machine.
@@ -301,28 +165,16 @@ class LLMTrainer:
         self.timer = PhaseTimer()
 
     # ------------------------------------------------------------------ one question
-    def autocast(self) -> torch.autocast:
-        """Every forward runs in the model's 16-bit dtype: the float32 adapters' matmuls too (under
-        DeepSpeed they are cast to bf16 anyway, with float32 master copies in its optimizer)."""
-        dtype = self.policy.backbone.dtype
-        return torch.autocast(self.accelerator.device.type, dtype=dtype,
-                              enabled=dtype in (torch.bfloat16, torch.float16))
-
     def rollout(self, epoch: int, index: int) -> AnswerGroup:
-        """The question's frames, G sampled answers and their rewards (no grad)."""
-        from .trainer import sample_seed
-
-        sample = self.samples[index]
-        query, times, duration = frames_for(sample, self.cfg, self.cfg.video_root, self.chooser)
-        with self.autocast():
-            return answer_group(self.policy, sample, query, times, duration, self.cfg.rollouts, self.cfg.temperature,
-                                self.cfg.max_new_tokens, sample_seed(self.cfg.seed, epoch, index), self.cfg.rewards)
+        """The question's frames, G sampled answers and their rewards (no grad): `rollout.answer_group`."""
+        return answer_group(self.policy, self.samples[index], self.cfg, self.cfg.rollouts,
+                            sample_seed(self.cfg.seed, epoch, index), self.chooser)
 
     def reference_logp(self, prompt: Prompt, ids: torch.Tensor) -> torch.Tensor | None:
         """Token log-probs under the reference policy (LoRA off, or the frozen copy)."""
         if self.cfg.kl_coef <= 0:
             return None
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.policy.autocast():
             if self.ref_net is not None:
                 live, self.policy.net = self.policy.net, self.ref_net
                 logp = self.policy(*prompt, ids, self.cfg.temperature)[0]
@@ -337,7 +189,7 @@ class LLMTrainer:
         """The GRPO token loss of one question's answers (forward with grad through the prepared model)."""
         self.policy.net.train(self.cfg.gradient_checkpointing)  # transformers checkpoints in training mode only
         try:
-            with self.autocast():
+            with self.policy.autocast():  # under DeepSpeed bf16, float32 master copies live in its optimizer
                 logp, entropy = self.model(*g.prompt, g.ids, self.cfg.temperature)
         finally:
             self.policy.net.eval()  # sampling keeps its KV cache
@@ -347,8 +199,6 @@ class LLMTrainer:
     # ------------------------------------------------------------------ the loop
     def train(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         """Run to the last step (from the newest checkpoint with `resume`); returns the metrics."""
-        from .trainer import log_metrics, metrics_writer, step_samples
-
         if self.cfg.resume:
             self.load_latest()
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
@@ -460,7 +310,7 @@ class LLMTrainer:
         self.start_step = int(state["step"])
 
 
-def load_trainable(backbone: Any, checkpoint: str | Path) -> None:
+def load_trainable(backbone: TrainableBackbone, checkpoint: str | Path) -> None:
     """Put a checkpoint's LoRA adapters (already injected) or trained LM weights on `backbone.net`."""
     path = Path(checkpoint)
     if (path / "adapter_model.safetensors").is_file():
@@ -470,12 +320,6 @@ def load_trainable(backbone: Any, checkpoint: str | Path) -> None:
         set_peft_model_state_dict(backbone.net, {k.removeprefix("base_model.model."): v for k, v in state.items()})
     else:
         backbone.net.load_state_dict(load_file(str(path / "trainable.safetensors")), strict=False)
-
-
-def _load(cfg: Any, device: torch.device):
-    from ..backbones import load_backbone
-
-    return load_backbone(cfg.backbone, cfg.backbone_path, device=device)
 
 
 def run_llm_training(cfg: LLMTrainConfig) -> list[dict[str, float]]:
@@ -496,26 +340,9 @@ def run_llm_training(cfg: LLMTrainConfig) -> list[dict[str, float]]:
                         "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:3]), out / "failed_videos.json")
     if not samples:
         raise ValueError(f"{cfg.data}: no sample has a video that opens ({len(failed)} videos failed)")
-    backbone = _load(cfg, state.device)
+    backbone = load_backbone(cfg.backbone, cfg.backbone_path, device=state.device)
     chooser = agent_chooser(cfg, cfg.video_root, state.device) if cfg.frames == "agent" else None
     return LLMTrainer(cfg, backbone, samples, chooser).train()
 
 
-def llm_group_rewards(cfg: Any):
-    """select-data with policy=llm: N sampled answers per sample on K uniform frames, scored."""
-    from .. import distributed
-    from .trainer import sample_seed
-
-    policy = VideoPolicy(_load(cfg, distributed.local_device()))
-    frames_cfg = LLMTrainConfig(k=cfg.k, think=cfg.think, rewards=dict(cfg.rewards))  # train-llm's prompts
-
-    def group_rewards(index: int, sample: Sample) -> np.ndarray:
-        query, times, duration = frames_for(sample, frames_cfg, cfg.video_root)
-        return answer_group(policy, sample, query, times, duration, cfg.runs, cfg.temperature, cfg.max_new_tokens,
-                            sample_seed(cfg.seed, 0, index), cfg.rewards).rewards
-
-    return group_rewards
-
-
-__all__ = ["AnswerGroup", "LLMTrainConfig", "LLMTrainer", "VideoPolicy", "answer_group", "grpo_token_loss",
-           "load_trainable", "make_trainable", "run_llm_training"]
+__all__ = ["LLMTrainConfig", "LLMTrainer", "grpo_token_loss", "load_trainable", "make_trainable", "run_llm_training"]

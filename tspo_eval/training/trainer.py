@@ -7,8 +7,10 @@ Per optimiser step, every rank takes `grad_accum` questions; per question:
     logits   = head(features, text) / tau            # one forward, no grad: the rollout policy
     rollouts = sample_rollouts(logits, K, G)         # Gumbel-top-k, G ordered draws
     texts    = environment.complete(episode, ...)    # the frozen answerer, G answers batched
-    rewards  = score_group(...)                      # weighted reward library
+    rewards  = score(...)                            # weighted reward library
     adv      = group_advantages(rewards)
+
+(logits to rewards is `rollout.frame_group`, the rollout path `select-data` runs too),
 
 then `updates_per_batch` times: a forward with grad per question, `policy_loss`, backward
 (DistributedDataParallel averages the gradients over ranks at the last question), clip,
@@ -43,28 +45,18 @@ from ..prefetch import prefetched
 from .config import TrainConfig
 from .data import Episode, EpisodeBuilder, Sample
 from .environment import Environment
-from .grpo import Rollouts, group_advantages, policy_loss, sample_rollouts, tau_at
-from .rewards import Group, score_group
+from .grpo import group_advantages, policy_loss, tau_at
+from .rollout import FrameGroup, frame_group, sample_seed
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class StepGroup:
-    """One question's rollouts inside a step, with what the answerer and rewards made of them."""
+class StepGroup(FrameGroup):
+    """One question's group inside a step: the rollout path's `FrameGroup` plus its advantages."""
 
     index: int  # the sample's position in the data
-    episode: Episode
-    rollouts: Rollouts
-    completions: list[str]
-    rewards: np.ndarray  # (G,) weighted sum
-    per_reward: dict[str, list[float | None]]
     advantages: torch.Tensor  # (G,)
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one question's randomness in one epoch (independent of rank and resume)."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 def total_steps(cfg: TrainConfig, num_samples: int, world: int) -> int:
@@ -161,19 +153,12 @@ class Trainer:
                           name="tspo-episode")
 
     def rollout_group(self, epoch: int, index: int, tau: float, episode: Episode) -> StepGroup:
-        """Episode -> G rollouts -> answers -> rewards -> advantages, all without grad."""
-        seed = sample_seed(self.cfg.seed, epoch, index)
-        sample = self.samples[index]
-        k = self.cfg.k if sample.needle else self.cfg.k_for_general
-        with torch.no_grad():
-            logits = self.head(episode.features.to(self.device), episode.text.to(self.device)) / tau
-        rollouts = sample_rollouts(logits, k, self.cfg.rollouts, self.cfg.objective,
-                                   torch.Generator().manual_seed(seed))
-        completions = self.environment.complete(episode, rollouts.selections)
-        group = Group(sample, completions, rollouts.selections, episode.timestamps, episode.target, episode.duration)
-        rewards, per_reward = score_group(group, self.cfg.rewards)
-        advantages = group_advantages(torch.as_tensor(rewards, dtype=torch.float32), self.cfg.adv_eps).to(self.device)
-        return StepGroup(index, episode, rollouts, completions, rewards, per_reward, advantages)
+        """The rollout path's group of the question (`rollout.frame_group`), with its advantages."""
+        k = self.cfg.k if self.samples[index].needle else self.cfg.k_for_general
+        group = frame_group(self.head, episode, k, self.cfg.rollouts, tau, sample_seed(self.cfg.seed, epoch, index),
+                            self.environment, self.cfg.rewards, self.cfg.objective)
+        advantages = group_advantages(torch.as_tensor(group.rewards, dtype=torch.float32), self.cfg.adv_eps)
+        return StepGroup(**vars(group), index=index, advantages=advantages.to(self.device))
 
     # ------------------------------------------------------------------ one optimiser step
     def update(self, groups: Sequence[StepGroup], tau: float) -> dict[str, float]:

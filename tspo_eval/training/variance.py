@@ -19,12 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
 from .config import Statistic, VarianceConfig
 from .data import Sample, read_samples, write_samples
+from .rollout import VideoPolicy, answer_group, frame_group, sample_seed
+
+GroupRewards = Callable[[int, Sample], np.ndarray]  # (sample index, sample) -> (N,) rewards
 
 
 def keeps(rewards: np.ndarray, statistic: Statistic, threshold: float) -> bool:
@@ -33,7 +35,7 @@ def keeps(rewards: np.ndarray, statistic: Statistic, threshold: float) -> bool:
     return value > threshold
 
 
-def score_samples(samples: list[Sample], group_rewards: Callable[[int, Sample], np.ndarray], cfg: VarianceConfig,
+def score_samples(samples: list[Sample], group_rewards: GroupRewards, cfg: VarianceConfig,
                   progress: bool = True) -> list[dict]:
     """Per sample: N rewards from `group_rewards(index, sample)`, their statistics and the keep decision."""
     records = []
@@ -64,15 +66,13 @@ def report(records: list[dict]) -> dict:
     return {"sources": by_source, "total": total}
 
 
-def agent_group_rewards(cfg: VarianceConfig, samples: list[Sample]) -> Callable[[int, Sample], np.ndarray]:
-    """N agent rollouts of a sample, answered by the environment and scored (features extracted first)."""
+def agent_group_rewards(cfg: VarianceConfig, samples: list[Sample]) -> GroupRewards:
+    """N agent rollouts of a sample, answered by the environment and scored: `rollout.frame_group`,
+    as training draws them in its first epoch (features extracted first)."""
     from ..agent import load_agent
     from ..cache import FeatureCache
     from .data import EpisodeBuilder
     from .environment import build_environment
-    from .grpo import sample_rollouts
-    from .rewards import Group, score_group
-    from .trainer import sample_seed
 
     device = distributed.local_device()
     agent = load_agent(cfg.agent, device=device)
@@ -85,14 +85,18 @@ def agent_group_rewards(cfg: VarianceConfig, samples: list[Sample]) -> Callable[
     def group_rewards(index: int, sample: Sample) -> np.ndarray:
         seed = sample_seed(cfg.seed, 0, index)
         episode = builder.build(sample, np.random.default_rng(seed))
-        with torch.no_grad():
-            logits = agent.selector(episode.features.to(device), episode.text.to(device)) / cfg.tau
-        rollouts = sample_rollouts(logits, cfg.k, cfg.runs, "plackett-luce", torch.Generator().manual_seed(seed))
-        texts = environment.complete(episode, rollouts.selections)
-        group = Group(sample, texts, rollouts.selections, episode.timestamps, episode.target, episode.duration)
-        return score_group(group, cfg.rewards)[0]
+        return frame_group(agent.selector, episode, cfg.k, cfg.runs, cfg.tau, seed, environment, cfg.rewards).rewards
 
     return group_rewards
+
+
+def llm_group_rewards(cfg: VarianceConfig) -> GroupRewards:
+    """N sampled answers per sample on K uniform frames, scored: `rollout.answer_group`, with
+    train-llm's prompt (`think`) and the seeds of its first epoch."""
+    from ..backbones import load_backbone
+
+    policy = VideoPolicy(load_backbone(cfg.backbone, cfg.backbone_path, device=distributed.local_device()))
+    return lambda index, sample: answer_group(policy, sample, cfg, cfg.runs, sample_seed(cfg.seed, 0, index)).rewards
 
 
 def select_data(cfg: VarianceConfig) -> dict | None:
@@ -101,12 +105,7 @@ def select_data(cfg: VarianceConfig) -> dict | None:
 
     init_distributed(distributed.local_device())
     samples = read_samples(cfg.data)
-    if cfg.policy == "agent":
-        group_rewards = agent_group_rewards(cfg, samples)
-    else:
-        from .llm_grpo import llm_group_rewards
-
-        group_rewards = llm_group_rewards(cfg)
+    group_rewards = agent_group_rewards(cfg, samples) if cfg.policy == "agent" else llm_group_rewards(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     mine = distributed.shard(list(range(len(samples))))
