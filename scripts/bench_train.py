@@ -64,7 +64,8 @@ from tspo_eval.training.grpo import (
     tau_at,
 )
 from tspo_eval.training.rewards import Group, score_group
-from tspo_eval.training.trainer import Trainer, sample_seed, step_samples
+from tspo_eval.training.rollout import sample_seed
+from tspo_eval.training.trainer import Trainer, step_samples
 from tspo_eval.video import iter_frames
 
 PUBLISHED_MAX_NEW_TOKENS = 256  # tspo_trainer.compute_loss: generate(do_sample=False, max_new_tokens=256)
