@@ -164,7 +164,13 @@ def measure_decode(args: argparse.Namespace, video: Path, image_size: int) -> di
             def run() -> None:
                 decoder = _Decoder(str(video), Sampling(decode_resize=resize), cfg, image_size if resize else None)
                 decoder.candidates()
-                count.append(sum(len(b) for group in decoder.batches(cfg.encode_batch) for _, b in group))
+                total = 0
+                for group in decoder.batches(cfg.encode_batch):
+                    size = sum(len(b) for _, b in group)
+                    total += size
+                    del group
+                    decoder.room.give(size)  # as the encoder does: room for more decoding
+                count.append(total)
 
             seconds = timed(run, args.repeats, False)
             rows.append({"backend": backend, "readers": readers, "decode_threads": threads,

@@ -48,25 +48,30 @@ def finishes(fn, seconds: float, on_timeout) -> object:
     return out.get("value")
 
 
-def test_a_prefetched_video_never_starves_the_current_one_of_workers(numbered_video_factory, pool):
+def test_a_prefetched_video_never_starves_the_current_one_of_workers(numbered_video_factory, pool, monkeypatch):
     """Issue 18: the video decoded ahead fills its queue while the encoder still waits for the
     current one. Its readers must not hold the (fewer) workers while they wait for room, or the
     current video's readers never get one. Deterministic: the video ahead is started first and
     its queue is full before the current video starts."""
     current = numbered_video_factory(num_frames=300)  # 10 candidates, a keyframe before each
-    later = numbered_video_factory(num_frames=600)  # 20 candidates: more than its queue and readers hold
+    later = numbered_video_factory(num_frames=600)  # 20 candidates: more than its budget holds
     cfg = ExtractConfig(encode_batch=1, readers=2, prefetch_videos=2, backend="pyav", decode_processes=True)
+    monkeypatch.setattr(extract, "DECODE_BUDGET_BYTES", 4 * 48 * 64 * 3)  # 4 frames in flight per video
     ahead = _Decoder(str(later), Sampling(), cfg)
     ahead.candidates()
     deadline = time.monotonic() + 120
-    while not ahead.done.full():
-        assert time.monotonic() < deadline, "the video ahead never filled its queue"
+    while not (ahead.room.waiting and ahead.room.held == ahead.room.limit):
+        assert time.monotonic() < deadline, "the video ahead never filled its budget"
         time.sleep(0.05)
     now = _Decoder(str(current), Sampling(), cfg)
 
     def drain(decoder: _Decoder) -> list[int]:
-        return sorted(read_frame_number(frame) for group in decoder.batches(cfg.encode_batch)
-                      for _, batch in group for frame in batch)
+        got = []
+        for group in decoder.batches(cfg.encode_batch):
+            for _, batch in group:
+                got += [read_frame_number(frame) for frame in batch]
+                decoder.room.give(len(batch))  # as the encoder does once it holds the frames no more
+        return sorted(got)
 
     def encode_now() -> list[int]:
         now.candidates()

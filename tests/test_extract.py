@@ -273,3 +273,45 @@ def test_the_report_times_the_extraction_and_merged_ranks_take_the_longer(videos
     assert ExtractReport.load(tmp_path / "r.json") == report
     merged = ExtractReport(["a"], seconds=2.0).merge(ExtractReport(["b"], seconds=3.5))
     assert merged.encoded == ["a", "b"] and merged.seconds == 3.5
+
+
+@pytest.mark.parametrize("backend, processes", [("decord", False), ("pyav", False), ("pyav", True)])
+def test_decoded_frames_in_flight_are_bounded_whatever_the_length(numbered_video_factory, encoder, tmp_path,
+                                                                   monkeypatch, backend, processes):
+    """Memory flat in video length: with a slow encoder, every reader decodes ahead as far as it may;
+    the decoded frames alive at once (counted as objects die, not from the budget's own books) stay
+    within DECODE_BUDGET_BYTES for a short and a 4x longer video alike."""
+    import weakref
+
+    from tspo_eval import extract
+
+    frame_bytes = 48 * 64 * 3
+    monkeypatch.setattr(extract, "DECODE_BUDGET_BYTES", 6 * frame_bytes)  # 6 frames per video
+    alive, peak, lock = [0], [0], threading.Lock()
+    real_own = extract._Decoder._own
+
+    def counted(self, batch, shared):
+        out = real_own(self, batch, shared)
+        n = len(out)
+        with lock:
+            alive[0] += n
+            peak[0] = max(peak[0], alive[0])
+
+        def dead():
+            with lock:
+                alive[0] -= n
+
+        weakref.finalize(out, dead)
+        return out
+
+    monkeypatch.setattr(extract._Decoder, "_own", counted)
+    slow = CountingEncoder(encoder)
+    slow.encode_frames = lambda frames: (time.sleep(0.02), encoder.encode_frames(frames))[1]
+    cfg = ExtractConfig(encode_batch=4, readers=3, prefetch_videos=1, backend=backend, decode_processes=processes)
+    for frames in (300, 1200):  # 10 and 40 candidates
+        peak[0] = 0
+        video = numbered_video_factory(num_frames=frames)
+        got = video_features(video, slow, FeatureCache(tmp_path / str(frames)), Sampling(), cfg)
+        np.testing.assert_array_equal(got.frame_numbers, np.arange(0, frames, 30))
+        # a group being encoded (<= 4) + what readers decoded meanwhile, all within the 6-frame budget
+        assert 1 <= peak[0] <= 6, (frames, peak[0])

@@ -48,6 +48,9 @@ from .video import Candidates, FrameReader, VideoError, decode_runs
 
 PROCESS_CORES = 8  # from this many cores up, "auto" decodes with PyAV in one worker process per core
 MAX_AUTO_READERS = 32  # beyond this decoding outruns the encoder (~2,900 frames/s on an H200) anyway
+# decoded frames one video may hold before the encoder takes them (in bytes, so 720p holds fewer
+# frames than 270p): memory flat in video length; 16 readers at 480x270 keep ~1,000 frames in flight
+DECODE_BUDGET_BYTES = 384 << 20
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
@@ -115,6 +118,38 @@ class ExtractReport:
         return cls(**json.loads(Path(path).read_text()))
 
 
+class _FrameBudget:
+    """Decoded frames of one video not yet encoded, at most `limit`: a reader takes room for a read
+    before it decodes (never holding a worker process while it waits), the encoder gives it back once
+    it has the batch. `peak` is the most ever held at once (what tests check)."""
+
+    def __init__(self, limit: int, cancelled: threading.Event) -> None:
+        self.limit, self.held, self.peak, self.waiting = limit, 0, 0, 0
+        self.cancelled = cancelled
+        self.changed = threading.Condition()
+
+    def take(self, frames: int) -> bool:
+        """Wait for room for `frames` (a read larger than the limit waits for an empty budget);
+        False when the video is cancelled meanwhile."""
+        with self.changed:
+            self.waiting += 1
+            try:
+                while self.held and self.held + frames > self.limit:
+                    if self.cancelled.is_set():
+                        return False
+                    self.changed.wait(0.1)
+            finally:
+                self.waiting -= 1
+            self.held += frames
+            self.peak = max(self.peak, self.held)
+            return not self.cancelled.is_set()
+
+    def give(self, frames: int) -> None:
+        with self.changed:
+            self.held -= frames
+            self.changed.notify_all()
+
+
 class _Decoder:
     """Decodes one video's candidates on `readers` threads, handing batches over as they are done.
 
@@ -122,7 +157,8 @@ class _Decoder:
     reader, which the readers claim in time order as they become free: no frame is decoded
     twice, a slow stretch of video holds up one reader only, and the encoder starts on the
     first runs while later ones are still decoding. Batches come with their position, so
-    their features are put back in time order at the end. `image_size` set: frames are scaled
+    their features are put back in time order at the end. Decoded frames not yet encoded are
+    bounded by `DECODE_BUDGET_BYTES` (`_FrameBudget`), whatever the video's length. `image_size` set: frames are scaled
     in the decoder to the encoder's input scale; `pin`: batches are pinned tensors, which the
     encoder's device copy does not wait for.
     """
@@ -132,8 +168,8 @@ class _Decoder:
         self.path, self.sampling, self.cfg, self.image_size, self.pin = path, sampling, cfg, image_size, pin
         self.cancelled = threading.Event()
         self.head: queue.Queue = queue.Queue(maxsize=1)  # the Candidates, or the error probing raised
-        # bounded: memory stays at (2 + 1 in hand per reader) batches of <= encode_batch frames
-        self.done: queue.Queue = queue.Queue(maxsize=2 * cfg.readers)
+        self.done: queue.Queue = queue.Queue()  # decoded batches: bounded by `room`, not by the queue
+        self.room = _FrameBudget(1, self.cancelled)  # sized once the frame size is known
         self.runs: list[tuple[int, int]] = []
         self.frame_numbers = np.zeros(0, np.int64)
         self.reader_args: dict = {}  # how each reader opens the file: the probe's backend and index
@@ -158,19 +194,21 @@ class _Decoder:
             return
         try:
             cands = reader.candidates(self.sampling.fps, self.sampling.max_frames)
-            count = len(cands.frame_numbers)
-            run = max(1, min(cfg.encode_batch, math.ceil(count / (4 * cfg.readers))))
+            size = None if self.image_size is None else clip_resize_shape(
+                cands.info.height, cands.info.width, self.image_size)
+            self.frame_shape = (*(size or (cands.info.height, cands.info.width)), 3)
+            self.room.limit = max(1, DECODE_BUDGET_BYTES // math.prod(self.frame_shape))
+            # about four runs per reader, each short enough that every reader holds one within the budget
+            run = max(1, min(cfg.encode_batch, self.room.limit // cfg.readers,
+                             math.ceil(len(cands.frame_numbers) / (4 * cfg.readers))))
             self.runs = decode_runs(cands.frame_numbers, reader.keyframes, run)
         except Exception as err:
             reader.close()
             self._put(self.head, err)
             return
         self.frame_numbers = cands.frame_numbers
-        size = None if self.image_size is None else clip_resize_shape(
-            cands.info.height, cands.info.width, self.image_size)
         self.reader_args = {"backend": reader.backend, "num_threads": cfg.decode_threads, "size": size,
                             "index": reader.index}
-        self.frame_shape = (*(size or (cands.info.height, cands.info.width)), 3)
         if size is not None:  # the probing reader decodes at the stored size
             reader.close()
         for i in range(min(cfg.readers, len(self.runs))):
@@ -212,12 +250,19 @@ class _Decoder:
         return np.array(batch) if shared else batch
 
     def _read_runs(self, read: Callable[[np.ndarray], Frames]) -> None:
-        """Claim runs until none is left and queue their batches."""
+        """Claim runs until none is left and queue their batches, each once there is room for it."""
         size = self.cfg.encode_batch
         while not self.cancelled.is_set() and (claim := next(self._claims)) < len(self.runs):
             start, stop = self.runs[claim]
             for first in range(start, stop, size):
-                self._put(self.done, (first, read(self.frame_numbers[first:min(stop, first + size)])))
+                wanted = self.frame_numbers[first:min(stop, first + size)]
+                if not self.room.take(len(wanted)):
+                    return
+                try:
+                    self.done.put((first, read(wanted)))
+                except BaseException:
+                    self.room.give(len(wanted))
+                    raise
 
     def candidates(self) -> Candidates:
         """The video's candidates once probed; re-raises the error probing met."""
@@ -229,7 +274,8 @@ class _Decoder:
     def batches(self, limit: int) -> Iterator[list[tuple[int, Frames]]]:
         """Decoded batches in the order they finish, gathered into groups of at most `limit`
         frames from those already waiting, as (position of the first frame, batch) pairs;
-        ends when every candidate is in. Re-raises a reader's error."""
+        ends when every candidate is in. Re-raises a reader's error. A group's frames count
+        against the budget until the caller gives them back (`room.give`) once it holds none."""
         left, held = len(self.frame_numbers), None
         while left:
             group, size = [], 0
@@ -255,9 +301,11 @@ def _encode(decoder: _Decoder, encoder: Encoder, fingerprint: str, identity: str
     parts: list[tuple[int, torch.Tensor]] = []
     # features stay on the encoder's device until the video is done: one wait for the GPU per video
     for group in decoder.batches(decoder.cfg.encode_batch):
+        sizes = [len(b) for _, b in group]
         frames = torch.cat([upload(b, encoder.device) for _, b in group]) if len(group) > 1 else group[0][1]
-        features = encoder.encode_frames(frames).split([len(b) for _, b in group])
-        parts += zip((first for first, _ in group), features)
+        parts += zip((first for first, _ in group), encoder.encode_frames(frames).split(sizes))
+        del group, frames  # the decoded frames die here: only then may readers decode more
+        decoder.room.give(sum(sizes))
     features = torch.cat([f for _, f in sorted(parts, key=lambda part: part[0])]).cpu()
     return VideoFeatures(features=features, frame_numbers=cands.frame_numbers, timestamps=cands.timestamps,
                          fps=cands.info.fps, num_frames=cands.info.num_frames, encoder=identity,

@@ -403,7 +403,6 @@ class _PyAVReader:
         except BaseException:
             self._container.close()
             raise
-        self._number_of = {pts: n for n, pts in enumerate(self._pts.tolist())}
         # decoding state carried from one `frames` call to the next
         self._decoded: Iterator[av.VideoFrame] | None = None
         self._current, self._image = -1, None  # number and pixels of the last decoded frame
@@ -418,6 +417,15 @@ class _PyAVReader:
     @property
     def num_frames(self) -> int:
         return len(self._pts)
+
+    def _number_of(self, pts: int | None, default: int) -> int:
+        """The frame number of presentation time `pts` (`default` when no packet has it). A binary
+        search of the sorted index, not a dict: a worker keeps no per-frame Python objects, so
+        its memory does not grow with the video's length."""
+        if pts is None:
+            return default
+        n = int(np.searchsorted(self._pts, pts))
+        return n if n < len(self._pts) and self._pts[n] == pts else default
 
     @property
     def fps(self) -> float:
@@ -444,7 +452,7 @@ class _PyAVReader:
             if packet.size == 0 and packet.dts is None:  # end of stream: flush the decoder
                 yield from codec.decode(None)
                 return
-            number = self._number_of.get(packet.pts, self._last_wanted)
+            number = self._number_of(packet.pts, self._last_wanted)
             codec.skip_frame = "NONREF" if number < self._last_wanted and number not in self._wanted else "DEFAULT"
             yield from codec.decode(packet)
 
@@ -491,7 +499,7 @@ class _PyAVReader:
                     self._container.seek(int(self._pts[key]), stream=self._stream, backward=True)
                     self._decoded = self._decode_packets()
                 for frame in self._decoded:
-                    self._current = self._number_of.get(frame.pts, self._current + 1)
+                    self._current = self._number_of(frame.pts, self._current + 1)
                     if self._current >= target:
                         break
                 if self._current != target:
