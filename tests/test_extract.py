@@ -315,3 +315,50 @@ def test_decoded_frames_in_flight_are_bounded_whatever_the_length(numbered_video
         np.testing.assert_array_equal(got.frame_numbers, np.arange(0, frames, 30))
         # a group being encoded (<= 4) + what readers decoded meanwhile, all within the 6-frame budget
         assert 1 <= peak[0] <= 6, (frames, peak[0])
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_decoding_started_before_the_encoder_is_taken_over(videos, encoder, tmp_path, monkeypatch, processes):
+    """DecodeAhead decodes while the model loads; the extraction takes its decoders over (it starts
+    none of its own for them) and gets the same features; a decoder nobody takes is stopped."""
+    from tspo_eval import extract
+
+    good_a, good_b, *_ = videos
+    cfg = ExtractConfig(encode_batch=4, readers=2, backend="pyav", decode_processes=processes)
+    cache = FeatureCache(tmp_path / "cache")
+    extract_videos([good_b], encoder, cache, Sampling(), cfg, progress=False)  # good_b is cached already
+    ahead = extract.DecodeAhead([good_a, good_b], Sampling(), cfg)
+    assert set(ahead.decoders) == {str(good_a), str(good_b)}
+    started = dict(ahead.decoders)
+    deadline = time.monotonic() + 60
+    while started[str(good_a)].room.held == 0:  # frames decoded before any encoder is given
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    def no_new_decoders(*args, **kwargs):
+        raise AssertionError("the extraction started a decoder of its own")
+
+    monkeypatch.setattr(extract, "_Decoder", no_new_decoders)
+    report = extract_videos([good_a, good_b], encoder, cache, Sampling(), cfg, progress=False, ahead=ahead)
+    assert report.encoded == [str(good_a)] and report.cached == [str(good_b)] and not report.failed
+    assert started[str(good_b)].cancelled.is_set() and not ahead.decoders
+    got = load_features(good_a, encoder.identity, cache, Sampling())
+    torch.testing.assert_close(got.features, encoder.encode_frames(read_frames(good_a, np.arange(0, 300, 30))),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_ahead_is_not_used_for_other_settings(videos, encoder, tmp_path):
+    """A decoder started for other sampling settings is not served: the extraction decodes anew."""
+    from tspo_eval import extract
+
+    good_a, *_ = videos
+    ahead = extract.DecodeAhead([good_a], Sampling(fps=0.5), ExtractConfig(readers=1))
+    first = ahead.decoders[str(good_a)]
+    got = video_features(good_a, encoder, FeatureCache(tmp_path), Sampling(), ExtractConfig(readers=1))
+    assert first.cancelled.is_set() is False  # not taken: video_features was not given it
+    report = extract_videos([good_a], encoder, FeatureCache(tmp_path / "b"), Sampling(), ExtractConfig(readers=1),
+                            progress=False, ahead=ahead)
+    assert report.encoded == [str(good_a)] and first.cancelled.is_set()
+    np.testing.assert_array_equal(got.frame_numbers, np.arange(0, 300, 30))
+    np.testing.assert_array_equal(load_features(good_a, encoder.identity, FeatureCache(tmp_path / "b"),
+                                                Sampling()).frame_numbers, np.arange(0, 300, 30))

@@ -51,6 +51,7 @@ MAX_AUTO_READERS = 32  # beyond this decoding outruns the encoder (~2,900 frames
 # decoded frames one video may hold before the encoder takes them (in bytes, so 720p holds fewer
 # frames than 270p): memory flat in video length; 16 readers at 480x270 keep ~1,000 frames in flight
 DECODE_BUDGET_BYTES = 384 << 20
+AHEAD_BYTES = 2 << 30  # what `DecodeAhead` may hold while the model loads: this many bytes' worth of videos
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
@@ -296,6 +297,40 @@ class _Decoder:
         self.cancelled.set()
 
 
+class DecodeAhead:
+    """Decoding started before the encoder exists. A command knows its videos seconds before the
+    model is imported and loaded, so the first videos (`AHEAD_BYTES` of decoding budgets, at least
+    `prefetch_videos`) decode meanwhile; `extract_videos(..., ahead=)` takes them over. Not with
+    `decode_resize` (the scale comes from the encoder). `device`: where the encoder will run (CUDA:
+    batches are pinned)."""
+
+    def __init__(self, paths: Sequence[str | Path], sampling: Sampling | None = None,
+                 cfg: ExtractConfig | None = None, device: str | torch.device = "cpu") -> None:
+        self.sampling, self.cfg = sampling or Sampling(), decode_plan(cfg or ExtractConfig())
+        self.decoders: dict[str, _Decoder] = {}
+        if self.sampling.decode_resize:
+            return
+        pin = torch.device(device).type == "cuda"
+        count = max(self.cfg.prefetch_videos, AHEAD_BYTES // DECODE_BUDGET_BYTES)
+        for path in list(dict.fromkeys(str(p) for p in paths))[:count]:
+            if os.path.isfile(path):  # a missing file is reported by the extraction itself
+                self.decoders[path] = _Decoder(path, self.sampling, self.cfg, None, pin)
+
+    def take(self, path: str, sampling: Sampling, cfg: ExtractConfig, image_size: int | None) -> _Decoder | None:
+        """The decoder started for `path`, if it decodes what the extraction wants."""
+        decoder = self.decoders.pop(path, None)
+        if decoder is not None and (sampling, cfg, image_size) != (self.sampling, self.cfg, None):
+            decoder.cancel()
+            return None
+        return decoder
+
+    def cancel(self) -> None:
+        """Stop the decoders nobody took (their videos were cached, or the command failed)."""
+        for decoder in self.decoders.values():
+            decoder.cancel()
+        self.decoders.clear()
+
+
 def _encode(decoder: _Decoder, encoder: Encoder, fingerprint: str, identity: str) -> VideoFeatures:
     cands = decoder.candidates()
     parts: list[tuple[int, torch.Tensor]] = []
@@ -321,9 +356,10 @@ def _prepare(encoder: Encoder, cfg: ExtractConfig) -> bool:
 
 def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: FeatureCache,
                    sampling: Sampling | None = None, cfg: ExtractConfig | None = None,
-                   progress: bool = True) -> ExtractReport:
+                   progress: bool = True, ahead: DecodeAhead | None = None) -> ExtractReport:
     """Cache features of `sampling`'s candidates for every video in `paths` (skipping cached
-    ones; `cfg`: how fast, never which features); never raises per video."""
+    ones; `cfg`: how fast, never which features); never raises per video. `ahead`: decoding
+    started before the encoder was loaded, taken over here."""
     start = time.perf_counter()
     sampling, cfg = sampling or Sampling(), decode_plan(cfg or ExtractConfig())
     identity = features_identity(encoder.identity, sampling)
@@ -349,7 +385,8 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
 
     def refill() -> None:
         while len(window) < cfg.prefetch_videos and (job := next(pending, None)) is not None:
-            window.append((job, _Decoder(job[0], sampling, cfg, image_size, pin)))
+            started = ahead.take(job[0], sampling, cfg, image_size) if ahead is not None else None
+            window.append((job, started or _Decoder(job[0], sampling, cfg, image_size, pin)))
 
     refill()
     try:
@@ -367,6 +404,8 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
     finally:
         for _, decoder in window:
             decoder.cancel()
+        if ahead is not None:
+            ahead.cancel()
         bar.close()
     report.seconds = time.perf_counter() - start
     return report

@@ -147,7 +147,7 @@ def cmd_extract(ns: argparse.Namespace) -> int:
     from .. import distributed
     from ..benchmarks import resolve_video
     from ..cache import FeatureCache
-    from ..extract import ExtractReport, extract_videos
+    from ..extract import DecodeAhead, ExtractReport, extract_videos
 
     sampling, cfg = policy_from_args(ns).sampling, extract_from_args(ns)
     refused: list = []
@@ -157,10 +157,17 @@ def cmd_extract(ns: argparse.Namespace) -> int:
     if not videos:
         print(f"error: no video to extract: all {len(refused)} rows of {ns.annotations} were refused", file=sys.stderr)
         return 1
-    _, encoder = _models(ns)
     mine = distributed.shard(videos)
+    # the first videos decode while the model is imported and loaded (seconds)
+    ahead = DecodeAhead(mine, sampling, cfg, ns.device or distributed.local_device())
+    try:
+        _, encoder = _models(ns)
+    except BaseException:
+        ahead.cancel()
+        raise
     reports = ns.cache / "reports" / ns.benchmark
-    report = extract_videos(mine, encoder, FeatureCache(ns.cache), sampling, cfg, progress=distributed.rank() == 0)
+    report = extract_videos(mine, encoder, FeatureCache(ns.cache), sampling, cfg, progress=distributed.rank() == 0,
+                            ahead=ahead)
     report.save(reports / f"extract.rank{distributed.rank()}.json")
     distributed.barrier()
     if distributed.rank() != 0:
