@@ -17,7 +17,7 @@ import torch
 
 from tspo_eval import cache as cache_module
 from tspo_eval import cli, scoring
-from tspo_eval.benchmarks import BenchmarkFormatError, load_benchmark, read_tsv
+from tspo_eval.benchmarks import BenchmarkFormatError, get_benchmark, load_benchmark, read_tsv
 from tspo_eval.benchmarks.core import RefusedRow
 from tspo_eval.benchmarks.docs import build_docs, refused_doc
 from tspo_eval.cache import FeatureCache, VideoFeatures, tensor_checksum, video_key
@@ -258,19 +258,20 @@ def test_results_count_answered_and_failed_beside_accuracy():
     assert got["videomme_acc_answered"] == pytest.approx(100 * 8 / 16)
     assert (got["answered"], got["failed"]) == (16, 8)
     # lmms-eval's path: process_results items per metric, then the task's aggregations
-    from tspo_eval.integrations.lmms_tasks import task_hooks
+    from tspo_eval.integrations.lmms_hooks import BenchmarkHooks, answered, failed
 
-    hooks = task_hooks("videomme")
-    items = {m.name: [scoring.lmms_results(d, out)[m.name] for d, out in pairs] for m in scoring.METRICS["videomme"]}
-    assert (hooks["answered"](items["answered"]), hooks["failed"](items["failed"])) == (16, 8)
-    assert hooks["accuracy"](items["videomme_acc_answered"]) == pytest.approx(50.0)
-    assert hooks["accuracy"](items["videomme_acc"]) == pytest.approx(100 / 3)
+    hooks = BenchmarkHooks("videomme")
+    items = {m.name: [scoring.lmms_results(d, out)[m.name] for d, out in pairs]
+             for m in get_benchmark("videomme").metrics}
+    assert (answered(items["answered"]), failed(items["failed"])) == (16, 8)
+    assert hooks.accuracy(items["videomme_acc_answered"]) == pytest.approx(50.0)
+    assert hooks.accuracy(items["videomme_acc"]) == pytest.approx(100 / 3)
 
 
 def test_no_answer_reads_as_no_letter_to_any_parser():
     """What our models output for a failed question names no option under any benchmark's rule."""
     for benchmark in ("longvideobench", "mlvu", "videomme", "lvbench"):
-        assert scoring.parse_answer(benchmark, scoring.NO_ANSWER, 5) is None
+        assert get_benchmark(benchmark).parse_answer(scoring.NO_ANSWER, 5) is None
 
 
 # ----------------------------------------------------------------------------- messages

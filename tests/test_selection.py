@@ -8,8 +8,11 @@ from functools import reduce
 import numpy as np
 import pytest
 
-from tspo_eval.selection.methods import (AKS_PRESETS, BOLT_POWER, SELECTORS, TSPO_DEFAULT_METHOD, frames_for_question,
-                                 published_feed, register_selector, select, uniform_frames)
+from tspo_eval.benchmarks import get_benchmark
+from tspo_eval.policy import FramePolicy
+from tspo_eval.selection.methods import (AKS_PRESETS, SELECTORS, frames_for_question, published_feed,
+                                         register_selector, select, uniform_frames)
+from tspo_eval.selection.stage import method_params
 
 BUILTINS = ["uniform", "topk", "bin-max", "aks", "tspo", "bolt"]
 # T = 10. Bin-max (k=3) anchors 0, 4, 9 -> bins {0,1,2} {3..6} {7,8,9}.
@@ -187,15 +190,26 @@ def test_aks_unknown_preset():
 
 # ---------------------------------------------------------------- tspo
 
+def published_params(method: str, benchmark: str, **params) -> dict:
+    """What the selection stage hands `method` on `benchmark` (the spec's published settings under the policy's)."""
+    return method_params(FramePolicy(method=method, params=params), benchmark)
+
+
 def test_tspo_method_per_benchmark():
     s = [9, 8, 7, 0, 0, 0, 0, 0, 0, 1]  # topk [0,1,2]; bin-max [0,3,9]
-    assert TSPO_DEFAULT_METHOD == {"longvideobench": "topk", "mlvu": "topk", "lvbench": "topk",
-                                   "videomme": "bin-max"}
-    assert sel(s, 3, "tspo", benchmark="videomme") == [0, 3, 9]
-    assert sel(s, 3, "tspo", benchmark="VideoMME") == [0, 3, 9]
-    for bench in ("longvideobench", "mlvu", "lvbench", "my-own", None):
-        assert sel(s, 3, "tspo", benchmark=bench) == [0, 1, 2]
+    # gen_id_tspo.py: `method = 'topk' if dataset != 'VideoMME' else 'bin-max'`
+    assert {name: get_benchmark(name).selector_params["tspo"] for name in
+            ("longvideobench", "mlvu", "lvbench", "videomme")} == {
+        "longvideobench": {"rule": "topk"}, "mlvu": {"rule": "topk"}, "lvbench": {"rule": "topk"},
+        "videomme": {"rule": "bin-max"}}
+    assert sel(s, 3, "tspo", **published_params("tspo", "videomme")) == [0, 3, 9]
+    assert sel(s, 3, "tspo", **published_params("tspo", "VideoMME")) == [0, 3, 9]
+    for bench in ("longvideobench", "mlvu", "lvbench", "my-own", ""):
+        assert sel(s, 3, "tspo", **published_params("tspo", bench)) == [0, 1, 2]
     assert sel(s, 3, "tspo") == [0, 1, 2]
+    assert sel(s, 3, "tspo", **published_params("tspo", "videomme", rule="topk")) == [0, 1, 2]  # the policy's wins
+    with pytest.raises(ValueError, match="topk, bin-max"):
+        select(s, 3, "tspo", rule="max")
 
 
 # ---------------------------------------------------------------- edge cases and errors
@@ -425,10 +439,13 @@ def test_bolt_one_peak_concentrates_yet_covers_the_video():
 
 
 def test_bolt_published_power_per_benchmark():
-    assert BOLT_POWER == {"videomme": 3.0, "mlvu": 3.0, "longvideobench": 2.5}
+    # BOLT's frame_selection.sh: --power 3 (VideoMME, MLVU), 2.5 (LongVideoBench); LVBench is not in it
+    assert {name: get_benchmark(name).selector_params.get("bolt") for name in
+            ("longvideobench", "mlvu", "lvbench", "videomme")} == {
+        "longvideobench": {"power": 2.5}, "mlvu": {"power": 3.0}, "lvbench": None, "videomme": {"power": 3.0}}
     s = np.random.default_rng(3).random(200)
-    for bench, power in (("Video-MME", 3), ("longvideobench", 2.5), ("lvbench", 3), (None, 3)):
-        assert sel(s, 16, "bolt", benchmark=bench) == sel(s, 16, "bolt", power=power)
+    for bench, power in (("videomme", 3), ("longvideobench", 2.5), ("lvbench", 3), ("", 3)):
+        assert sel(s, 16, "bolt", **published_params("bolt", bench)) == sel(s, 16, "bolt", power=power)
     assert sel(s, 16, "bolt", power=2.5) != sel(s, 16, "bolt", power=3)
     with pytest.raises(ValueError, match="power must be > 0"):
         select(s, 16, "bolt", power=-1)

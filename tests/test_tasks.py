@@ -16,7 +16,8 @@ import yaml
 
 from tspo_eval import scoring
 from tspo_eval.benchmarks import build_docs, docs_from_env, get_benchmark
-from tspo_eval.benchmarks.docs import POST_PROMPTS, env_names, prompt
+from tspo_eval.benchmarks.docs import env_names, prompt
+from tspo_eval.benchmarks.protocol import extract_choice, parse_longvideobench
 from tspo_eval.integrations.lmms_tasks import tasks_path
 
 TASKS_DIR = tasks_path()
@@ -109,7 +110,8 @@ def test_category_fields_come_from_each_questions_own_item(name, docs, official_
 def test_category_values_are_the_declared_ones(docs):
     """Every category value of the real files has its metric, and every metric has questions."""
     assert Counter(doc["duration"] for doc in docs["videomme"]) == {"short": 900, "medium": 900, "long": 900}
-    for name, metrics in scoring.METRICS.items():
+    for name in SPEC_ROWS:
+        metrics = get_benchmark(name).metrics
         for metric in metrics:
             if metric.field and not metric.macro:
                 assert any(metric.includes(doc) for doc in docs[name]), metric.name
@@ -205,7 +207,7 @@ def _builtin(name: str):
 
 
 def _builtin_prompt(name: str, module, item: dict) -> str:
-    kwargs = {"pre_prompt": "", "post_prompt": POST_PROMPTS[name]}
+    kwargs = {"pre_prompt": "", "post_prompt": get_benchmark(name).post_prompt}
     if name == "longvideobench":  # the built-in reads the HF layout: option0..option4, "N/A" when absent
         options = {f"option{i}": item["candidates"][i] if i < len(item["candidates"]) else "N/A" for i in range(5)}
         return module.longvideobench_doc_to_text({**item, **options}, kwargs)
@@ -238,15 +240,15 @@ def test_parse_option_letter(text, n, expected):
     ("(E) all of them", "E"), ("none of these", None), ("", None),
 ])
 def test_parse_longvideobench(text, expected):
-    assert scoring.parse_longvideobench(text, 5) == expected
+    assert parse_longvideobench(text, 5) == expected
 
 
 def test_longvideobench_random_fallback_is_reproducible_per_question():
-    picks = {key: scoring.parse_longvideobench("no idea", 4, random_fallback=0, key=key) for key in map(str, range(200))}
+    picks = {key: parse_longvideobench("no idea", 4, random_fallback=0, key=key) for key in map(str, range(200))}
     assert set(picks.values()) == set("ABCD")
-    assert picks == {key: scoring.parse_longvideobench("no idea", 4, random_fallback=0, key=key) for key in picks}
-    assert picks != {key: scoring.parse_longvideobench("no idea", 4, random_fallback=1, key=key) for key in picks}
-    assert scoring.parse_longvideobench("E is it", 4, random_fallback=0, key="1") == "E"  # as the built-in
+    assert picks == {key: parse_longvideobench("no idea", 4, random_fallback=0, key=key) for key in picks}
+    assert picks != {key: parse_longvideobench("no idea", 4, random_fallback=1, key=key) for key in picks}
+    assert parse_longvideobench("E is it", 4, random_fallback=0, key="1") == "E"  # as the built-in
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -254,7 +256,7 @@ def test_longvideobench_random_fallback_is_reproducible_per_question():
     ("Option C: red", "C"), ("It is A or maybe D", "D"), ("答案是B", "B"), ("nothing", None), ("  ", None),
 ])
 def test_extract_choice(text, expected):
-    assert scoring.extract_choice(text, 4) == expected
+    assert extract_choice(text, 4) == expected
 
 
 def _outputs(seed: int, count: int) -> list[str]:
@@ -268,14 +270,14 @@ def _outputs(seed: int, count: int) -> list[str]:
 def test_extract_choice_agrees_with_lmms_eval():
     from lmms_eval.tasks._task_utils.mcq_extract import extract_mcq_answer
     for text in _outputs(0, 20_000):
-        assert scoring.extract_choice(text, 4) == (extract_mcq_answer(text, choices=list("ABCD")) or None), text
+        assert extract_choice(text, 4) == (extract_mcq_answer(text, choices=list("ABCD")) or None), text
 
 
 def test_parse_longvideobench_agrees_with_the_builtin():
     builtin = _builtin("longvideobench").parse_multi_choice_response
     random.seed(0)
     for text in _outputs(1, 20_000):
-        ours = scoring.parse_longvideobench(text, 4)
+        ours = parse_longvideobench(text, 4)
         theirs = builtin(text, list("ABCD"), {})
         assert ours == theirs if ours is not None else theirs in "ABCD", text
 
@@ -295,17 +297,17 @@ def _lmms(benchmark: str, pairs: list[tuple[dict, str]]) -> dict[str, float]:
             items[metric].append(value)
     return {metric.name: scoring.lmms_count(items[metric.name], metric.count) if metric.count else
             scoring.lmms_aggregate(benchmark, items[metric.name], metric.field if metric.macro else None)
-            for metric in scoring.METRICS[benchmark]}
+            for metric in get_benchmark(benchmark).metrics}
 
 
 def _check(benchmark: str, pairs: list[tuple[dict, str]], expected: dict[str, float]) -> None:
     """`expected` accuracies of a run without failures: over the answered they are the same."""
     expected = {**expected, **{f"{name}_answered": value for name, value in expected.items()
-                               if f"{name}_answered" in {m.name for m in scoring.METRICS[benchmark]}},
+                               if f"{name}_answered" in {m.name for m in get_benchmark(benchmark).metrics}},
                 "answered": len(pairs), "failed": 0}
     for results in (scoring.breakdown(benchmark, [scoring.score(doc, out) for doc, out in pairs]),
                     _lmms(benchmark, pairs)):
-        assert set(results) == {metric.name for metric in scoring.METRICS[benchmark]}
+        assert set(results) == {metric.name for metric in get_benchmark(benchmark).metrics}
         for name, value in results.items():
             assert (math.isnan(value) if name not in expected else value == pytest.approx(expected[name])), name
 
@@ -364,14 +366,14 @@ def test_yaml_matches_spec_and_scoring(name):
     generation = config["generation_kwargs"]
     assert (generation["max_new_tokens"], generation["do_sample"], generation["temperature"]) == (
         32 if name == "longvideobench" else 16, False, 0)
-    assert [entry["metric"] for entry in config["metric_list"]] == [m.name for m in scoring.METRICS[name]]
+    assert [entry["metric"] for entry in config["metric_list"]] == [m.name for m in get_benchmark(name).metrics]
     assert {entry["metric"] for entry in config["metric_list"]
             if entry["aggregation"] == "!function utils.macro_accuracy"} == (
         {"mlvu_m_avg", "mlvu_m_avg_answered"} if name == "mlvu" else set())
     assert [(entry["metric"], entry["aggregation"]) for entry in config["metric_list"][-2:]] == [
         ("answered", "!function utils.answered"), ("failed", "!function utils.failed")]
     prompts = config["lmms_eval_specific_kwargs"]
-    assert prompts["default"] == {"pre_prompt": "", "post_prompt": POST_PROMPTS[name]}
+    assert prompts["default"] == {"pre_prompt": "", "post_prompt": get_benchmark(name).post_prompt}
     for model in MODEL_NAMES:
         fork = {"pre_prompt": "\n", "post_prompt": "\nOnly give the best option.\n\nBest option: ("}
         assert prompts[model] == (fork if name == "mlvu" else prompts["default"]), model
@@ -418,7 +420,7 @@ def test_lmms_eval_loads_the_tasks(task_env, official_dir, video_root):
             assert results["mlvu_m_avg"] == pytest.approx(100 * sum(per_type) / len(per_type))
         else:
             headline = {"longvideobench": "lvb_acc", "videomme": "videomme_acc", "lvbench": "lvbench_acc"}[name]
-            assert results[headline] == pytest.approx(scoring.SCALE[name] * share_a)
+            assert results[headline] == pytest.approx(get_benchmark(name).scale * share_a)
     fallback = tasks["tspo_longvideobench_val_random_fallback"]
     doc = fallback.test_docs()[0]
     assert fallback.process_results(doc, ["no idea"])["lvb_acc"]["pred"] in "ABCDE"

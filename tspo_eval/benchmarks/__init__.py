@@ -1,7 +1,9 @@
 """Long-video benchmarks: the published TSVs, their original annotations and TSPO frame indices.
 
 Registered by name: "longvideobench" (val), "mlvu" (dev, multiple choice), "videomme"
-(without subtitles), "lvbench". Add more with `register_benchmark(BenchmarkSpec(...))`.
+(without subtitles), "lvbench", each one `BenchmarkSpec` in `specs.py` holding all the package
+knows about it (files, converters, prompts, scoring, framework names, selector settings).
+Add more with `register_benchmark(BenchmarkSpec(...))` (docs/benchmarks.md).
 
 Video layout: a benchmark video lives at `<video root>/<spec.video_subdir>/<video_name>`,
 `video_name` being the TSV column (e.g. `86CxyhFV9MI.mp4`). The built-ins have an empty
@@ -19,7 +21,7 @@ Example:
     path = resolve_video("/data/LVBench/videos", questions[0].video_name, "lvbench")
     docs = build_docs("lvbench", "video_info.meta.jsonl", "/data/LVBench/videos")  # evaluation documents
 """
-from . import official  # noqa: F401  (registers the four published benchmarks)
+from . import specs  # noqa: F401  (registers the four published benchmarks)
 from .annotations import convert, load_benchmark, read_frame_idx, write_frame_idx
 from .core import (
     BENCHMARKS,
@@ -27,6 +29,7 @@ from .core import (
     BenchmarkSpec,
     Question,
     RefusedRow,
+    find_benchmark,
     get_benchmark,
     parse_time_range,
     register_benchmark,
@@ -45,6 +48,7 @@ __all__ = [
     "build_docs",
     "convert",
     "docs_from_env",
+    "find_benchmark",
     "get_benchmark",
     "load_benchmark",
     "parse_time_range",

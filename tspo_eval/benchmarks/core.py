@@ -2,15 +2,18 @@
 and the registry that maps a lowercase name to its spec.
 
 Every benchmark is handled through its spec, so a benchmark added with
-`register_benchmark` is read, converted, joined and resolved exactly like the built-ins.
+`register_benchmark` is read, converted, joined, prompted, scored and evaluated exactly like
+the built-ins (which `specs.py` registers; docs/benchmarks.md says how to add one).
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from .protocol import Metric, parse_mcq
 
 AnswerKind = Literal["letter", "text"]
 
@@ -143,11 +146,21 @@ def file_order(items: Sequence[dict]) -> list[int]:
     return list(range(len(items)))
 
 
+def no_doc_fields(item: dict) -> dict[str, Any]:
+    """Annotations whose items add nothing to an evaluation document."""
+    return {}
+
+
+# Generation length where a benchmark (or a harness's unknown dataset) sets none: lmms-eval's MCQ tasks' value.
+DEFAULT_MAX_NEW_TOKENS = 16
+
+
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """How one benchmark's files look and where its videos live.
+    """Everything the package knows about one benchmark: its files, where its videos live, how
+    it is prompted and scored, and its names and settings in the evaluation frameworks.
 
-    Attributes:
+    Files:
         name: registry key, lowercase.
         tsv_file: file name of the published TSV.
         annotation_file: file name of the original annotation file that `row` converts.
@@ -159,6 +172,23 @@ class BenchmarkSpec:
             (`time_reference`, `reference_frames`); empty when it has none.
         video_subdir: folder under the user's video root holding this benchmark's videos.
         frame_idx_file: file name of the published TSPO frame-index file, if any.
+
+    Evaluation:
+        doc_fields: annotation item -> evaluation-document fields beyond the Question's
+            (the stem as the annotation writes it, the category fields its metrics group by).
+        prompt: (document, pre_prompt, post_prompt) -> question text, as lmms-eval's built-in
+            task writes it; None: the benchmark cannot be prompted (no task config).
+        post_prompt: the built-in task's default post-prompt (the task YAML repeats it).
+        max_new_tokens: generation length of the built-in task (the task YAML repeats it;
+            VLMEvalKit runs use it too).
+        parse_answer: (output, n_options, random_fallback, key) -> option letter or None
+            (`protocol.parse_longvideobench`, `protocol.parse_mcq`).
+        metrics: every number reported, in order (the task YAML's `metric_list`).
+        scale: 1.0 (fractions) or 100.0 (percent), as the built-in task reports.
+        lmms_task: the task name of the config shipped in `tspo_eval/tasks/<name>/`.
+        vlmeval_dataset: the dataset name VLMEvalKit's models receive for this benchmark.
+        selector_params: selector name -> its published parameters on this benchmark, filled in
+            where a policy leaves them unset (TSPO's per-benchmark method, BOLT's power).
     """
 
     name: str
@@ -171,6 +201,16 @@ class BenchmarkSpec:
     time_refs: Callable[[dict], dict[str, Any]] = no_time_refs
     video_subdir: str = ""
     frame_idx_file: str | None = None
+    doc_fields: Callable[[dict], dict[str, Any]] = no_doc_fields
+    prompt: Callable[[dict, str, str], str] | None = None
+    post_prompt: str = ""
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    parse_answer: Callable[..., str | None] = parse_mcq
+    metrics: tuple[Metric, ...] = ()
+    scale: float = 1.0
+    lmms_task: str | None = None
+    vlmeval_dataset: str | None = None
+    selector_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.name != self.name.lower() or not self.name:
@@ -179,6 +219,19 @@ class BenchmarkSpec:
             raise ValueError(f"answer_kind must be 'letter' or 'text', got {self.answer_kind!r}")
         if self.video_subdir and (problem := unsafe_relative_path(self.video_subdir)):
             raise ValueError(f"video_subdir {self.video_subdir!r} of {self.name!r} {problem}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens of {self.name!r} must be >= 1, got {self.max_new_tokens}")
+        if self.scale not in (1.0, 100.0):
+            raise ValueError(f"scale of {self.name!r} must be 1.0 (fractions) or 100.0 (percent), got {self.scale}")
+        names = [metric.name for metric in self.metrics]
+        if len(set(names)) != len(names):
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            raise ValueError(f"metric names of {self.name!r} repeat: {', '.join(repeated)}")
+
+    @property
+    def has_time_references(self) -> bool:
+        """Whether its annotation file holds ground-truth time references (a selector can be scored)."""
+        return self.time_refs is not no_time_refs
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {}
@@ -198,6 +251,16 @@ def get_benchmark(name: str) -> BenchmarkSpec:
         return BENCHMARKS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown benchmark {name!r}; registered: {', '.join(sorted(BENCHMARKS))}") from None
+
+
+def find_benchmark(name: str | None) -> BenchmarkSpec | None:
+    """The registered spec for `name`, or None (a harness's question from an unknown dataset)."""
+    return BENCHMARKS.get(name.lower()) if name else None
+
+
+def vlmeval_benchmark(dataset: str | None) -> BenchmarkSpec | None:
+    """The registered spec whose `vlmeval_dataset` is `dataset` (VLMEvalKit's spelling), or None."""
+    return next((spec for spec in BENCHMARKS.values() if dataset and spec.vlmeval_dataset == dataset), None)
 
 
 def unsafe_relative_path(name: str) -> str | None:

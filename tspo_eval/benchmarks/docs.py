@@ -4,8 +4,9 @@ and any other harness.
 A document is a `Question` (TSV order, TSV `index` as its key) plus what evaluation needs:
 the video's absolute path, the stem as the annotation file writes it (the prompts use it,
 as lmms-eval's built-in tasks do) and the category fields of the per-category scores.
-Those extra fields come from the original annotation item, found through the registry's own
-TSV order (`spec.order`), so the converters stay the single source of the mapping.
+Those extra fields come from the original annotation item (`spec.doc_fields`), found through the
+registry's own TSV order (`spec.order`), so the converters stay the single source of the mapping.
+The prompt is the spec's builder with its lmms-eval post-prompt.
 
 Fields of every document: `index`, `benchmark`, `task_name`, `question_id`, `video_name`,
 `video_path`, `question` (stem, options removed, as the TSV holds it: what the selector
@@ -19,55 +20,11 @@ file only; a published TSV does not hold them): LongVideoBench `duration_group`,
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .annotations import _annotation_rows, load_benchmark
-from .core import RefusedRow, get_benchmark, letter, letter_number, resolve_video
-from .official import _split_options
-
-# VideoMME's instruction, verbatim from lmms-eval's `videomme` task: it mentions subtitles
-# although that task shows none (and so did the published TSPO runs).
-VIDEOMME_HEADER = ("Select the best answer to the following multiple-choice question based on the video and the "
-                   "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
-
-# lmms-eval's default post-prompt per benchmark (SPEC section 5); the task YAMLs repeat them.
-POST_PROMPTS = {
-    "longvideobench": "Answer with the option's letter from the given choices directly.\n",
-    "mlvu": "\nOnly give the best option.\nBest option: (",
-    "videomme": "\nAnswer with the option's letter from the given choices directly.",
-    "lvbench": "\nAnswer the question with the option letter",
-}
-
-
-def _longvideobench_fields(item: dict) -> dict[str, Any]:
-    return {"question_original": item["question"], "duration_group": item["duration_group"],
-            "question_category": item["question_category"]}
-
-
-def _videomme_fields(item: dict) -> dict[str, Any]:
-    return {"question_original": item["question"], "duration": item["duration"], "domain": item["domain"],
-            "task_type": item["task_type"]}
-
-
-def _mlvu_fields(item: dict) -> dict[str, Any]:
-    # mlvu.json's own letter: lmms-eval's MLVU scores against it. The TSV's answer_number
-    # names the LAST equal option, which differs on the 5 questions that repeat the right option.
-    return {"question_original": _split_options(item["question"])[0], "task_type": item["task_type"],
-            "answer": item["answer"], "answer_number": letter_number(item["answer"])}
-
-
-def _lvbench_fields(item: dict) -> dict[str, Any]:
-    return {"question_original": _split_options(item["question"])[0], "question_type": list(item["question_type"]),
-            "video_type": item["type"]}
-
-
-# benchmark -> annotation item -> document fields beyond the Question's. Extensible.
-ANNOTATION_FIELDS: dict[str, Callable[[dict], dict[str, Any]]] = {
-    "longvideobench": _longvideobench_fields, "videomme": _videomme_fields, "mlvu": _mlvu_fields,
-    "lvbench": _lvbench_fields,
-}
+from .core import RefusedRow, get_benchmark, resolve_video
 
 
 def build_docs(benchmark: str, annotations: str | Path, video_root: str | Path,
@@ -107,8 +64,8 @@ def build_docs(benchmark: str, annotations: str | Path, video_root: str | Path,
             "reference_frames": None if question.reference_frames is None else list(question.reference_frames),
             "refused": None,
         }
-        if question.index in extras and spec.name in ANNOTATION_FIELDS:
-            doc.update(ANNOTATION_FIELDS[spec.name](extras[question.index]))
+        if question.index in extras:
+            doc.update(spec.doc_fields(extras[question.index]))
         docs.append(doc)
     docs += [refused_doc(spec.name, row) for row in refused or ()]
     return docs
@@ -154,43 +111,9 @@ def _env_path(variable: str, what: str) -> Path:
     return Path(value).expanduser()
 
 
-def _lines(candidates: list[str], template: str) -> str:
-    return "\n".join(template.format(letter(number), text) for number, text in enumerate(candidates))
-
-
-def longvideobench_prompt(doc: dict, pre_prompt: str, post_prompt: str) -> str:
-    """lmms-eval `longvideobench_val_v`: question, "A. option" lines, post-prompt."""
-    return f"{pre_prompt}{doc['question_original']}\n{_lines(doc['candidates'], '{}. {}')}\n{post_prompt}"
-
-
-def videomme_prompt(doc: dict, pre_prompt: str, post_prompt: str) -> str:
-    """lmms-eval `videomme`: instruction, question, the "A. ..." options as published, post-prompt."""
-    return f"{pre_prompt}{VIDEOMME_HEADER}\n{doc['question_original']}\n" + "\n".join(doc["candidates"]) + \
-        f"\n{post_prompt}"
-
-
-def mlvu_prompt(doc: dict, pre_prompt: str, post_prompt: str) -> str:
-    """lmms-eval `mlvu_dev`: mlvu.json's question as written (options as "(A) ..." lines, final line break)."""
-    return f"{pre_prompt}{doc['question_original']}\n{_lines(doc['candidates'], '({}) {}')}\n{post_prompt}"
-
-
-def lvbench_prompt(doc: dict, pre_prompt: str, post_prompt: str) -> str:
-    """lmms-eval `lvbench`: question, "(A) option" lines, post-prompt."""
-    return f"{pre_prompt}{doc['question_original']}\n{_lines(doc['candidates'], '({}) {}')}{post_prompt}"
-
-
-# benchmark -> prompt builder (doc, pre_prompt, post_prompt). Extensible.
-PROMPTS: dict[str, Callable[[dict, str, str], str]] = {
-    "longvideobench": longvideobench_prompt, "videomme": videomme_prompt, "mlvu": mlvu_prompt,
-    "lvbench": lvbench_prompt,
-}
-
-
 def prompt(doc: dict, pre_prompt: str = "", post_prompt: str | None = None) -> str:
     """The question prompt of a document (post_prompt None: the benchmark's lmms-eval default)."""
-    benchmark = doc["benchmark"]
-    if benchmark not in PROMPTS:
-        raise ValueError(f"no prompt for benchmark {benchmark!r}; add a builder to PROMPTS "
-                         f"(known: {', '.join(sorted(PROMPTS))})")
-    return PROMPTS[benchmark](doc, pre_prompt, POST_PROMPTS.get(benchmark, "") if post_prompt is None
-                              else post_prompt)
+    spec = get_benchmark(doc["benchmark"])
+    if spec.prompt is None:
+        raise ValueError(f"benchmark {spec.name!r} has no prompt; give its BenchmarkSpec a `prompt` builder")
+    return spec.prompt(doc, pre_prompt, spec.post_prompt if post_prompt is None else post_prompt)

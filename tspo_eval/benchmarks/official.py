@@ -1,4 +1,5 @@
-"""The four published benchmarks: how each original annotation file becomes its TSV rows.
+"""The four published benchmarks' converters: how each original annotation file becomes its TSV rows
+(`specs.py` registers them with the rest of each benchmark's facts).
 
 Every rule here was checked row by row against the published TSVs (tests do it again):
 
@@ -25,12 +26,13 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from .core import BenchmarkFormatError, BenchmarkSpec, letter, letter_number, parse_time_range, register_benchmark
+from .core import BenchmarkFormatError, letter, letter_number
 
 _OPTION_LINE = re.compile(r"\n\(([A-Z])\) ")
-# MLVU's task files in release order (1_plotQA.json ... 7_topic_reasoning.json).
-_MLVU_TASKS = ("plotQA", "needle", "ego", "count", "order", "anomaly_reco", "topic_reasoning")
-_MLVU_TASK_NAMES = {"needle": "findNeedle"}
+# MLVU's task types, in the release order of its task files (1_plotQA.json ... 7_topic_reasoning.json);
+# the published TSV renames one.
+MLVU_TASK_TYPES = ("plotQA", "needle", "ego", "count", "order", "anomaly_reco", "topic_reasoning")
+MLVU_TASK_NAMES = {"needle": "findNeedle"}
 
 
 def _row(index: str, task_name: str, video_name: str, question_id: str, question: str,
@@ -41,7 +43,7 @@ def _row(index: str, task_name: str, video_name: str, question_id: str, question
             "candidates": str(list(candidates)), "answer": answer}
 
 
-def _split_options(text: str) -> tuple[str, list[str]]:
+def split_options(text: str) -> tuple[str, list[str]]:
     """Split a question with embedded "(A) opt" lines into its stem and option texts."""
     parts = _OPTION_LINE.split(text)
     letters, options = parts[1::2], [option.rstrip("\n") for option in parts[2::2]]
@@ -50,40 +52,40 @@ def _split_options(text: str) -> tuple[str, list[str]]:
     return parts[0], options
 
 
-def _longvideobench_row(item: dict, number: int) -> dict[str, Any]:
+def longvideobench_row(item: dict, number: int) -> dict[str, Any]:
     """lvb_val.json item -> LongVideoBench.tsv row."""
     choice = item["correct_choice"]
     return _row(item["id"], "LongVideoBench", item["video_path"], item["id"], item["question"],
                 choice, item["candidates"], letter(choice))
 
 
-def _videomme_row(item: dict, number: int) -> dict[str, Any]:
+def videomme_row(item: dict, number: int) -> dict[str, Any]:
     """videomme.json item -> VideoMME.tsv row."""
     return _row(item["question_id"], "VideoMME", f"{item['videoID']}.mp4", item["question_id"],
                 item["question"], letter_number(item["answer"]), item["options"], item["answer"])
 
 
-def _mlvu_order(items: Sequence[dict]) -> list[int]:
+def mlvu_order(items: Sequence[dict]) -> list[int]:
     """Group by task file in release order; needs the complete mlvu.json, position is the only key."""
     for pos, item in enumerate(items):
         if item.get("question_id") != f"Q{pos}":
             raise ValueError(f"item {pos + 1} has question_id {item.get('question_id')!r}, expected 'Q{pos}': "
                              "MLVU TSV indices follow positions in the complete mlvu.json, pass all of it")
-    return sorted(range(len(items)), key=lambda pos: _MLVU_TASKS.index(items[pos]["task_type"]))
+    return sorted(range(len(items)), key=lambda pos: MLVU_TASK_TYPES.index(items[pos]["task_type"]))
 
 
-def _mlvu_row(item: dict, number: int) -> dict[str, Any]:
+def mlvu_row(item: dict, number: int) -> dict[str, Any]:
     """mlvu.json item -> MLVU.tsv row (answer_number: the LAST candidate equal to the answer text)."""
-    stem, _ = _split_options(item["question"])
+    stem, _ = split_options(item["question"])
     candidates = item["candidates"]
     answer = candidates[letter_number(item["answer"])]
     last_match = len(candidates) - 1 - candidates[::-1].index(answer)
     task = item["task_type"]
-    return _row(f"{number}_mlvu_{number}", _MLVU_TASK_NAMES.get(task, task), item["video_name"], "0",
+    return _row(f"{number}_mlvu_{number}", MLVU_TASK_NAMES.get(task, task), item["video_name"], "0",
                 stem, last_match, candidates, answer)
 
 
-def _read_lvbench_items(path: Path) -> list[dict]:
+def read_lvbench_items(path: Path) -> list[dict]:
     """video_info.meta.jsonl (one video per line, questions under `qa`) -> one item per question."""
     items = []
     for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -99,27 +101,11 @@ def _read_lvbench_items(path: Path) -> list[dict]:
     return items
 
 
-def _lvbench_row(item: dict, number: int) -> dict[str, Any]:
+def lvbench_row(item: dict, number: int) -> dict[str, Any]:
     """Flattened video_info.meta.jsonl question -> LVBench.tsv row (uid is an int in 4 items)."""
     index = f"{item['key']}{item['uid']}"
-    stem, options = _split_options(item["question"])
+    stem, options = split_options(item["question"])
     choice = letter_number(item["answer"])
     return _row(index, f"{item['type']}_{item['question_type'][0]}", f"{item['key']}.mp4", index,
                 stem, choice, options, options[choice])
 
-
-LONGVIDEOBENCH = register_benchmark(BenchmarkSpec(
-    name="longvideobench", tsv_file="LongVideoBench.tsv", annotation_file="lvb_val.json",
-    answer_kind="letter", row=_longvideobench_row,
-    time_refs=lambda item: {"reference_frames": tuple(item["position"])},
-    frame_idx_file="TSPO_LongVideoBench_frameIdx.json"))
-MLVU = register_benchmark(BenchmarkSpec(
-    name="mlvu", tsv_file="MLVU.tsv", annotation_file="mlvu.json", answer_kind="text",
-    row=_mlvu_row, order=_mlvu_order, frame_idx_file="TSPO_MLVU_frameIdx.json"))
-VIDEOMME = register_benchmark(BenchmarkSpec(
-    name="videomme", tsv_file="VideoMME.tsv", annotation_file="videomme.json", answer_kind="letter",
-    row=_videomme_row, frame_idx_file="TSPO_VideoMME_frameIdx.json"))
-LVBENCH = register_benchmark(BenchmarkSpec(
-    name="lvbench", tsv_file="LVBench.tsv", annotation_file="video_info.meta.jsonl", answer_kind="text",
-    row=_lvbench_row, read_items=_read_lvbench_items,
-    time_refs=lambda item: {"time_reference": parse_time_range(item["time_reference"])}))

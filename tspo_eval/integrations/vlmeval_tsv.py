@@ -34,13 +34,9 @@ import pandas as pd
 from ..benchmarks import Question, get_benchmark
 from ..benchmarks.core import letter, letter_number
 from ..benchmarks.docs import build_docs
+from ..benchmarks.official import MLVU_TASK_NAMES, MLVU_TASK_TYPES, split_options
 
 log = logging.getLogger(__name__)
-
-# VLMEvalKit's MLVU_MCQ task files in its order (`type_data_list`), numbered from 1 in `prefix`.
-MLVU_TASKS = ("plotQA", "needle", "ego", "count", "order", "anomaly_reco", "topic_reasoning")
-# The registry's MLVU task_name for VLMEvalKit's task_type (the published TSV renames one).
-_MLVU_TASK_NAMES = {"needle": "findNeedle"}
 
 VIDEOMME_COLUMNS = ("index", "video", "video_path", "duration", "domain", "candidates", "sub_category", "task_type",
                     "subtitle_path", "question", "answer")
@@ -168,7 +164,7 @@ def _mlvu_question(row: Mapping[str, str]) -> Question:
         raise ValueError(f"answer {row['answer']!r} is none of the candidates {candidates}")
     last = len(candidates) - 1 - candidates[::-1].index(row["answer"])  # the registry's rule (and VLMEvalKit's)
     task = row["task_type"]
-    return _question("mlvu", f"vlmeval-{row['index']}", _MLVU_TASK_NAMES.get(task, task), row["video"], "0",
+    return _question("mlvu", f"vlmeval-{row['index']}", MLVU_TASK_NAMES.get(task, task), row["video"], "0",
                      row["question"], candidates, last)
 
 
@@ -201,22 +197,22 @@ def _longvideobench_rows(path: Path) -> pd.DataFrame:
 
 def _mlvu_rows(path: Path) -> pd.DataFrame:
     """VLMEvalKit's MLVU_MCQ TSV from `mlvu.json` (or the published MLVU.tsv, whose rows lack only
-    `duration`): task files in VLMEvalKit's order, stems without options."""
+    `duration`): task files in VLMEvalKit's order (`type_data_list`, MLVU's release order, numbered
+    from 1 in `prefix`), stems without options."""
     if path.suffix.lower() == ".tsv":
         from ..benchmarks import read_tsv
 
-        tasks = {_MLVU_TASK_NAMES.get(task, task): task for task in MLVU_TASKS}
+        tasks = {MLVU_TASK_NAMES.get(task, task): task for task in MLVU_TASK_TYPES}
         records = [(tasks[q.task_name], None, q.video_name, q.question, q.answer, list(q.candidates))
                    for q in read_tsv(path, "mlvu")]
     else:
-        from ..benchmarks.official import _split_options
-
         items = json.loads(path.read_text(encoding="utf-8"))
-        records = [(it["task_type"], it["duration"], it["video_name"], _split_options(it["question"])[0],
+        records = [(it["task_type"], it["duration"], it["video_name"], split_options(it["question"])[0],
                     it["candidates"][letter_number(it["answer"])], it["candidates"]) for it in items]
-    records.sort(key=lambda record: MLVU_TASKS.index(record[0]))
-    rows = [{"task_type": task, "prefix": f"./MLVU/video/{MLVU_TASKS.index(task) + 1}_{task}", "duration": duration,
-             "video": video, "question": stem, "answer": answer, "candidates": str(list(candidates)), "index": i}
+    records.sort(key=lambda record: MLVU_TASK_TYPES.index(record[0]))
+    rows = [{"task_type": task, "prefix": f"./MLVU/video/{MLVU_TASK_TYPES.index(task) + 1}_{task}",
+             "duration": duration, "video": video, "question": stem, "answer": answer,
+             "candidates": str(list(candidates)), "index": i}
             for i, (task, duration, video, stem, answer, candidates) in enumerate(records)]
     return pd.DataFrame(rows, columns=list(MLVU_COLUMNS))
 

@@ -12,8 +12,9 @@ outside the package. A selector is `fn(scores, k, *, <keyword params>) -> positi
 always returns every candidate) and checks what it returns. Two keyword names are filled
 in by the pipeline rather than by the user: a selector that declares `features` receives
 the (T, D) frame features (`dpp` does: it needs frame-to-frame similarity, not only
-scores), and one that declares `benchmark` receives the benchmark's name (`tspo`, `bolt`:
-their published settings differ per benchmark).
+scores). Settings published per benchmark (`tspo`'s rule, `bolt`'s power) are not kept
+here: the selection stage fills them in from the benchmark's spec (`selector_params`)
+where the policy leaves them unset.
 
 Where each rule comes from (published code, GitHub):
 
@@ -21,7 +22,7 @@ Where each rule comes from (published code, GitHub):
   and `model/utils.py` (`generate_uniform_integers`, `group_features_by_cluster`).
 - `aks`: ncTimTang/AKS `frame_select.py` (`meanstd`, `main`); TSPO's port with its
   hard-coded t1/depth is `AKS_sampling` in Hui-design/TSPO `model/utils.py`.
-- `tspo`: Hui-design/TSPO `mp_tools/vlmeval/vlm/gen_id_tspo.py` (method per dataset).
+- `tspo`: Hui-design/TSPO `mp_tools/vlmeval/vlm/gen_id_tspo.py` (rule per dataset).
 - `bolt`: sming256/BOLT `select_frames.py` (`inverse_transform_sampling`) and
   `scripts/frame_selection.sh` (power per benchmark).
 - `dpp`: MDP3 (Sun et al., ICCV 2025, arXiv 2501.02885), its public `MDP3` class
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -50,17 +50,8 @@ AKS_PRESETS: dict[str, dict[str, float]] = {
     "tspo": {"t1": 0.2, "t2": -100.0, "depth": 3},
 }
 
-# gen_id_tspo.py: `method = 'topk' if dataset != 'VideoMME' else 'bin-max'`.
-TSPO_DEFAULT_METHOD: dict[str, str] = {
-    "longvideobench": "topk",
-    "mlvu": "topk",
-    "lvbench": "topk",
-    "videomme": "bin-max",
-}
-
-# BOLT's frame_selection.sh: --power 3 (VideoMME, MLVU), 2.5 (LongVideoBench); LVBench and
-# others are not in it and get 3 (LVBench's hour-long videos are closest to MLVU's).
-BOLT_POWER: dict[str, float] = {"videomme": 3.0, "mlvu": 3.0, "longvideobench": 2.5}
+# BOLT's frame_selection.sh: --power 3 (VideoMME, MLVU; a benchmark's spec may set another, as
+# LongVideoBench's 2.5); benchmarks not in it get 3 (LVBench's hour-long videos are closest to MLVU's).
 BOLT_DEFAULT_POWER = 3.0
 
 # MDP3's MultiGaussianKernel: bandwidths 2**-3 .. 2**1, summed (not averaged); lamda = 0.2.
@@ -107,7 +98,7 @@ def _as_features(features: Any, T: int) -> np.ndarray:
 
 
 def takes(method: str, name: str) -> bool:
-    """Whether the registered `method` declares the keyword `name` (e.g. `features`, `benchmark`)."""
+    """Whether the registered `method` declares the keyword `name` (e.g. `features`)."""
     return name in inspect.signature(SELECTORS[method]).parameters
 
 
@@ -346,20 +337,16 @@ def aks(scores: np.ndarray, k: int, *, preset: str = "aks", t1: float | None = N
     return np.sort(np.concatenate(picks)) if picks else np.empty(0, dtype=np.int64)
 
 
-def _benchmark_key(name: str) -> str:
-    """'VideoMME', 'Video-MME', 'videomme' -> 'videomme'."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 @register_selector("tspo")
-def tspo(scores: np.ndarray, k: int, *, benchmark: str | None = None) -> np.ndarray:
-    """The published TSPO evaluation's method for `benchmark` (`TSPO_DEFAULT_METHOD`).
+def tspo(scores: np.ndarray, k: int, *, rule: Literal["topk", "bin-max"] = "topk") -> np.ndarray:
+    """The published TSPO evaluation's selection: `topk`, or `bin-max` on VideoMME.
 
-    Any benchmark outside the table, or none, gets `topk`, as in the published code
-    ("topk unless VideoMME"). The scores should be the agent's.
+    The benchmark's spec sets `rule` (`selector_params`); any other benchmark, or none,
+    gets `topk`, as in the published code ("topk unless VideoMME"). The scores should be the agent's.
     """
-    method = TSPO_DEFAULT_METHOD.get(_benchmark_key(benchmark), "topk") if benchmark else "topk"
-    return SELECTORS[method](scores, k)
+    if rule not in ("topk", "bin-max"):
+        raise ValueError(f"unknown tspo rule {rule!r}; valid: topk, bin-max")
+    return SELECTORS[rule](scores, k)
 
 
 def _spread_repeats(picks: np.ndarray, T: int) -> np.ndarray:
@@ -384,7 +371,7 @@ def _spread_repeats(picks: np.ndarray, T: int) -> np.ndarray:
 
 
 @register_selector("bolt")
-def bolt(scores: np.ndarray, k: int, *, power: float | None = None, benchmark: str | None = None,
+def bolt(scores: np.ndarray, k: int, *, power: float = BOLT_DEFAULT_POWER,
          repeats: Literal["spread", "drop"] = "spread") -> np.ndarray:
     """BOLT (Liu et al., CVPR 2025): inverse transform sampling over query-frame similarity.
 
@@ -393,8 +380,8 @@ def bolt(scores: np.ndarray, k: int, *, power: float | None = None, benchmark: s
     `linspace(1/k, 1 - 1/k, k)` are mapped to the first candidate whose CDF reaches them
     (`searchsorted`, left). Frames thus fall densely where the query matches and sparsely,
     but still, elsewhere; the least similar candidate has weight 0 and is never chosen.
-    `power` defaults to the benchmark's published value (`BOLT_POWER`: 3 for VideoMME and
-    MLVU, 2.5 for LongVideoBench; 3 elsewhere). The scale of the scores (BOLT multiplies the
+    `power`: the benchmark's published value comes from its spec (3 for VideoMME and MLVU,
+    2.5 for LongVideoBench); 3 elsewhere. The scale of the scores (BOLT multiplies the
     cosine by CLIP's logit scale) cancels in the normalisation, so the CLIP cosine gives
     the same frames.
 
@@ -406,8 +393,6 @@ def bolt(scores: np.ndarray, k: int, *, power: float | None = None, benchmark: s
     uniform distribution. k = 1 (the published quantile 1.0 can fall past the last
     candidate) takes the median, quantile 0.5.
     """
-    if power is None:
-        power = BOLT_POWER.get(_benchmark_key(benchmark), BOLT_DEFAULT_POWER) if benchmark else BOLT_DEFAULT_POWER
     if not power > 0:
         raise ValueError(f"bolt power must be > 0, got {power}")
     if repeats not in ("spread", "drop"):

@@ -39,13 +39,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..agent import TemporalAgent, load_agent
-from ..benchmarks import Question, read_frame_idx, resolve_video, write_frame_idx
+from ..benchmarks import Question, find_benchmark, read_frame_idx, resolve_video, write_frame_idx
 from ..cache import FeatureCache, VideoFeatures
 from ..encoders import Encoder
 from ..extract import ExtractConfig, video_features
 from ..policy import FramePolicy
 from .blip import BlipScorer, blip_scores
-from .methods import frames_for_question, published_feed, takes, uniform_frames
+from .methods import frames_for_question, published_feed, uniform_frames
 from ..video import VideoError, probe
 
 FORMAT = "tspo-eval/selections@1"
@@ -119,11 +119,10 @@ def _selection(video: str, frames: np.ndarray, num_candidates: int, fps: float) 
                      num_candidates=num_candidates, fps=fps)
 
 
-def _method_params(policy: FramePolicy, benchmark: str) -> dict[str, Any]:
-    params = dict(policy.params)
-    if takes(policy.method, "benchmark"):
-        params.setdefault("benchmark", benchmark)
-    return params
+def method_params(policy: FramePolicy, benchmark: str) -> dict[str, Any]:
+    """The policy's parameters over the benchmark's published ones for its method (`selector_params`)."""
+    spec = find_benchmark(benchmark)
+    return {**(spec.selector_params.get(policy.method, {}) if spec else {}), **policy.params}
 
 
 def uniform_selection(video: str | Path, num_frames: int, fps: float, policy: FramePolicy) -> Selection:
@@ -146,7 +145,7 @@ def select_for_question(vf: VideoFeatures, text: torch.Tensor, policy: FramePoli
     if policy.method == "uniform":
         return uniform_selection(vf.video, vf.num_frames, vf.fps, policy), scores
     frames = frames_for_question(vf.frame_numbers, scores.numpy(), policy.k, policy.method, vf.num_frames,
-                                 official=policy.official, features=vf.features, **_method_params(policy, benchmark))
+                                 official=policy.official, features=vf.features, **method_params(policy, benchmark))
     if frames.size == 0:
         hint = (f"aks gives a leaf at depth d floor(k / 2**d) frames, none when k < 2**depth; use preset=tspo "
                 f"(depth 3) or depth=N with 2**N <= {policy.k}: `tspo-eval select --params preset=tspo`, "

@@ -1,4 +1,16 @@
-"""lmms-eval hooks of `tspo_longvideobench_val`: documents, prompts and scoring live in tspo_eval."""
-from tspo_eval.integrations.lmms_tasks import task_hooks
+"""lmms-eval hooks of `tspo_longvideobench_val` and `tspo_longvideobench_val_random_fallback`:
+every function their YAMLs name. Documents, prompts and scoring live in tspo_eval (the
+benchmark's BenchmarkSpec, tspo_eval/benchmarks/specs.py)."""
+from tspo_eval.integrations.lmms_hooks import (  # noqa: F401  (named by the YAML)
+    BenchmarkHooks,
+    answered,
+    doc_to_text,
+    doc_to_visual,
+    failed,
+    process_results,
+    process_results_random_fallback,
+)
 
-globals().update(task_hooks("longvideobench"))
+hooks = BenchmarkHooks("longvideobench")
+process_docs = hooks.process_docs
+accuracy = hooks.accuracy

@@ -1,4 +1,15 @@
-"""lmms-eval hooks of `tspo_mlvu_dev`: documents, prompts and scoring live in tspo_eval."""
-from tspo_eval.integrations.lmms_tasks import task_hooks
+"""lmms-eval hooks of `tspo_mlvu_dev`: every function its YAML names. Documents, prompts and scoring
+live in tspo_eval (the benchmark's BenchmarkSpec, tspo_eval/benchmarks/specs.py)."""
+from tspo_eval.integrations.lmms_hooks import (  # noqa: F401  (named by the YAML)
+    BenchmarkHooks,
+    answered,
+    doc_to_text,
+    doc_to_visual,
+    failed,
+    process_results,
+)
 
-globals().update(task_hooks("mlvu"))
+hooks = BenchmarkHooks("mlvu")
+process_docs = hooks.process_docs
+accuracy = hooks.accuracy
+macro_accuracy = hooks.macro_accuracy
