@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .agent import TemporalAgent
-from .benchmarks import Question, resolve_video
+from .benchmarks import Question, get_benchmark, resolve_video
 from .cache import FeatureCache
 from .config import BACKBONES, DEFAULT_METHODS, CompareConfig, method_spec  # noqa: F401  (re-exported)
 from .encoders import Encoder
@@ -163,14 +163,13 @@ def add_accuracy(comparison: Comparison, cfg: CompareConfig, benchmark: str, ann
     the candidates (what the published evaluation compares against).
     """
     from .integrations.lmms_runner import EvaluateConfig, evaluate
-    from .scoring import METRICS, SCALE
 
     kwargs = {"agent": agent} if agent else {}
     eval_cfg = EvaluateConfig(benchmark=benchmark, annotations=Path(annotations), videos=Path(videos),
                               backbone=cfg.backbone, pretrained=cfg.pretrained, methods=tuple(comparison.runs),
                               out=Path(cfg.out), cache=Path(cache), limit=cfg.limit, **kwargs)
     scores = evaluate(eval_cfg, policy or FramePolicy(), extract)
-    overall = METRICS[benchmark][0].name
-    comparison.table["accuracy"] = [float(scores.loc[overall, label]) / SCALE[benchmark]
+    spec = get_benchmark(benchmark)
+    comparison.table["accuracy"] = [float(scores.loc[spec.metrics[0].name, label]) / spec.scale
                                     for label in comparison.table.index]
     return comparison.table

@@ -205,9 +205,10 @@ def evaluate(cfg: EvaluateConfig, policy: FramePolicy | None = None, extract: Ex
         columns[method] = read_results(cfg.out / "lmms_eval" / method, TASKS[cfg.benchmark], log)
     table = pd.DataFrame(columns)
     # the overall accuracies, over the answered questions, and the answered / failed counts first
-    from ..scoring import METRICS
+    from ..benchmarks import get_benchmark
 
-    first = [m.name for m in METRICS[cfg.benchmark] if (m.field is None or m.macro) and m.name in table.index]
+    first = [m.name for m in get_benchmark(cfg.benchmark).metrics if (m.field is None or m.macro)
+             and m.name in table.index]
     table = table.loc[first + [name for name in table.index if name not in first]]
     (cfg.out / f"summary_{cfg.benchmark}.md").write_text(table.to_markdown(floatfmt=".2f") + "\n")
     table.to_json(cfg.out / f"summary_{cfg.benchmark}.json", indent=1)
