@@ -100,3 +100,24 @@ def test_planner_selects_from_blip_scores_cached_per_video_and_question(tiny_bli
         fixed = FramePlanner(policy, agent=agent, cache=cache).plan(ref)
     assert fixed.frame_numbers == chosen.frame_numbers
     assert "damaged cache entry" in caplog.text
+
+
+def test_focus_with_blip_decodes_and_scores_only_the_frames_it_asks_for(tiny_blip, numbered_video_factory,
+                                                                         tmp_path, monkeypatch):
+    video = numbered_video_factory(num_frames=240, fps=4.0)  # 60 s: 60 candidates at 1 fps
+    agent, cache = _agent(), FeatureCache(tmp_path / "cache")
+    asked: list[int] = []
+    real = BlipScorer.score_video
+
+    def counting(self, path, frame_numbers, texts):
+        asked.extend(np.asarray(frame_numbers).tolist())
+        return real(self, path, frame_numbers, texts)
+
+    monkeypatch.setattr(BlipScorer, "score_video", counting)
+    policy = FramePolicy(method="focus", k=4, scores="blip", blip_model=str(tiny_blip))
+    sel = FramePlanner(policy, agent=agent, cache=cache).plan(
+        QuestionRef("q", "lvbench", str(video), "What is the man doing?"))
+    assert len(asked) == len(set(asked)) and 0 < len(asked) < 60  # each scored once, not all
+    assert sel.scored == pytest.approx(len(asked) / 60)
+    assert set(sel.frame_numbers) <= set(range(240)) and len(sel.frame_numbers) == 4
+    assert not (tmp_path / "cache" / "scores").exists()  # partial scores are not cached as full vectors

@@ -144,7 +144,7 @@ def test_compare_command(bench, tmp_path):
             "--videos", str(videos), *AGENT, "--cache", str(tmp_path / "cache"), "--k", "4", "--out", str(out)]
     proc = run(*args)
     table = pd.read_csv(out / "compare_lvbench.csv", index_col="method")
-    assert list(table.index) == ["uniform", "topk", "bin-max", "aks", "bolt", "dpp", "tspo"]
+    assert list(table.index) == ["uniform", "topk", "bin-max", "aks", "bolt", "dpp", "focus", "tspo"]
     assert table.loc["aks", "failed"] == 3 and (table.drop(index="aks")["questions"] == 3).all()
     assert "| tspo" in proc.stdout and (out / "compare_lvbench.png").stat().st_size > 1000
     proc = run(*args, "--methods", "topk", "nope", check=False)
@@ -159,10 +159,14 @@ def test_a_method_scored_by_blip_compares_beside_its_clip_version(bench, tiny_bl
     blip = f"topk:scores=blip,blip_model={tiny_blip}"
     label, policy = method_spec(blip, FramePolicy(k=4))
     assert policy.method == "topk" and policy.score_source == "blip" and not policy.params
-    cfg = CompareConfig(methods=("topk", blip), out=tmp_path / "out")
+    cfg = CompareConfig(methods=("uniform", "topk", blip, "focus"), out=tmp_path / "out")
     cache = FeatureCache(tmp_path / "cache")
     result = compare_selectors(questions, videos, NeedleEncoder(), cache, cfg, FramePolicy(k=4), progress=False)
-    assert list(result.table.index) == ["topk", blip] and result.table.loc[blip, "failed"] == 0
+    assert list(result.table.index) == ["uniform", "topk", blip, "focus"] and result.table.loc[blip, "failed"] == 0
+    # share of candidates scored: focus on 40 s videos (8 arms of 5 candidates) scores the 4 top arms
+    # whole and 3 coarse samples in each of the other 4: 32 of 40, whatever the scores
+    assert result.table["scored"].to_dict() == pytest.approx({"uniform": 0.0, "topk": 1.0, blip: 1.0, "focus": 0.8})
+    assert all(sel.scored == 0.8 for sel in result.runs["focus"].selections.values())
     assert result.runs[blip].meta["scores"] == "blip"
     # one cached entry per question; each selection is topk of the BLIP scores of its video's candidates
     assert len(list((tmp_path / "cache" / "scores").rglob("*.safetensors"))) == len(questions)

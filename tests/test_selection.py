@@ -554,3 +554,73 @@ def test_clip_scores_are_the_cosine():
     expected = torch.nn.functional.cosine_similarity(feats.float(), text.reshape(1, -1), dim=-1)
     torch.testing.assert_close(question_scores(feats, text, "clip", None), expected, rtol=0, atol=1e-6)
     assert question_scores(feats, text, "clip", None)[3] == 0
+
+
+# ---------------------------------------------------------------- focus (FOCUS, ICLR 2026)
+from tspo_eval.selection.methods import FrameScorer  # noqa: E402
+
+
+def _arm_scores(T: int = 40, hot: int = 3) -> np.ndarray:
+    """0.9 on the 5 positions of arm `hot` (T = 40 at 1 fps: 8 arms of 5), 0.1 elsewhere."""
+    scores = np.full(T, 0.1)
+    scores[5 * hot:5 * hot + 5] = 0.9
+    return scores
+
+
+def test_focus_by_hand_on_constant_arms():
+    # T = 40 s at 1 fps: max(8, ceil(40 / 16)) = 8 arms of 5; centre + 2 random per arm (24, all equal
+    # within an arm, so var -> 1e-6): arm 3 has the best bound, the others tie (earlier first). Fine
+    # stage: windows of +-round(2.5) = 2 around the centres of arms 3, 0, 1, 2 need 5 samples each:
+    # those 20 positions are all scored, the other arms keep their 3 coarse ones: 32 of 40 scored.
+    scorer = FrameScorer.of(_arm_scores())
+    picks = select(None, 4, "focus", scorer=scorer).tolist()
+    assert scorer.fraction == 32 / 40 and set(range(20)) <= set(scorer.known)
+    assert all(sum(5 * a <= p < 5 * a + 5 for p in scorer.known) == 3 for a in range(4, 8))
+    # final: round(0.2 * 4) = 1 top frame, the first 0.9 scored (arm 3's centre, 17); the other 3 go
+    # one each to the top arms 3, 0, 1 (arm 2 gets none), drawn from flat estimates
+    assert 17 in picks and len(picks) == 4
+    others = sorted(p for p in picks if p != 17)
+    assert 0 <= others[0] <= 4 and 5 <= others[1] <= 9 and 15 <= others[2] <= 19
+    assert select(None, 4, "focus", scorer=FrameScorer.of(_arm_scores())).tolist() == picks  # seeded
+
+
+def test_focus_one_peak_concentrates_and_scores_a_fraction():
+    T = 1800  # 30 min at 1 fps
+    t = np.arange(T)
+    scores = 0.2 + 0.1 * np.exp(-0.5 * ((t - 1000) / 20.0) ** 2)
+    scorer = FrameScorer.of(scores)
+    picks = select(None, 64, "focus", scorer=scorer)
+    assert len(picks) == 64
+    # the coarse stage covers the whole video: every 16-s arm was scored (113 arms of 15 candidates)
+    scored = np.array(sorted(scorer.known))
+    assert all(((scored >= a * 15) & (scored < a * 15 + 15)).any() for a in range(1800 // 15))
+    assert 0.2 < scorer.fraction < 0.6  # not every candidate
+    # frames concentrate near the peak (29 of 113 arms get frames, the peak's neighbours first; the
+    # flat arms tie and the earliest of them come next): most within 160 s, the peak itself among them
+    assert np.mean(np.abs(picks - 1000) <= 160) > 0.75 and np.min(np.abs(picks - 1000)) <= 2
+
+
+def test_focus_ties_k1_and_short_videos():
+    flat = FrameScorer.of(np.full(40, 0.5))
+    picks = select(None, 4, "focus", scorer=flat).tolist()
+    # all arms tie: the first scored (arm 0's centre, 2) is the top frame; arms 0, 1, 2 get one each
+    assert 2 in picks and sorted(p // 5 for p in picks) == [0, 0, 1, 2]
+    one = select(None, 1, "focus", scorer=FrameScorer.of(_arm_scores())).tolist()
+    assert len(one) == 1 and 15 <= one[0] <= 19  # round(0.2) = 0 top frames: one draw in the best arm
+    short = FrameScorer.of(np.arange(5.0))
+    assert select(None, 8, "focus", scorer=short).tolist() == [0, 1, 2, 3, 4] and short.fraction == 0
+    # with the scores given instead of a scorer, focus reads them through one
+    assert select(_arm_scores(), 4, "focus").tolist() == select(None, 4, "focus",
+                                                               scorer=FrameScorer.of(_arm_scores())).tolist()
+
+
+def test_focus_checks_its_inputs():
+    with pytest.raises(ValueError, match="interpolation"):
+        select(np.zeros(50), 4, "focus", interpolation="rbf")
+    with pytest.raises(ValueError, match="needs the scores"):
+        select(None, 4, "topk", scorer=FrameScorer.of(np.zeros(50)))
+    with pytest.raises(ValueError, match="no parameter"):
+        select(np.zeros(50), 4, "focus", scorer_model="x")
+    bad = FrameScorer(lambda pos: np.zeros(len(pos) + 1), 50)
+    with pytest.raises(ValueError, match="returned 25 scores for 24"):
+        select(None, 4, "focus", scorer=bad)

@@ -3,7 +3,8 @@
 Each video's features are read from the cache once (extracted when missing) and every method
 selects from them, so methods differ in nothing but their rule. Per method the table holds
 the time-reference hit rate and coverage (`quality.quality_table`: LVBench, LongVideoBench),
-the questions whose selection failed, and the mean selection time per question: scoring (CLIP
+the questions whose selection failed, the share of candidates scored (`scored`: below 1 only
+for methods that score on demand, `focus`), and the mean selection time per question: scoring (CLIP
 cosine, or the agent's forward pass for `tspo`) plus selection, from the cached features,
 without decoding or cache reads (one untimed warm-up call per method first). A method scored
 by BLIP (`NAME:scores=blip`) has its scores computed (or read from the cache) per video before
@@ -130,9 +131,18 @@ def comparison_table(runs: dict[str, SelectionSet], seconds: dict[str, list[floa
     """`quality_table` plus, per method, failed questions and the mean selection time (ms)."""
     table = quality_table(runs, questions, tolerance)
     table["failed"] = [len(runs[label].failed) for label in table.index]
+    table["scored"] = [scored_fraction(runs[label]) for label in table.index]
     table["ms_per_question"] = [1000 * float(np.mean(seconds[label])) if seconds[label] else float("nan")
                                 for label in table.index]
     return table
+
+
+def scored_fraction(run: SelectionSet) -> float:
+    """Mean share of the candidates a method scored per question: what an on-demand method
+    (focus) asked its scorer for, 1 for the methods that read every score, 0 for uniform."""
+    every = 0.0 if run.meta.get("method") == "uniform" else 1.0
+    shares = [every if sel.scored is None else sel.scored for sel in run.selections.values()]
+    return float(np.mean(shares)) if shares else float("nan")
 
 
 def write_comparison(comparison: Comparison, out: str | Path, benchmark: str) -> list[Path]:

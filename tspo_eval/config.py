@@ -229,7 +229,7 @@ class DemoConfig:
 
 
 # `tspo-eval compare`: every selector by default; accuracy through lmms-eval on one of BACKBONES
-DEFAULT_METHODS = ("uniform", "topk", "bin-max", "aks", "bolt", "dpp", "tspo")
+DEFAULT_METHODS = ("uniform", "topk", "bin-max", "aks", "bolt", "dpp", "focus", "tspo")
 BACKBONES = ("llava_video", "qwen2_5_vl")
 
 

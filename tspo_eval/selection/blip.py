@@ -37,6 +37,7 @@ from ..cache import FeatureCache, VideoFeatures, _hash
 from ..encoders import weights_fingerprint
 from ..policy import Sampling
 from ..video import iter_frames
+from .methods import FrameScorer
 
 BLIP_MAX_WORDS = 50  # LAVIS BlipCaptionProcessor(max_words=50)
 BLIP_MAX_TOKENS = 35  # BLIP ITM max_txt_len
@@ -136,3 +137,21 @@ def blip_scores(scorer: BlipScorer, vf: VideoFeatures, path: str | Path, texts: 
         for text, row in zip(missing, scorer.score_video(path, vf.frame_numbers, missing)):
             found[text] = cache.put_scores(keys[text], row, vf.frame_numbers, scorer.identity)
     return torch.stack([found[text] for text in texts])
+
+
+def blip_frame_scorer(scorer: BlipScorer, vf: VideoFeatures, path: str | Path, text: str, cache: FeatureCache,
+                      sampling: Sampling) -> FrameScorer:
+    """An on-demand BLIP scorer of one question's candidates (for `focus`): it decodes and scores
+    only the positions asked for. When the question's full scores are cached already, it reads them."""
+    full = cache.get_scores(scores_key(vf.fingerprint, sampling, scorer.identity, text), vf.frame_numbers)
+    if full is not None:
+        return FrameScorer.of(full)
+
+    def score(positions: np.ndarray) -> np.ndarray:
+        order = np.argsort(positions, kind="stable")  # decoding wants ascending frame numbers
+        values = scorer.score_video(path, vf.frame_numbers[positions[order]], [text])[0].numpy()
+        out = np.empty(len(positions))
+        out[order] = values
+        return out
+
+    return FrameScorer(score, len(vf.frame_numbers))

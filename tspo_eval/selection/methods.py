@@ -9,12 +9,14 @@ uniform loaders).
 Methods live in the `SELECTORS` registry; `@register_selector("name")` adds one from
 outside the package. A selector is `fn(scores, k, *, <keyword params>) -> positions`;
 `select` checks the parameter names against its signature, hands it only T > k (T <= k
-always returns every candidate) and checks what it returns. Two keyword names are filled
-in by the pipeline rather than by the user: a selector that declares `features` receives
-the (T, D) frame features (`dpp` does: it needs frame-to-frame similarity, not only
-scores). Settings published per benchmark (`tspo`'s rule, `bolt`'s power) are not kept
-here: the selection stage fills them in from the benchmark's spec (`selector_params`)
-where the policy leaves them unset.
+always returns every candidate) and checks what it returns. Three keyword names are filled
+in by the pipeline rather than by the user (`PIPELINE_KEYWORDS`): a selector that declares
+`features` receives the (T, D) frame features (`dpp` does: it needs frame-to-frame
+similarity, not only scores); one that declares `scorer` (`focus`) scores candidates on
+demand through a `FrameScorer` (which keeps what it scored) instead of reading all the
+scores, and `candidate_fps` gives it the candidates per second of video. Settings published
+per benchmark (`tspo`'s rule, `bolt`'s power) are not kept here: the selection stage fills
+them in from the benchmark's spec (`selector_params`) where the policy leaves them unset.
 
 Where each rule comes from (published code, GitHub):
 
@@ -25,6 +27,7 @@ Where each rule comes from (published code, GitHub):
 - `tspo`: Hui-design/TSPO `mp_tools/vlmeval/vlm/gen_id_tspo.py` (rule per dataset).
 - `bolt`: sming256/BOLT `select_frames.py` (`inverse_transform_sampling`) and
   `scripts/frame_selection.sh` (power per benchmark).
+- `focus`: NUS-HPC-AI-Lab/FOCUS `focus.py` (`FOCUS`) and `select_keyframe.py` (defaults, min gap).
 - `dpp`: MDP3 (Sun et al., ICCV 2025, arXiv 2501.02885), its public `MDP3` class
   (`MultiGaussianKernel`, `seqdpp_select_super_fast`, `_select_frames_fast`).
 - official feed and uniform baselines: `load_video_index` and `load_video` in Hui-design/TSPO
@@ -53,6 +56,15 @@ AKS_PRESETS: dict[str, dict[str, float]] = {
 # BOLT's frame_selection.sh: --power 3 (VideoMME, MLVU; a benchmark's spec may set another, as
 # LongVideoBench's 2.5); benchmarks not in it get 3 (LVBench's hour-long videos are closest to MLVU's).
 BOLT_DEFAULT_POWER = 3.0
+
+# FOCUS's published defaults (select_keyframe.py argparse; FOCUS.__init__ for the rest).
+FOCUS_DEFAULTS: dict[str, float] = {
+    "coarse_every_sec": 16.0, "fine_every_sec": 1.0, "zoom_ratio": 0.25, "final_min_arms": 4, "final_max_arms": 32,
+    "min_coarse_segments": 8, "min_zoom_segments": 4, "extra_samples_per_region": 2, "min_variance": 1e-6,
+    "fine_uniform_ratio": 0.5, "top_ratio": 0.2, "temperature": 0.06, "min_gap_sec": 1.0, "gap_ratio_of_avg": 0.25,
+    "disable_gap_below_sec": 0.2, "seed": 42}
+# keywords the pipeline fills in, never user parameters
+PIPELINE_KEYWORDS = ("features", "scorer", "candidate_fps")
 
 # MDP3's MultiGaussianKernel: bandwidths 2**-3 .. 2**1, summed (not averaged); lamda = 0.2.
 DPP_BANDWIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0)
@@ -107,22 +119,58 @@ def _check_params(method: str, fn: Selector, params: dict[str, Any]) -> None:
     sig = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
         return
-    valid = [n for n, p in list(sig.items())[2:] if n != "features"
+    valid = [n for n, p in list(sig.items())[2:] if n not in PIPELINE_KEYWORDS
              and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    unknown = sorted(set(params) - set(valid))
+    unknown = sorted(set(params) - set(valid) - (set(PIPELINE_KEYWORDS) & set(sig)))
     if unknown:
         raise ValueError(f"method {method!r} has no parameter(s) {', '.join(unknown)}; "
                          f"valid: {', '.join(valid) or '(none)'}")
 
 
-def select(scores: Any, k: int, method: str, features: Any = None, **params: Any) -> np.ndarray:
+class FrameScorer:
+    """Scores candidates on demand (`fn(positions) -> scores`), each at most once, and keeps
+    what it scored: what a selector that declares `scorer` gets, so an expensive scorer (BLIP)
+    runs on a few candidates only."""
+
+    def __init__(self, fn: Callable[[np.ndarray], Any], num_candidates: int) -> None:
+        self.fn, self.num_candidates = fn, int(num_candidates)
+        self.known: dict[int, float] = {}  # position -> score, for every position scored
+
+    @classmethod
+    def of(cls, scores: Any) -> "FrameScorer":
+        """A scorer reading a full score vector (cheap scores, or ones cached already)."""
+        arr = _as_scores(scores)
+        return cls(lambda positions: arr[positions], len(arr))
+
+    def __call__(self, positions: Any) -> np.ndarray:
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if pos.size and (pos.min() < 0 or pos.max() >= self.num_candidates):
+            raise ValueError(f"positions outside [0, {self.num_candidates})")
+        new = np.array([p for p in dict.fromkeys(pos.tolist()) if p not in self.known], dtype=np.int64)
+        if new.size:
+            values = _as_scores(self.fn(new))
+            if len(values) != len(new):
+                raise ValueError(f"the scorer returned {len(values)} scores for {len(new)} positions")
+            self.known.update(zip(new.tolist(), values.tolist()))
+        return np.array([self.known[p] for p in pos.tolist()], dtype=np.float64)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the candidates scored so far."""
+        return len(self.known) / self.num_candidates if self.num_candidates else 0.0
+
+
+def select(scores: Any, k: int, method: str, features: Any = None, scorer: FrameScorer | None = None,
+           **params: Any) -> np.ndarray:
     """Pick at most k candidates; returns sorted, unique int64 positions into `scores`.
 
     Args:
-        scores: (T,) per-candidate scores (list, numpy array or torch tensor).
+        scores: (T,) per-candidate scores (list, numpy array or torch tensor); None for a method
+            that declares `scorer` when a `scorer` is given.
         k: frame budget, >= 1.
         method: a key of `SELECTORS` (uniform, topk, bin-max, aks, tspo, bolt, dpp or a registered one).
         features: (T, D) frame features, required by methods that declare `features` (dpp), ignored otherwise.
+        scorer: for methods that declare `scorer` (focus), scores on demand; by default one over `scores`.
         **params: the method's keyword parameters.
     Returns:
         (<=k,) int64 positions. T <= k returns every position (SPEC section 3); `aks`
@@ -137,12 +185,23 @@ def select(scores: Any, k: int, method: str, features: Any = None, **params: Any
         raise ValueError(f"unknown selection method {method!r}; known: {', '.join(sorted(SELECTORS))}")
     fn = SELECTORS[method]
     _check_params(method, fn, params)
-    arr = _as_scores(scores)
-    T = len(arr)
+    if scores is None:  # an on-demand scorer instead of the scores
+        if scorer is None or not takes(method, "scorer"):
+            raise ValueError(f"method {method!r} needs the scores of every candidate")
+        arr, T = None, scorer.num_candidates
+    else:
+        arr = _as_scores(scores)
+        T = len(arr)
     if takes(method, "features"):
         if features is None:
             raise ValueError(f"method {method!r} uses the frame features as well as the scores: pass features=(T, D)")
         params["features"] = _as_features(features, T)
+    if takes(method, "scorer"):
+        if scorer is None:
+            scorer = FrameScorer.of(arr)
+        elif scorer.num_candidates != T:
+            raise ValueError(f"the scorer covers {scorer.num_candidates} candidates, the scores {T}")
+        params["scorer"] = scorer
     if T <= k:
         return np.arange(T, dtype=np.int64)
     out = np.asarray(fn(arr, int(k), **params))
@@ -217,7 +276,7 @@ def uniform_frames(num_video_frames: int, video_fps: float, k: int, official: bo
 
 def frames_for_question(candidate_frames: np.ndarray, scores: Any, k: int, method: str,
                         num_video_frames: int, official: bool = False, features: Any = None,
-                        **params: Any) -> np.ndarray:
+                        scorer: FrameScorer | None = None, **params: Any) -> np.ndarray:
     """Absolute frame numbers for one question: `candidate_frames[select(...)]`, int64.
 
     `official=True` feeds them as the published evaluation does (`published_feed`): when
@@ -228,10 +287,10 @@ def frames_for_question(candidate_frames: np.ndarray, scores: Any, k: int, metho
     if method == "uniform":
         raise ValueError("uniform frames are spread over all decoded frames, not candidates: use uniform_frames")
     cands = np.asarray(candidate_frames, dtype=np.int64)
-    arr = _as_scores(scores)
-    if cands.ndim != 1 or len(cands) != len(arr):
+    arr = _as_scores(scores) if scores is not None else None
+    if cands.ndim != 1 or len(cands) != (len(arr) if arr is not None else scorer.num_candidates):
         raise ValueError(f"candidate_frames {cands.shape} must be 1-D and match the scores")
-    frames = cands[select(arr, k, method, features, **params)]
+    frames = cands[select(arr, k, method, features, scorer, **params)]
     return published_feed(frames, k, num_video_frames) if official else frames
 
 
@@ -469,3 +528,148 @@ def dpp(scores: np.ndarray, k: int, *, features: np.ndarray, lam: float = DPP_LA
     if len(chosen) < k:
         chosen += _farthest_in_time(chosen, T, k - len(chosen))
     return np.sort(np.array(chosen, dtype=np.int64))
+
+
+def _focus_arm_estimates(sampled: list[tuple[int, float]], start: int, end: int, method: str) -> np.ndarray:
+    """Scores of the arm's positions start..end estimated from its sampled ones, clipped to [0, 1]
+    (`estimate_arm_scores`): the nearest sample (first sampled on a tie) or linear interpolation."""
+    where = np.array([i for i, _ in sampled], dtype=np.float64)
+    values = np.array([v for _, v in sampled], dtype=np.float64)
+    grid = np.arange(start, end + 1, dtype=np.float64)
+    if method == "nearest":
+        est = values[np.argmin(np.abs(grid[:, None] - where[None, :]), axis=1)]
+    else:  # linear (np.interp wants ascending sample positions)
+        order = np.argsort(where, kind="stable")
+        est = np.interp(grid, where[order], values[order]) if len(where) > 1 else np.full(len(grid), values[0])
+    return np.clip(est, 0.0, 1.0)
+
+
+@register_selector("focus")
+def focus(scores: np.ndarray | None, k: int, *, scorer: FrameScorer, candidate_fps: float = 1.0,
+          interpolation: Literal["nearest", "linear", "uniform"] = "nearest", top_ratio: float | None = None,
+          temperature: float | None = None, zoom_ratio: float | None = None,
+          coarse_every_sec: float | None = None, seed: int | None = None) -> np.ndarray:
+    """FOCUS (Zhu et al., ICLR 2026): a bandit search that scores only part of the candidates.
+
+    Candidates are cut into arms of about `coarse_every_sec` seconds (at least 8 arms). Coarse
+    stage: each arm's centre and 2 random other positions are scored. Each arm's optimistic
+    value is its mean + sqrt(2 ln N var / n) + 3 ln N / n (empirical Bernstein; N samples in
+    all, n in the arm, var floored at 1e-6). Fine stage: around the centres of the top
+    max(4, ceil(zoom_ratio * arms)) arms, a window of one arm's length is scored densely (half
+    evenly spaced, half random, one per `fine_every_sec`). Final: the round(top_ratio *
+    min(k, scored)) best scored positions, then the rest spread evenly over the top
+    clamp(ceil(zoom_ratio * arms), 4, 32) arms, each drawn without replacement from a softmax
+    (temperature 0.06) of the min-max normalised scores the arm's samples give its positions
+    (nearest sample), keeping a minimum gap of min(1 s, 0.25 x the mean spacing) (none when the
+    mean spacing is at most 0.2 s) where the arm allows it. Only `scorer` is called, on the
+    coarse and fine positions: `scorer.fraction` is the share of candidates scored.
+
+    Matched (`focus.py`, `select_keyframe.py`): every stage above, its published defaults
+    (`FOCUS_DEFAULTS`; `interpolation`, `top_ratio`, `temperature`, `zoom_ratio`,
+    `coarse_every_sec` and `seed` can be set), its random draws in its order from
+    `np.random.default_rng(42)`, and two quirks kept as published: the fine samples never
+    update the arms' statistics (only `all_sampled_scores`, used by the top-ranked picks), and
+    positions past the last whole arm (T mod arms) belong to no arm. Fewer than k frames can
+    come back when the chosen arms hold too few positions (as published). `linear` sorts the
+    samples before interpolating (the published code hands np.interp the centre first, unsorted).
+
+    Chosen: FOCUS runs over all native frames of the video; here over the cached candidates
+    (`candidate_fps` per second, 1 by default), as every selector here does. Its strides are in
+    seconds, so the number of frames scored for a video of a given length is the same as
+    published; the fraction is of candidates (1 fps), not of native frames (about 30x more).
+    The published seed is per worker (42 + rank); here 42 for every question, so a selection
+    is reproducible whatever the sharding.
+    """
+    cfg = dict(FOCUS_DEFAULTS)
+    given = {"top_ratio": top_ratio, "temperature": temperature, "zoom_ratio": zoom_ratio,
+             "coarse_every_sec": coarse_every_sec, "seed": seed}
+    cfg.update({n: v for n, v in given.items() if v is not None})
+    if interpolation not in ("nearest", "linear", "uniform"):
+        raise ValueError(f"unknown focus interpolation {interpolation!r}; valid: nearest, linear, uniform")
+    if not (0 <= cfg["top_ratio"] <= 1 and cfg["temperature"] > 0 and 0 < cfg["zoom_ratio"] <= 1
+            and cfg["coarse_every_sec"] > 0 and candidate_fps > 0):
+        raise ValueError("focus needs 0 <= top_ratio <= 1, temperature > 0, 0 < zoom_ratio <= 1, "
+                         "coarse_every_sec > 0 and candidate_fps > 0")
+    rng = np.random.default_rng(int(cfg["seed"]))
+    T, fps = scorer.num_candidates, float(candidate_fps)
+    duration = T / fps
+    desired = max(int(cfg["min_coarse_segments"]), int(np.ceil(duration / cfg["coarse_every_sec"])))
+    coarse_stride = max(1, T // desired)
+    fine_stride = min(max(1, int(round(cfg["fine_every_sec"] * fps))), coarse_stride)
+    half_window = max(1, int(round(max(1.0 / fps, duration / desired / 2.0) * fps)))
+
+    # arms (start, end inclusive), their sampled (position, score) pairs and statistics
+    n_arms = max(1, T // coarse_stride)
+    size = max(1, T // n_arms)
+    arms = [(a * size, min((a + 1) * size, T) - 1) for a in range(n_arms) if min((a + 1) * size, T) > a * size]
+    coarse: list[list[int]] = []
+    for start, end in arms:
+        centre = (start + end) // 2
+        others = np.array([i for i in range(start, end + 1) if i != centre], dtype=np.int64)
+        extra = min(int(cfg["extra_samples_per_region"]), len(others))
+        coarse.append([centre] + (rng.choice(others, size=extra, replace=False).tolist() if extra else []))
+    coarse_flat = [i for arm in coarse for i in arm]
+    coarse_scores = scorer(np.array(coarse_flat))
+    sampled = dict(zip(coarse_flat, coarse_scores.tolist()))
+    arm_samples = [[(i, sampled[i]) for i in arm] for arm in coarse]
+    total = sum(len(a) for a in arm_samples)
+    value = []
+    for samples in arm_samples:
+        v = np.array([s for _, s in samples])
+        mean, var = float(v.mean()), max(float(v.var()) if len(v) > 1 else 0.0, cfg["min_variance"])
+        bonus = math.sqrt(2 * math.log(total) * var / len(v)) + 3 * math.log(total) / len(v) if total > 1 else 0.0
+        value.append(mean + bonus)
+    ranked = sorted(range(len(arms)), key=lambda a: value[a], reverse=True)  # stable: earlier arm on ties
+
+    # fine stage around the most promising arms' centres
+    zoom = min(max(int(cfg["min_zoom_segments"]), int(np.ceil(len(arms) * cfg["zoom_ratio"]))), len(arms))
+    taken, fine = set(coarse_flat), set()
+    for a in ranked[:zoom]:
+        centre = (arms[a][0] + arms[a][1]) // 2
+        lo, hi = max(0, centre - half_window), min(T - 1, centre + half_window)
+        width = hi - lo + 1
+        need = max(1, width // fine_stride)
+        even = int(round(need * cfg["fine_uniform_ratio"]))
+        if even > 0:
+            step = width / even
+            spots = [(lo + hi) // 2] if width <= even else [min(lo + int(i * step + step / 2), hi) for i in range(even)]
+            fine.update(i for i in spots if i not in taken)
+        if need - even > 0:
+            free = np.array([i for i in range(lo, hi + 1) if i not in taken and i not in fine], dtype=np.int64)
+            if len(free):
+                fine.update(rng.choice(free, size=min(need - even, len(free)), replace=False).tolist())
+    fine_flat = sorted(fine)
+    if fine_flat:
+        sampled.update(zip(fine_flat, scorer(np.array(fine_flat)).tolist()))
+
+    # final: the best scored positions, then softmax draws in the top arms
+    k_top = int(round(cfg["top_ratio"] * min(k, len(sampled))))
+    chosen = [i for i, _ in sorted(sampled.items(), key=lambda item: item[1], reverse=True)[:k_top]]
+    spacing = duration / k
+    gap_sec = 0.0 if spacing <= cfg["disable_gap_below_sec"] else min(cfg["gap_ratio_of_avg"] * spacing,
+                                                                       cfg["min_gap_sec"])
+    gap = int(round(gap_sec * fps)) if gap_sec > 0 else 0
+    remaining = k - len(chosen)
+    if remaining > 0:
+        S = min(max(int(cfg["final_min_arms"]), int(np.ceil(len(arms) * cfg["zoom_ratio"]))),
+                int(cfg["final_max_arms"]), len(arms))
+        for rank, a in enumerate(ranked[:S]):
+            need = remaining // S + (1 if rank < remaining % S else 0)
+            start, end = arms[a]
+            taken_now = set(chosen)
+            free = [i for i in range(start, end + 1) if i not in taken_now]
+            if need == 0 or not free:
+                continue
+            spaced = [i for i in free if gap == 0 or all(abs(i - c) >= gap for c in chosen)]
+            pool = spaced or free
+            if interpolation == "uniform":
+                picks = rng.choice(np.array(pool), size=min(need, len(pool)), replace=False).tolist()
+            else:
+                est = _focus_arm_estimates(arm_samples[a], start, end, interpolation)[np.array(pool) - start]
+                norm = (est - est.min()) / (est.max() - est.min()) if est.max() > est.min() else np.ones_like(est)
+                logits = norm / cfg["temperature"]
+                p = np.exp(logits - logits.max())
+                picks = [pool[j] for j in rng.choice(len(pool), size=min(need, len(pool)), p=p / p.sum(),
+                                                     replace=False)]
+            chosen += [int(i) for i in picks]
+    return np.array(sorted(dict.fromkeys(chosen))[:k], dtype=np.int64)

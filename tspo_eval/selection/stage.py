@@ -44,8 +44,8 @@ from ..cache import FeatureCache, VideoFeatures
 from ..encoders import Encoder
 from ..extract import ExtractConfig, video_features
 from ..policy import FramePolicy
-from .blip import BlipScorer, blip_scores
-from .methods import frames_for_question, published_feed, uniform_frames
+from .blip import BlipScorer, blip_frame_scorer, blip_scores
+from .methods import FrameScorer, frames_for_question, published_feed, takes, uniform_frames
 from ..video import VideoError, probe
 
 FORMAT = "tspo-eval/selections@1"
@@ -60,6 +60,7 @@ class Selection:
     timestamps: list[float]
     num_candidates: int
     fps: float
+    scored: float | None = None  # share of the candidates scored, for methods that score on demand (focus)
 
 
 @dataclass
@@ -113,16 +114,22 @@ def question_scores(features: torch.Tensor, text: torch.Tensor, source: Literal[
         1e-8)
 
 
-def _selection(video: str, frames: np.ndarray, num_candidates: int, fps: float) -> Selection:
+def _selection(video: str, frames: np.ndarray, num_candidates: int, fps: float,
+               scored: float | None = None) -> Selection:
     frames = np.asarray(frames, dtype=np.int64)
     return Selection(video=video, frame_numbers=frames.tolist(), timestamps=(frames / fps).tolist(),
-                     num_candidates=num_candidates, fps=fps)
+                     num_candidates=num_candidates, fps=fps, scored=scored)
 
 
 def method_params(policy: FramePolicy, benchmark: str) -> dict[str, Any]:
     """The policy's parameters over the benchmark's published ones for its method (`selector_params`)."""
     spec = find_benchmark(benchmark)
     return {**(spec.selector_params.get(policy.method, {}) if spec else {}), **policy.params}
+
+
+def _candidate_fps(vf: VideoFeatures) -> float:
+    """Candidates per second of video (below the policy's fps when `max_frames` capped them)."""
+    return len(vf.frame_numbers) * vf.fps / max(vf.num_frames, 1)
 
 
 def uniform_selection(video: str | Path, num_frames: int, fps: float, policy: FramePolicy) -> Selection:
@@ -132,27 +139,41 @@ def uniform_selection(video: str | Path, num_frames: int, fps: float, policy: Fr
     return _selection(str(video), frames, num_frames, fps)
 
 
-def select_for_question(vf: VideoFeatures, text: torch.Tensor, policy: FramePolicy, benchmark: str,
-                        agent: TemporalAgent | None = None,
-                        scores: torch.Tensor | None = None) -> tuple[Selection, torch.Tensor]:
+def select_for_question(vf: VideoFeatures, text: torch.Tensor | None, policy: FramePolicy, benchmark: str,
+                        agent: TemporalAgent | None = None, scores: torch.Tensor | None = None,
+                        scorer: FrameScorer | None = None) -> tuple[Selection, torch.Tensor]:
     """One question's selection from its video's cached features and its stem's features,
-    with the per-candidate scores (for plots; a uniform policy ignores them). `scores`: the
-    question's (T,) scores when computed elsewhere (`scores=blip`: `FramePlanner.blip_scores`)."""
-    if scores is None:
+    with the per-candidate scores (for plots; a uniform policy ignores them; NaN where an
+    on-demand scorer did not score). `scores`: the question's (T,) scores when computed
+    elsewhere (`scores=blip`: `FramePlanner.blip_scores`); `scorer`: scores on demand instead,
+    for a method that declares `scorer` (focus with BLIP scoring only the frames it asks for)."""
+    on_demand = takes(policy.method, "scorer")
+    if scorer is not None and not on_demand:
+        raise ValueError(f"method {policy.method!r} reads every score: pass scores, not a scorer")
+    if scores is None and scorer is None:
         if policy.score_source == "blip":
             raise ValueError("scores=blip: pass the question's BLIP scores (FramePlanner.blip_scores)")
         scores = question_scores(vf.features, text, policy.score_source, agent)
     if policy.method == "uniform":
         return uniform_selection(vf.video, vf.num_frames, vf.fps, policy), scores
-    frames = frames_for_question(vf.frame_numbers, scores.numpy(), policy.k, policy.method, vf.num_frames,
-                                 official=policy.official, features=vf.features, **method_params(policy, benchmark))
+    if on_demand and scorer is None:
+        scorer = FrameScorer.of(scores.numpy())
+    frames = frames_for_question(vf.frame_numbers, None if scorer is not None else scores.numpy(), policy.k,
+                                 policy.method, vf.num_frames, official=policy.official, features=vf.features,
+                                 scorer=scorer, **method_params(policy, benchmark),
+                                 **({"candidate_fps": _candidate_fps(vf)} if takes(policy.method, "candidate_fps") else {}))
+    if scores is None:  # only what the scorer scored is known
+        scores = torch.full((len(vf.frame_numbers),), float("nan"))
+        if scorer.known:
+            scores[list(scorer.known)] = torch.tensor(list(scorer.known.values()), dtype=torch.float32)
     if frames.size == 0:
         hint = (f"aks gives a leaf at depth d floor(k / 2**d) frames, none when k < 2**depth; use preset=tspo "
                 f"(depth 3) or depth=N with 2**N <= {policy.k}: `tspo-eval select --params preset=tspo`, "
                 "`tspo-eval compare --methods aks:preset=tspo`" if policy.method == "aks" else "try a larger --k")
         raise ValueError(f"method {policy.method!r} with {policy.params or 'default parameters'} chose no frames at "
                          f"k={policy.k}; {hint}")
-    selection = _selection(vf.video, frames, len(vf.frame_numbers), vf.fps)
+    selection = _selection(vf.video, frames, len(vf.frame_numbers), vf.fps,
+                           scorer.fraction if scorer is not None else None)
     return selection, scores
 
 
@@ -253,14 +274,16 @@ class FramePlanner:
             self._features = (path, vf)
         return vf
 
-    def blip_scores(self, path: str, vf: VideoFeatures, questions: Sequence[str]) -> torch.Tensor:
-        """(len(questions), T) BLIP ITM scores of the video's candidates (`scores=blip`): from the
-        cache, or decoded and scored in one pass for all the given questions (then cached)."""
+    def _blip_model(self) -> BlipScorer:
         with self._lock:
             if self._blip is None:
                 self._blip = BlipScorer.from_pretrained(self.policy.identity()["blip_model"], self.device, self.dtype)
-            scorer = self._blip
-        return blip_scores(scorer, vf, path, questions, self.cache, self.policy.sampling)
+            return self._blip
+
+    def blip_scores(self, path: str, vf: VideoFeatures, questions: Sequence[str]) -> torch.Tensor:
+        """(len(questions), T) BLIP ITM scores of the video's candidates (`scores=blip`): from the
+        cache, or decoded and scored in one pass for all the given questions (then cached)."""
+        return blip_scores(self._blip_model(), vf, path, questions, self.cache, self.policy.sampling)
 
     def plan(self, ref: QuestionRef, text: torch.Tensor | None = None) -> Selection:
         """The frames for one question; raises VideoError / ValueError when it has none.
@@ -282,10 +305,15 @@ class FramePlanner:
             return uniform_selection(Path(ref.video_path).name, info.num_frames, info.fps, policy)
         agent, encoder = self._scorer()
         vf = self._video_features(ref.video_path)
-        scores = self.blip_scores(ref.video_path, vf, [ref.question])[0] if policy.score_source == "blip" else None
-        if text is None and scores is None:
+        scores = scorer = None
+        if policy.score_source == "blip" and takes(policy.method, "scorer"):  # BLIP on the frames it asks for
+            scorer = blip_frame_scorer(self._blip_model(), vf, ref.video_path, ref.question, self.cache,
+                                       policy.sampling)
+        elif policy.score_source == "blip":
+            scores = self.blip_scores(ref.video_path, vf, [ref.question])[0]
+        if text is None and scores is None and scorer is None:
             text = self.cache.text_features(encoder.identity, [ref.question], encoder.encode_text)[0]
-        selection, _ = select_for_question(vf, text, policy, ref.benchmark, agent, scores)
+        selection, _ = select_for_question(vf, text, policy, ref.benchmark, agent, scores, scorer)
         return selection
 
 
@@ -320,7 +348,8 @@ def select_benchmark(questions: Sequence[Question], video_root: str | Path, enco
     for video_name, members in tqdm(by_video.items(), desc=f"select {policy.method}", unit="video",
                                     disable=not progress):
         path = str(resolve_video(video_root, video_name, benchmark))
-        if policy.score_source == "blip" and computed:  # all the video's questions in one decoding pass
+        if policy.score_source == "blip" and computed and not takes(policy.method, "scorer"):
+            # all the video's questions in one decoding pass
             try:
                 planner.blip_scores(path, planner._video_features(path), [questions[i].question for i in members])
             except (VideoError, OSError) as err:
