@@ -291,3 +291,40 @@ def test_conv_template_choices_are_the_backbones():
     assert set(literal_choices(hints["time_encoding"])) == set(typing.get_args(TimeEncoding))
     with pytest.raises(ValueError, match="conv_template='qwen15' is not one of qwen_1_5, chatml_direct"):
         parse_model_args("llava_vid_uniform", {"conv_template": "qwen15"})
+
+
+def test_compare_with_a_backbone_scores_accuracy_through_lmms_eval(checkpoints, mini_benchmarks, tmp_path):
+    """`tspo-eval compare --backbone`: each selector's saved frames answered by the real lmms-eval
+    (tiny random LLaVA-Video), its accuracy recomputed here from the answers it recorded. (Random
+    weights name no option, so both accuracies are 0 here; `test_compare`'s accuracy test checks
+    the column's mapping and scale with distinct values.)"""
+    import pandas as pd
+
+    from tspo_eval.benchmarks import get_benchmark, load_benchmark
+    from tspo_eval.selection.stage import SelectionSet
+
+    annotations, videos = mini_benchmarks["lvbench"]
+    out = tmp_path / "cmp"
+    cmd = ["tspo-eval", "compare", "--benchmark", "lvbench", "--annotations", str(annotations), "--videos",
+           str(videos), "--agent", "random:clip-tiny", "--cache", str(tmp_path / "cache"), "--k", "4",
+           "--methods", "uniform", "bolt", "--backbone", "llava_video", "--pretrained",
+           str(checkpoints["llava_vid_tspo"]), "--model-args", "dtype=float32", "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = pd.read_csv(out / "compare_lvbench.csv", index_col="method")
+    questions = {q.index: q for q in load_benchmark("lvbench", annotation_path=annotations)}
+    spec = get_benchmark("lvbench")
+    for method, model in (("uniform", "llava_vid_uniform"), ("bolt", "llava_vid_tspo")):
+        answers = [json.loads(line) for line in
+                   (out / "answers" / f"{model}_{method}_lvbench.jsonl").read_text().splitlines()]
+        assert sorted(a["index"] for a in answers) == sorted(questions)
+        right = [spec.parse_answer(a["text"], len(questions[a["index"]].candidates), None, a["index"])
+                 == questions[a["index"]].answer_letter for a in answers]
+        assert table.loc[method, "accuracy"] == pytest.approx(sum(right) / len(right))
+    # bolt was answered from exactly the frames compare selected and saved
+    chosen = SelectionSet.load(out / "selections" / "bolt_lvbench.json").selections
+    answers = [json.loads(line) for line in (out / "answers" / "llava_vid_tspo_bolt_lvbench.jsonl").read_text()
+               .splitlines()]
+    assert {a["index"]: a["frame_numbers"] for a in answers} == {k: v.frame_numbers for k, v in chosen.items()}
+    assert "accuracy" in done.stdout

@@ -177,7 +177,8 @@ def add_accuracy(comparison: Comparison, cfg: CompareConfig, benchmark: str, ann
     kwargs = {"agent": agent} if agent else {}
     eval_cfg = EvaluateConfig(benchmark=benchmark, annotations=Path(annotations), videos=Path(videos),
                               backbone=cfg.backbone, pretrained=cfg.pretrained, methods=tuple(comparison.runs),
-                              out=Path(cfg.out), cache=Path(cache), limit=cfg.limit, **kwargs)
+                              out=Path(cfg.out), cache=Path(cache), limit=cfg.limit, model_args=cfg.model_args,
+                              **kwargs)
     scores = evaluate(eval_cfg, policy or FramePolicy(), extract)
     spec = get_benchmark(benchmark)
     comparison.table["accuracy"] = [float(scores.loc[spec.metrics[0].name, label]) / spec.scale

@@ -246,6 +246,8 @@ class CompareConfig:
         "help": "llava_video | qwen2_5_vl: also score accuracy through lmms-eval (needs a GPU); none: quality only"})
     pretrained: str | None = field(default=None, metadata={"help": "backbone directory / hub id (default: 7B)"})
     limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (first N questions)"})
+    model_args: str = field(default="", metadata={
+        "help": "extra lmms-eval model_args for the backbone, e.g. dtype=float32,device=cpu"})
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
@@ -257,7 +259,7 @@ class CompareConfig:
             raise ValueError(f"methods repeat: {', '.join(labels)}")
         if self.backbone is not None and self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)} (or none), got {self.backbone!r}")
-        if self.backbone is not None and any(cfg.params for _, cfg in specs):
+        if self.backbone is not None and any(label != cfg.method for label, cfg in specs):
             raise ValueError("accuracy runs each method by name through lmms-eval: drop the method parameters "
                              "(NAME:KEY=VALUE) or the --backbone")
 
