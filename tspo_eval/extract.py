@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import logging
 import math
 import os
 import queue
@@ -43,7 +44,9 @@ from .cache import FeatureCache, VideoFeatures, features_identity, video_fingerp
 from .decode_workers import POOL
 from .encoders import Encoder, Frames, clip_resize_shape, upload
 from .policy import ExtractConfig, Sampling
-from .video import Candidates, FrameReader, VideoError, decode_runs
+from .video import Candidates, FrameReader, NvdecReader, VideoError, decode_runs, nvdec_unavailable
+
+log = logging.getLogger(__name__)
 
 
 PROCESS_CORES = 8  # from this many cores up, "auto" decodes with PyAV in one worker process per core
@@ -51,6 +54,7 @@ MAX_AUTO_READERS = 32  # beyond this decoding outruns the encoder (~2,900 frames
 # decoded frames one video may hold before the encoder takes them (in bytes, so 720p holds fewer
 # frames than 270p): memory flat in video length; 16 readers at 480x270 keep ~1,000 frames in flight
 DECODE_BUDGET_BYTES = 384 << 20
+NVDEC_READERS = 4  # GPU decoders per video (x prefetch_videos at once): the H200 has 7 NVDEC engines
 AHEAD_BYTES = 2 << 30  # what `DecodeAhead` may hold while the model loads: this many bytes' worth of videos
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -72,11 +76,15 @@ def available_cores() -> int:
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
 
 
-def decode_plan(cfg: ExtractConfig, cores: int | None = None) -> ExtractConfig:
+def decode_plan(cfg: ExtractConfig, cores: int | None = None, device: str | torch.device | None = None) -> ExtractConfig:
     """`cfg` with its decoding sized to the machine: what was left at 0 / "auto" filled in, what was
     given kept (the cache key depends on none of it).
 
-    - `backend` "auto" on `PROCESS_CORES`+ cores (PyAV installed), or `decode_processes`: PyAV (for
+    - `backend` "auto" with the encoder on a CUDA `device` where PyNvVideoCodec works, or "nvdec":
+      "nvdec", i.e. `NVDEC_READERS` GPU decoders per video sharing its runs with the CPU readers
+      sized below (a video the GPU cannot decode is left to them). Asked for where it cannot
+      run, it falls back to the CPU plan and says why, once.
+    - CPU readers, on `PROCESS_CORES`+ cores (PyAV installed), or `decode_processes`: PyAV (for
       "auto") in one worker process per core (at most `MAX_AUTO_READERS`), one decoder thread each. PyAV drops the frames
       nothing references undecoded, and its per-packet Python work needs Python's lock, so it
       scales in processes, not threads (BENCHMARKS.md: 16 PyAV processes decoded 8.2-8.6x the
@@ -85,11 +93,30 @@ def decode_plan(cfg: ExtractConfig, cores: int | None = None) -> ExtractConfig:
       the H200 beat 16 x 1 (issue 17) and is what laptops were measured with.
     """
     cores = cores or available_cores()
-    processes = cfg.decode_processes or (cfg.backend == "auto" and cores >= PROCESS_CORES and _has_pyav())
-    backend = "pyav" if processes and cfg.backend == "auto" else cfg.backend
+    gpu = False
+    if cfg.backend in ("auto", "nvdec"):
+        why = nvdec_unavailable(device)
+        gpu = why is None
+        if cfg.backend == "nvdec" and not gpu:
+            _say_once(f"--backend nvdec: GPU decoding is unavailable ({why}); decoding on the CPU")
+        elif cfg.backend == "auto" and not gpu and device is not None and torch.device(device).type == "cuda":
+            _say_once(f"GPU decoding off ({why}); decoding on the CPU")
+    cpu = "auto" if cfg.backend == "nvdec" else cfg.backend
+    processes = cfg.decode_processes or (cpu == "auto" and cores >= PROCESS_CORES and _has_pyav())
+    backend = "nvdec" if gpu else "pyav" if processes and cpu == "auto" else cpu
     readers = cfg.readers or (min(cores, MAX_AUTO_READERS) if processes else 2)
     threads = cfg.decode_threads or (1 if processes else 2)
     return replace(cfg, backend=backend, readers=readers, decode_threads=threads, decode_processes=processes)
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A fallback is worth one line per process, not one per video."""
+    if message not in _said:
+        _said.add(message)
+        log.warning(message)
 
 
 def _has_pyav() -> bool:
@@ -165,8 +192,8 @@ class _Decoder:
     """
 
     def __init__(self, path: str, sampling: Sampling, cfg: ExtractConfig, image_size: int | None = None,
-                 pin: bool = False) -> None:
-        self.path, self.sampling, self.cfg, self.image_size, self.pin = path, sampling, cfg, image_size, pin
+                 pin: bool = False, gpu: int = 0) -> None:
+        self.path, self.sampling, self.cfg, self.image_size, self.pin, self.gpu = path, sampling, cfg, image_size, pin, gpu
         self.cancelled = threading.Event()
         self.head: queue.Queue = queue.Queue(maxsize=1)  # the Candidates, or the error probing raised
         self.done: queue.Queue = queue.Queue()  # decoded batches: bounded by `room`, not by the queue
@@ -188,8 +215,12 @@ class _Decoder:
 
     def _start(self) -> None:
         cfg = self.cfg
+        # "nvdec": the CPU readers (the probe's backend) share the runs with NVDEC_READERS GPU decoders
+        nvdec = cfg.backend == "nvdec" and self.image_size is None
+        cpu_backend = ("pyav" if cfg.decode_processes and _has_pyav() else "auto") if cfg.backend == "nvdec" \
+            else cfg.backend
         try:
-            reader = FrameReader(self.path, cfg.backend, cfg.decode_threads)
+            reader = FrameReader(self.path, cpu_backend, cfg.decode_threads)
         except Exception as err:  # handed to the consumer, which records it against the video
             self._put(self.head, err)
             return
@@ -200,8 +231,9 @@ class _Decoder:
             self.frame_shape = (*(size or (cands.info.height, cands.info.width)), 3)
             self.room.limit = max(1, DECODE_BUDGET_BYTES // math.prod(self.frame_shape))
             # about four runs per reader, each short enough that every reader holds one within the budget
-            run = max(1, min(cfg.encode_batch, self.room.limit // cfg.readers,
-                             math.ceil(len(cands.frame_numbers) / (4 * cfg.readers))))
+            readers = cfg.readers + (NVDEC_READERS if nvdec else 0)
+            run = max(1, min(cfg.encode_batch, self.room.limit // readers,
+                             math.ceil(len(cands.frame_numbers) / (4 * readers))))
             self.runs = decode_runs(cands.frame_numbers, reader.keyframes, run)
         except Exception as err:
             reader.close()
@@ -215,7 +247,23 @@ class _Decoder:
         for i in range(min(cfg.readers, len(self.runs))):
             opened = reader if i == 0 and size is None else None
             threading.Thread(target=self._decode, args=(opened,), daemon=True).start()
+        for _ in range(NVDEC_READERS if nvdec else 0):
+            threading.Thread(target=self._decode_on_gpu, args=(cands.info.num_frames,), daemon=True).start()
         self._put(self.head, cands)
+
+    def _decode_on_gpu(self, num_frames: int) -> None:
+        """A GPU reader: claims runs like the CPU readers. A video the GPU cannot open (codec, frame
+        count) is left to them, said once; a failure after a claim fails the video."""
+        try:
+            reader = NvdecReader(self.path, self.gpu, num_frames)
+        except VideoError as err:
+            _say_once(f"GPU decoding skipped a video, the CPU readers decode it: {err}")
+            return
+        try:
+            with reader:
+                self._read_runs(reader.read)
+        except Exception as err:
+            self._put(self.done, err)
 
     def _decode(self, opened: FrameReader | None) -> None:
         try:
@@ -306,15 +354,16 @@ class DecodeAhead:
 
     def __init__(self, paths: Sequence[str | Path], sampling: Sampling | None = None,
                  cfg: ExtractConfig | None = None, device: str | torch.device = "cpu") -> None:
-        self.sampling, self.cfg = sampling or Sampling(), decode_plan(cfg or ExtractConfig())
+        device = torch.device(device)
+        self.sampling, self.cfg = sampling or Sampling(), decode_plan(cfg or ExtractConfig(), device=device)
         self.decoders: dict[str, _Decoder] = {}
         if self.sampling.decode_resize:
             return
-        pin = torch.device(device).type == "cuda"
         count = max(self.cfg.prefetch_videos, AHEAD_BYTES // DECODE_BUDGET_BYTES)
         for path in list(dict.fromkeys(str(p) for p in paths))[:count]:
             if os.path.isfile(path):  # a missing file is reported by the extraction itself
-                self.decoders[path] = _Decoder(path, self.sampling, self.cfg, None, pin)
+                self.decoders[path] = _Decoder(path, self.sampling, self.cfg, None, device.type == "cuda",
+                                               device.index or 0)
 
     def take(self, path: str, sampling: Sampling, cfg: ExtractConfig, image_size: int | None) -> _Decoder | None:
         """The decoder started for `path`, if it decodes what the extraction wants."""
@@ -361,7 +410,7 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
     ones; `cfg`: how fast, never which features); never raises per video. `ahead`: decoding
     started before the encoder was loaded, taken over here."""
     start = time.perf_counter()
-    sampling, cfg = sampling or Sampling(), decode_plan(cfg or ExtractConfig())
+    sampling, cfg = sampling or Sampling(), decode_plan(cfg or ExtractConfig(), device=encoder.device)
     identity = features_identity(encoder.identity, sampling)
     report = ExtractReport()
     todo: list[tuple[str, str, str]] = []  # (path, fingerprint, key)
@@ -386,7 +435,8 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
     def refill() -> None:
         while len(window) < cfg.prefetch_videos and (job := next(pending, None)) is not None:
             started = ahead.take(job[0], sampling, cfg, image_size) if ahead is not None else None
-            window.append((job, started or _Decoder(job[0], sampling, cfg, image_size, pin)))
+            window.append((job, started or _Decoder(job[0], sampling, cfg, image_size, pin,
+                                                    encoder.device.index or 0)))
 
     refill()
     try:

@@ -128,8 +128,9 @@ class ExtractConfig:
     """How candidates are decoded and encoded: speed only, so not part of the cache key."""
 
     encode_batch: int = field(default=64, metadata={"help": "frames per encoder batch"})
-    backend: Literal["auto", "decord", "pyav"] = field(default="auto", metadata={
-        "help": "video decoder (auto: sized from the cores, see extract.decode_plan)"})
+    backend: Literal["auto", "decord", "pyav", "nvdec"] = field(default="auto", metadata={
+        "help": "video decoder (auto: the GPU's decoders where PyNvVideoCodec works, helped by CPU readers sized "
+                "from the cores; see extract.decode_plan)"})
     decode_threads: int = field(default=0, metadata={"help": "decoder threads per reader (0: sized from the cores)"})
     readers: int = field(default=0, metadata={
         "help": "decoding readers per video, each taking runs of candidates that start at a keyframe "

@@ -5,6 +5,9 @@ same pixels:
 
 - "decord": `decord.VideoReader`, as the published TSPO code uses.
 - "pyav": PyAV, sequential threaded decoding with keyframe seeks over long gaps.
+- "nvdec": the GPU's hardware decoders through PyNvVideoCodec (the `nvdec` extra), frames
+  returned on the GPU; frame count, rate and keyframes come from a CPU reader, so the frame
+  numbers are the CPU decoders' (`NvdecReader`, `nvdec_unavailable`; docs/nvdec.md).
 
 Frame numbering is decord's: frame n is the n-th video packet in presentation-time
 order (decord indexes every packet when it opens a file, `len(vr)`); PyAV builds the
@@ -25,6 +28,7 @@ a 1080p source never exists as full-size RGB: the CLIP stage then only crops.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -32,14 +36,21 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
 
-import av
 import numpy as np
+
+try:
+    import av
+except ImportError:  # a decord-only install (e.g. wheels carried to a GPU machine): no PyAV readers
+    av = None
 
 if TYPE_CHECKING:
     import decord
+    import torch
 
-Backend = Literal["auto", "decord", "pyav"]
-_BACKENDS = ("auto", "decord", "pyav")
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "decord", "pyav", "nvdec"]
+_BACKENDS = ("auto", "decord", "pyav", "nvdec")
 _MAX_FPS = 1000.0  # above this the container's rate is garbage, not a real video
 # Seeking flushes the threaded decoder; decoding straight through is cheaper when the
 # next wanted frame's keyframe is at most this many frames ahead.
@@ -181,13 +192,23 @@ class FrameReader:
         if size is not None and min(size) < 1:
             raise ValueError(f"size must be a positive (height, width), got {size}")
         self.path = _existing(path, backend)
-        self._decord = _decord_for(self.path, backend, num_threads, size)
+        if backend == "nvdec" and size is not None:
+            raise ValueError(f"{self.path}: the nvdec backend decodes at the stored size; size must be None")
+        cpu = "auto" if backend == "nvdec" else backend  # nvdec: the CPU reader gives the frame numbers
+        self._decord = _decord_for(self.path, cpu, num_threads, size)
         self._pyav = None if self._decord is not None else _PyAVReader(self.path, num_threads, size, index)
+        self._nvdec = None
+        if backend == "nvdec":
+            try:
+                self._nvdec = NvdecReader(self.path, num_frames=self.num_frames)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def backend(self) -> str:
-        """The decoder in use: "decord" or "pyav" ("auto" resolved)."""
-        return "decord" if self._decord is not None else "pyav"
+        """The decoder in use: "decord", "pyav" ("auto" resolved) or "nvdec"."""
+        return "nvdec" if self._nvdec is not None else "decord" if self._decord is not None else "pyav"
 
     @property
     def index(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -224,6 +245,8 @@ class FrameReader:
         wanted = _checked_frame_numbers(frame_numbers, self.num_frames, self.path)
         if len(wanted) == 0:
             raise ValueError(f"{self.path}: no frame numbers given; pass at least one")
+        if self._nvdec is not None:
+            return self._nvdec.read(wanted).cpu().numpy()
         if self._decord is not None:
             return _decord_batch(self._decord, wanted.tolist(), self.path)
         return np.stack(list(self._pyav.frames(wanted)))
@@ -231,7 +254,7 @@ class FrameReader:
     def close(self) -> None:
         if self._pyav is not None:
             self._pyav.close()
-        self._decord = None
+        self._decord = self._nvdec = None
 
     def __enter__(self) -> FrameReader:
         return self
@@ -337,6 +360,8 @@ def _open_decord(path: str, num_threads: int, size: tuple[int, int] | None = Non
 def _header_frame_count(path: str) -> int:
     """Frames the container header promises (0 where it keeps no count, e.g. mkv); VideoError when
     the header's time scale is unusable (`_check_time_scale`)."""
+    if av is None:  # without PyAV the header is not read: decord's own count stands
+        return 0
     try:
         with av.open(path) as container:
             if not container.streams.video:
@@ -387,6 +412,8 @@ class _PyAVReader:
         # decord scales with swscale's bilinear filter: the same here gives identical pixels
         self._rgb = {"format": "rgb24"} if size is None else {
             "format": "rgb24", "height": size[0], "width": size[1], "interpolation": "BILINEAR"}
+        if av is None:
+            raise VideoError(f"{path}: PyAV is not installed (pip install av), and decord could not be used")
         try:
             self._container = av.open(path)
         except av.FFmpegError as err:
@@ -513,3 +540,75 @@ class _PyAVReader:
             self._decoded = None
             raise VideoError(f"{self.path}: decoding failed ({err}); the file is corrupt or "
                              "truncated: re-download or re-encode it") from err
+
+
+# --------------------------------------------------------------------------- NVDEC
+
+
+def nvdec_unavailable(device: str | torch.device | None) -> str | None:
+    """Why GPU decoding cannot run for an encoder on `device` (None: it can): a CUDA device and
+    PyNvVideoCodec importable (`pip install tspo-eval[nvdec]`). Whether the codec is supported is
+    known per video, when `NvdecReader` opens it."""
+    import torch
+
+    if device is None or torch.device(device).type != "cuda":
+        return "the encoder is not on a CUDA device"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    try:
+        import PyNvVideoCodec  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - a broken install (missing libnvcuvid, ...) is "unavailable" too
+        return f"PyNvVideoCodec cannot be imported ({type(err).__name__}: {err}); pip install tspo-eval[nvdec]"
+    return None
+
+
+class NvdecReader:
+    """One video on a GPU's hardware decoder (PyNvVideoCodec's SimpleDecoder, RGB output): `read`
+    returns (K, H, W, 3) uint8 on that GPU. Frame numbers are presentation-order indices, as the
+    CPU decoders count them; `num_frames` (the CPU reader's count) is checked against the
+    decoder's, and a mismatch or a codec the hardware cannot decode is a VideoError (callers then
+    decode on the CPU). Not thread-safe: one per thread."""
+
+    def __init__(self, path: str, gpu: int = 0, num_frames: int | None = None) -> None:
+        import PyNvVideoCodec as nvc
+
+        self.path, self.gpu = path, gpu
+        try:
+            self._decoder = nvc.SimpleDecoder(path, gpu_id=gpu, use_device_memory=True,
+                                              output_color_type=nvc.OutputColorType.RGB)
+            count = len(self._decoder)
+        except Exception as err:  # noqa: BLE001 - PyNvVideoCodec raises plain Exceptions / RuntimeErrors
+            raise VideoError(f"{path}: NVDEC cannot decode it ({type(err).__name__}: {str(err)[:200]}); "
+                             "decode it on the CPU (--backend auto/pyav/decord)") from err
+        if num_frames is not None and count != num_frames:
+            raise VideoError(f"{path}: NVDEC counts {count} frames, the CPU decoder {num_frames}: frame numbers "
+                             "would not match; decode it on the CPU (--backend auto/pyav/decord)")
+
+    def read(self, frame_numbers: np.ndarray) -> torch.Tensor:
+        """The frames (ascending, repeats allowed) as RGB uint8 (K, H, W, 3) on the GPU."""
+        import torch
+
+        unique, back = np.unique(np.asarray(frame_numbers, np.int64), return_inverse=True)
+        try:
+            decoded = self._decoder.get_batch_frames_by_index(unique.tolist())
+            if len(decoded) != len(unique):
+                raise RuntimeError(f"{len(decoded)} frames returned for {len(unique)} asked")
+            # copied out at once: the decoder may reuse its surfaces on the next call
+            batch = torch.stack([torch.from_dlpack(frame) for frame in decoded])
+        except Exception as err:  # noqa: BLE001
+            raise VideoError(f"{self.path}: NVDEC failed on frames {unique[:3].tolist()}... ({str(err)[:200]}); "
+                             "decode it on the CPU (--backend auto/pyav/decord)") from err
+        if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != torch.uint8:
+            raise VideoError(f"{self.path}: NVDEC returned {tuple(batch.shape)} {batch.dtype}, not RGB uint8 frames")
+        if batch.is_cuda:
+            torch.cuda.current_stream(batch.device).synchronize()
+        return batch if len(unique) == len(back) else batch[torch.from_numpy(back).to(batch.device)]
+
+    def close(self) -> None:
+        self._decoder = None
+
+    def __enter__(self) -> NvdecReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

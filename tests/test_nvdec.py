@@ -1,0 +1,131 @@
+"""GPU decoding (the nvdec backend) on a machine without a GPU: the choice, the fallback, and the
+reading path, with PyNvVideoCodec replaced by a stand-in that decodes on the CPU (the real decoder
+is covered by scripts/bench_extract.py on the H200)."""
+from __future__ import annotations
+
+import logging
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from tspo_eval import extract
+from tspo_eval.agent import random_agent
+from tspo_eval.cache import FeatureCache
+from tspo_eval.extract import decode_plan, extract_videos, load_features
+from tspo_eval.policy import ExtractConfig, Sampling
+from tspo_eval.synthetic import read_frame_number
+from tspo_eval.video import FrameReader, NvdecReader, VideoError, nvdec_unavailable, read_frames
+
+
+def fake_pynvvideocodec(opened: list, fail: bool = False, count_offset: int = 0) -> types.ModuleType:
+    """A PyNvVideoCodec whose SimpleDecoder decodes with PyAV and returns numpy frames (which, like
+    the real DecodedFrames, support DLPack); `fail`: no file can be opened (an unsupported codec)."""
+    module = types.ModuleType("PyNvVideoCodec")
+    module.OutputColorType = types.SimpleNamespace(NATIVE=0, RGB=1, RGBP=2)
+
+    class SimpleDecoder:
+        def __init__(self, path, gpu_id=0, use_device_memory=True, output_color_type=0):
+            if fail:
+                raise RuntimeError("CUVID: codec not supported")
+            assert output_color_type == module.OutputColorType.RGB and use_device_memory
+            self.reader = FrameReader(path, "pyav")
+            self.asked: list[list[int]] = []
+            opened.append(self)
+
+        def __len__(self):
+            return self.reader.num_frames + count_offset
+
+        def get_batch_frames_by_index(self, indices):
+            assert indices == sorted(set(indices)), "the real decoder drops repeats and sorts"
+            self.asked.append(list(indices))
+            return list(self.reader.read(indices))
+
+    module.SimpleDecoder = SimpleDecoder
+    return module
+
+
+@pytest.fixture()
+def cuda_here(monkeypatch):
+    """A CUDA device as far as the choice is concerned."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return random_agent("clip-tiny", seed=0).encoder
+
+
+def test_nvdec_is_chosen_where_it_works_and_the_cpu_plan_stays_otherwise(monkeypatch, cuda_here, caplog):
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec([]))
+    plan = decode_plan(ExtractConfig(), cores=16, device="cuda")
+    cpu_plan = decode_plan(ExtractConfig(), cores=16, device="cpu")
+    assert plan.backend == "nvdec"
+    # the CPU readers beside the GPU decoders are sized as the CPU plan's
+    assert (plan.readers, plan.decode_threads, plan.decode_processes) == (
+        cpu_plan.readers, cpu_plan.decode_threads, cpu_plan.decode_processes)
+    assert cpu_plan.backend in ("pyav", "auto") and decode_plan(ExtractConfig(backend="decord"), 16, "cuda").backend == "decord"
+    assert nvdec_unavailable("cpu") is not None and nvdec_unavailable("cuda:0") is None
+
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)  # not installed: import fails
+    extract._said.clear()
+    with caplog.at_level(logging.WARNING, logger="tspo_eval.extract"):
+        first = decode_plan(ExtractConfig(), cores=16, device="cuda")
+        again = decode_plan(ExtractConfig(), cores=16, device="cuda")
+        asked = decode_plan(ExtractConfig(backend="nvdec"), cores=16, device="cuda")
+        quiet = decode_plan(ExtractConfig(), cores=16, device="cpu")  # no GPU: nothing to say
+    assert first == again == cpu_plan and asked == cpu_plan and quiet == cpu_plan
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said  # once for auto, once for the explicit --backend nvdec
+    assert all("PyNvVideoCodec" in m and "tspo-eval[nvdec]" in m for m in said)
+
+
+def test_nvdec_reader_gives_the_cpu_decoders_frames(numbered_video, monkeypatch):
+    opened: list = []
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec(opened))
+    with NvdecReader(str(numbered_video), num_frames=300) as reader:
+        got = reader.read(np.array([0, 30, 30, 61]))  # repeats allowed, as for the CPU readers
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.uint8 and got.shape == (4, 48, 64, 3)
+    assert [read_frame_number(f) for f in got.numpy()] == [0, 30, 30, 61]
+    assert opened[0].asked == [[0, 30, 61]]
+    with FrameReader(numbered_video, "nvdec") as reader:
+        assert reader.backend == "nvdec" and reader.num_frames == 300
+        np.testing.assert_array_equal(reader.read([5, 90]), read_frames(numbered_video, [5, 90], backend="pyav"))
+
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec([], count_offset=1))
+    with pytest.raises(VideoError, match="NVDEC counts 301 frames, the CPU decoder 300"):
+        NvdecReader(str(numbered_video), num_frames=300)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_nvdec_extraction_shares_runs_with_cpu_readers_and_falls_back(numbered_video_factory, encoder, tmp_path,
+                                                                       monkeypatch, caplog, fail):
+    """The real extraction path with backend nvdec: GPU readers claim runs beside the CPU readers,
+    the features equal the CPU-only extraction's; a video the GPU cannot open is decoded on the CPU
+    alone, said once for the run."""
+    opened: list = []
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec(opened, fail=fail))
+    monkeypatch.setattr(extract, "nvdec_unavailable", lambda device: None)  # a CUDA machine, as far as the plan goes
+    extract._said.clear()
+    videos = [numbered_video_factory(num_frames=600), numbered_video_factory(num_frames=450)]
+    cfg = ExtractConfig(encode_batch=2, readers=1, decode_threads=1, backend="nvdec")
+    assert decode_plan(cfg, cores=2).backend == "nvdec"
+    cache = FeatureCache(tmp_path / "nvdec")
+    with caplog.at_level(logging.WARNING, logger="tspo_eval.extract"):
+        report = extract_videos(videos, encoder, cache, Sampling(), cfg, progress=False)
+    assert sorted(report.encoded) == sorted(map(str, videos)) and not report.failed
+    for video, frames in zip(videos, (600, 450)):
+        got = load_features(video, encoder.identity, cache, Sampling())
+        wanted = np.arange(0, frames, 30)
+        np.testing.assert_array_equal(got.frame_numbers, wanted)
+        torch.testing.assert_close(got.features, encoder.encode_frames(read_frames(video, wanted)),
+                                   atol=1e-5, rtol=1e-5)
+    said = [r.getMessage() for r in caplog.records if "GPU decoding skipped" in r.getMessage()]
+    if fail:
+        assert not opened and len(said) == 2  # one line per video (each names its file), not per reader
+        assert all("codec not supported" in m for m in said)
+    else:
+        assert not said and len(opened) >= 2
+        assert sum(len(batch) for decoder in opened for batch in decoder.asked) > 0  # the GPU readers did decode
