@@ -413,7 +413,7 @@ class _PyAVReader:
         self._rgb = {"format": "rgb24"} if size is None else {
             "format": "rgb24", "height": size[0], "width": size[1], "interpolation": "BILINEAR"}
         if av is None:
-            raise VideoError(f"{path}: PyAV is not installed (pip install av); use backend="decord"")
+            raise VideoError(f"{path}: PyAV is not installed (pip install av); use backend='decord'")
         try:
             self._container = av.open(path)
         except av.FFmpegError as err:
