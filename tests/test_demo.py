@@ -99,11 +99,12 @@ def test_the_head_really_trained(demo):
 
 def test_progress_legend_and_pictures(demo):
     out, proc = demo
-    for n, stage in enumerate(("generate", "extract", "train", "select", "quality", "pictures"), start=1):
-        assert f"[{n}/6] {stage}:" in proc.stdout and f"{stage} done in" in proc.stdout
+    stages = ("generate", "extract", "train", "select", "quality", "compare", "pictures")
+    for n, stage in enumerate(stages, start=1):
+        assert f"[{n}/7] {stage}:" in proc.stdout and f"{stage} done in" in proc.stdout
     assert "demo finished in" in proc.stdout and "synthetic answerer" in proc.stdout
     seconds = json.loads((out / "demo.json").read_text())["seconds"]
-    assert set(seconds) == {"generate", "extract", "train", "select", "quality", "pictures", "total"}
+    assert set(seconds) == {*stages, "total"}
     text = (out / "quality.txt").read_text()
     assert "Wilson" in text and "bootstrap" in text and "chance" in text and "[95% CI]" in text
     questions = ["heldout0000", "heldout0010", "heldout0020"]  # the first three, not picked by outcome
@@ -113,6 +114,27 @@ def test_progress_legend_and_pictures(demo):
     for name in expected:
         with Image.open(out / "plots" / name) as im:
             assert im.size[0] > 600 and im.size[1] > 250, name
+
+
+def test_selector_comparison_on_the_held_out_split(demo):
+    """compare/: every CLIP-scored selector and the trained agent on the same cache; where a
+    selector also ran in the select stage (its own selection path), both give the same numbers."""
+    out, proc = demo
+    table = pd.read_csv(out / "compare" / "compare_lvbench.csv", index_col="method")
+    assert list(table.index) == ["uniform", "topk", "bin-max", "aks:preset=tspo", "bolt", "dpp", "focus", "tspo"]
+    assert (table["questions"] == 60).all() and (table["frames"] == 8).all() and (table["failed"] == 0).all()
+    quality = read_table(out)
+    for mine, theirs in (("uniform", "uniform"), ("topk", "topk"), ("aks:preset=tspo", "aks"), ("tspo", TRAINED)):
+        assert table.loc[mine, ["hit_rate", "coverage"]].tolist() == \
+            pytest.approx(quality.loc[theirs, ["hit_rate", "coverage"]].tolist()), mine
+    # share of the candidates scored: none for uniform, all for the score readers, part for focus
+    assert table.loc["uniform", "scored"] == 0 and (table.drop(index=["uniform", "focus"])["scored"] == 1).all()
+    assert 0 < table.loc["focus", "scored"] < 1
+    assert (table["ms_per_question"] > 0).all()
+    focus = SelectionSet.load(out / "compare" / "selections" / "focus_lvbench.json").selections
+    assert np.mean([s.scored for s in focus.values()]) == pytest.approx(table.loc["focus", "scored"])
+    assert (out / "compare" / "compare_lvbench.png").stat().st_size > 10_000
+    assert "Selectors side by side" in proc.stdout and "| focus" in proc.stdout
 
 
 def test_rerun_into_the_same_folder_gives_the_same_table(demo):
@@ -131,7 +153,7 @@ def test_agent_flag_skips_training_and_reproduces_the_trained_selections(demo, t
     out, _ = demo
     proc = run_demo("--out", str(tmp_path / "eval"), "--agent", str(out / "agent"), "--heldout-videos", "6",
                     "--examples", "1")
-    assert "[3/5] select:" in proc.stdout and "train:" not in proc.stdout
+    assert "[3/6] select:" in proc.stdout and "train:" not in proc.stdout
     table = read_table(tmp_path / "eval")
     assert list(table.index) == ["uniform", "topk", "aks", "tspo (agent)", "chance (8 random frames)"]
     # the first 6 held-out videos are those of the 60-video split (seeded per video), and the

@@ -10,7 +10,9 @@
    untrained and the trained agent (the selection stage);
 5. score the selections against the segments (the quality stage): hit rate and coverage
    with 95% intervals, next to what randomly chosen frames would get;
-6. draw the table, the training reward and a few held-out questions.
+6. compare every CLIP-scored selector and the trained agent over the same cache
+   (`compare.compare_selectors`): hit rate, coverage, share scored, time per question;
+7. draw the table, the training reward and a few held-out questions.
 
 Everything is synthetic (videos, a tiny randomly initialised CLIP, the answerer): the
 numbers show that the agent learns where to look from answer rewards alone, not how a
@@ -36,7 +38,8 @@ from tqdm.auto import tqdm
 from .agent import TemporalAgent, load_agent
 from .benchmarks import Question, load_benchmark, resolve_video
 from .cache import FeatureCache
-from .config import DEMO_POLICY, DemoConfig
+from .compare import Comparison, compare_selectors, write_comparison
+from .config import DEMO_POLICY, CompareConfig, DemoConfig
 from .distributed import local_device
 from .extract import extract_videos, video_features
 from .plots import Panel, comparison_chart, method_frames, method_timelines, reward_curve
@@ -52,6 +55,9 @@ from .training.trainer import Trainer
 from .video import read_frames
 
 UNTRAINED, TRAINED = "tspo, untrained head", "tspo, trained head"
+# the compare stage: every selector scored by CLIP (aks at TSPO's depth 3: AKS's own depth 5 needs
+# K >= 32), then the agent (`tspo`: the trained head, or the --agent given)
+DEMO_SELECTORS = ("uniform", "topk", "bin-max", "aks:preset=tspo", "bolt", "dpp", "focus", "tspo")
 LEGEND = """\
 hit_rate   share of held-out questions where at least one chosen frame lies in the answer
            segment (widened by 0.5 s), i.e. where the synthetic answerer would be right;
@@ -236,6 +242,15 @@ class _Demo:
             f"failed questions (not counted): {failures}\n" if failures else ""))
         self.table.to_csv(self.out / "quality.csv")
 
+    def compare(self) -> Comparison:
+        """Every selector of `DEMO_SELECTORS` on the held-out split's cache; `tspo` with the trained head."""
+        cfg = CompareConfig(methods=DEMO_SELECTORS, out=self.out / "compare")
+        with _head(self.agent, self.heads.get(TRAINED)) as scorer:
+            comparison = compare_selectors(self.questions, self.video_root, self.agent.encoder, self.cache, cfg,
+                                           self.policy, self.extract_cfg, agent=scorer, progress=False)
+        write_comparison(comparison, cfg.out, "lvbench")
+        return comparison
+
     def chance_row(self) -> dict[str, float]:
         """Expected hit rate and coverage of K candidates drawn uniformly at random, per question, averaged."""
         hits, coverage = [], []
@@ -300,7 +315,7 @@ def run_demo(cfg: DemoConfig, policy: FramePolicy = DEMO_POLICY, extract: Extrac
     """Generate, extract, train (unless `cfg.agent`), select, score, draw; returns the quality table.
     `policy`: K, sampling and `official` for every method (each method replaces its name);
     `extract`: how fast features are extracted."""
-    demo, stages = _Demo(cfg, policy, extract), _Stages(6 if cfg.agent is None else 5)
+    demo, stages = _Demo(cfg, policy, extract), _Stages(7 if cfg.agent is None else 6)
     k = policy.k
     random_clip = (cfg.agent or cfg.base_agent).startswith("random:")
     legend = LEGEND.format(clip=", a tiny randomly initialised CLIP" if random_clip else "")
@@ -320,6 +335,9 @@ def run_demo(cfg: DemoConfig, policy: FramePolicy = DEMO_POLICY, extract: Extrac
         demo.select()
     with stages("quality", "hit rate and coverage against the answer segments, 95% intervals, chance"):
         demo.score(legend)
+    with stages("compare", f"{len(DEMO_SELECTORS)} selectors on the same cache: hit rate, coverage, share "
+                           "scored, time per question"):
+        comparison = demo.compare()
     with stages("pictures", f"summary chart{', training reward' if demo.train else ''}, {cfg.examples} held-out "
                             "questions"):
         pictures = demo.draw()
@@ -328,7 +346,12 @@ def run_demo(cfg: DemoConfig, policy: FramePolicy = DEMO_POLICY, extract: Extrac
         "seconds": {**stages.seconds, "total": round(stages.elapsed, 1)},
         "table": demo.table.reset_index().to_dict("records")}, indent=1))
     print("\n" + demo.text + "\n\n" + legend)
-    print(f"\nwrote {demo.out}/quality.txt, quality.csv, selections/*.json, plots/*.png ({len(pictures)} pictures)"
+    print(f"\nSelectors side by side (compare/compare_lvbench.md; tspo: the "
+          f"{'trained head' if demo.train else 'agent given'}; scored: share of the candidates scored; "
+          f"ms_per_question: scoring + selection from the cache):\n"
+          + comparison.table.to_markdown(floatfmt=".3f"))
+    print(f"\nwrote {demo.out}/quality.txt, quality.csv, selections/*.json, plots/*.png ({len(pictures)} pictures), "
+          f"compare/ (table, chart, selections)"
           + (f", agent/ (the trained agent: --agent {demo.out / 'agent'})" if demo.train else ""))
     print(f"demo finished in {stages.elapsed:.0f} s")
     return demo.table
