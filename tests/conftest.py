@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,15 @@ def official_dir() -> Path:
     if not OFFICIAL_DIR.is_dir():
         raise FileNotFoundError(f"{OFFICIAL_DIR} is missing: clone the project with ../shared beside it")
     return OFFICIAL_DIR
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port no process listens on (the OS picks it: bind to port 0), for a torchrun master.
+    A fixed port collides with another test run, or a training job, on the same machine."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -132,24 +132,62 @@ def test_missing_and_corrupt_videos_are_recorded_and_the_run_finishes(videos, tm
     assert len(record.read_text().splitlines()) == 4
 
 
+class Rendezvous:
+    """Holds a decode until `parties - 1` other threads wait for the frames it claimed.
+
+    The memo's claims are `answering.Future`s; a thread waiting for another's decode calls
+    `result()` on one, so a Future whose first `result()` per thread meets the decoder at a
+    barrier proves the waiting happens *while* the decode is under way.  Threads that never
+    overlap, or a memo that lets each thread decode for itself, never meet: the barrier times
+    out (BrokenBarrierError) or the decode count is wrong.
+    """
+
+    def __init__(self, parties: int, monkeypatch) -> None:
+        from tspo_eval import answering
+
+        self.barrier = threading.Barrier(parties, timeout=30)
+        self.waiting: set[int] = set()
+        self.lock = threading.Lock()
+        meet = self.meet
+
+        class MeetingFuture(answering.Future):
+            def result(self, timeout=None):
+                meet()
+                return super().result(timeout)
+
+        monkeypatch.setattr(answering, "Future", MeetingFuture)
+
+    def meet(self) -> None:
+        """The barrier, once per thread (a waiter calls `result()` once per frame)."""
+        with self.lock:
+            first = threading.get_ident() not in self.waiting
+            self.waiting.add(threading.get_ident())
+        if first:
+            self.barrier.wait()
+
+
 @pytest.mark.parametrize("workers", [1, 4])
 def test_questions_on_one_video_decode_each_frame_once(videos, monkeypatch, workers):
-    """Also while several threads prepare questions of the same video at once."""
+    """Also while three threads prepare the three questions of one video at once: the first to
+    claim the frames decodes them only once the other two wait for its claim."""
     from tspo_eval import answering
 
     decoded: list[int] = []
     real = answering.read_frames
+    together = Rendezvous(3, monkeypatch) if workers > 1 else None
 
-    def slow_counting(path, frame_numbers, *a, **k):
+    def counting(path, frame_numbers, *a, **k):
         decoded.extend(frame_numbers)
-        time.sleep(0.3)  # the other threads ask for the same frames meanwhile
+        if together is not None:
+            together.meet()  # the decode starts once the two other threads wait for these frames
         return real(path, frame_numbers, *a, **k)
 
-    monkeypatch.setattr(answering, "read_frames", slow_counting)
+    monkeypatch.setattr(answering, "read_frames", counting)
     refs = [r for r in _refs(videos) if r.video_path.endswith("a.mp4")]
     backbone = PixelReadingBackbone()
     answers = answer_questions(refs, FramePlanner(FramePolicy(method="uniform", k=8)), backbone,
                                AnswerConfig(decode_workers=workers), progress=False)
+    assert [a.error for a in answers] == [None] * 3
     assert sorted(decoded) == [0, 42, 85, 128, 170, 213, 256, 299]  # three questions, one decode
     assert [a.text for a in answers] == ["0 42 85 128 170 213 256 299"] * 3
 
@@ -157,20 +195,26 @@ def test_questions_on_one_video_decode_each_frame_once(videos, monkeypatch, work
 def test_a_decoding_error_reaches_every_question_waiting_for_those_frames(videos, monkeypatch):
     from tspo_eval import answering
 
+    together = Rendezvous(3, monkeypatch)
+    calls: list[list[int]] = []
+
     def failing(path, frame_numbers, *a, **k):
-        time.sleep(0.3)
+        calls.append(list(frame_numbers))
+        together.meet()  # fails only once the two other threads wait for these frames
         raise answering.VideoError(f"{path}: corrupt at frame {frame_numbers[0]}")
 
     monkeypatch.setattr(answering, "read_frames", failing)
     refs = [r for r in _refs(videos) if r.video_path.endswith("a.mp4")]
     answers = answer_questions(refs, FramePlanner(FramePolicy(method="uniform", k=8)), PixelReadingBackbone(),
                                AnswerConfig(decode_workers=4), progress=False)
+    assert len(calls) == 1  # one decode; its error reached the two questions waiting for it
     assert [a.error for a in answers] == [f"{refs[0].video_path}: {refs[0].video_path}: corrupt at frame 0"] * 3
     # The memo itself, shared by three threads: all see the error, none keeps a stale claim.
+    together, calls[:] = Rendezvous(3, monkeypatch), []
     memo = answering._FrameMemo()
     with ThreadPoolExecutor(3) as pool:
         outcomes = [f.exception() for f in [pool.submit(memo.read, "v.mp4", [0, 42]) for _ in range(3)]]
-    assert all(isinstance(e, answering.VideoError) for e in outcomes)
+    assert len(calls) == 1 and all(isinstance(e, answering.VideoError) for e in outcomes)
     monkeypatch.setattr(answering, "read_frames", lambda path, numbers: np.zeros((len(numbers), 2, 2, 3), np.uint8))
     assert memo.read("v.mp4", [42, 0, 42]).shape == (3, 2, 2, 3)
 

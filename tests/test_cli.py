@@ -138,10 +138,10 @@ def test_convert_writes_the_published_tsv_from_the_original_file(bench, tmp_path
     assert proc.returncode != 0 and "already a TSV" in proc.stderr
 
 
-def test_torchrun_shards_extraction_over_two_processes(bench, tmp_path):
+def test_torchrun_shards_extraction_over_two_processes(bench, tmp_path, free_port):
     root, videos, jsonl, tsv = bench
     cache = tmp_path / "cache"
-    run(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    run(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
         "-m", "tspo_eval.cli", "extract", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
         *AGENT, "--cache", str(cache), OMP_NUM_THREADS="1")
     reports = cache / "reports" / "lvbench"

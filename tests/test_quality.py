@@ -7,8 +7,59 @@ import numpy as np
 import pytest
 
 from tspo_eval.benchmarks import Question
-from tspo_eval.quality import bootstrap_interval, chance_hit_rate, quality_table, wilson_interval
+from tspo_eval.benchmarks.core import parse_time_range
+from tspo_eval.quality import (
+    bootstrap_interval,
+    chance_hit_rate,
+    hit_and_coverage,
+    question_quality,
+    quality_table,
+    wilson_interval,
+)
 from tspo_eval.selection.stage import Selection, SelectionSet
+
+
+def test_hit_and_coverage_of_an_lvbench_range_by_hand():
+    # LVBench Cm73ma6Ibcs, uid 55 (video_info.meta.jsonl): time_reference "00:15-00:19" -> 15 s to 19 s,
+    # widened by the 0.5 s tolerance to [14.5, 19.5], both ends included.
+    span = parse_time_range("00:15-00:19")
+    assert span == (15.0, 19.0)
+    # frames at:     14.4 (0.1 s before the widened start: out), 14.5 (on it: in), 17.0 (in),
+    #                19.5 (on the widened end: in), 19.6 (out), 60.0 (out)
+    # -> 3 of 6 inside: hit, coverage 0.5
+    assert hit_and_coverage([14.4, 14.5, 17.0, 19.5, 19.6, 60.0], [span]) == (True, 0.5)
+    # without tolerance [15, 19]: only 17.0 -> 1 / 6
+    hit, coverage = hit_and_coverage([14.4, 14.5, 17.0, 19.5, 19.6, 60.0], [span], tolerance=0.0)
+    assert hit and coverage == pytest.approx(1 / 6)
+    # every frame outside: a miss, nothing of the budget on the moment
+    assert hit_and_coverage([0.0, 10.0, 14.49, 19.51, 120.0], [span]) == (False, 0.0)
+
+
+def test_hit_and_coverage_of_longvideobench_moments_by_hand():
+    # LongVideoBench 86CxyhFV9MI_0 (lvb_val.json): position [854, 948, 1373] frames.  At 30 fps those are
+    # moments at 28.4667, 31.6 and 45.7667 s; +-0.5 s: [27.9667, 28.9667], [31.1, 32.1], [45.2667, 46.2667].
+    question = Question("longvideobench", "86CxyhFV9MI_0", "TOS", "86CxyhFV9MI.mp4", "86CxyhFV9MI_0",
+                        "Which subtitles appear at the same time?", ("a", "b", "c", "d"), 1, "B",
+                        reference_frames=(854, 948, 1373))
+    # frames at 0.0 (out), 28.0 (in the first), 31.0 (0.1 s before the second: out), 32.0 (in the second),
+    # 46.5 (0.23 s after the third: out), 95.08 (out) -> 2 of 6 inside: hit, coverage 1/3
+    times = [0.0, 28.0, 31.0, 32.0, 46.5, 95.08]
+    run = SelectionSet({"method": "x"}, {"86CxyhFV9MI_0": Selection("86CxyhFV9MI.mp4", [0, 840, 930, 960, 1395, 2852],
+                                                                    times, 6, 30.0)})
+    row = question_quality(run, [question]).iloc[0]
+    assert bool(row["hit"]) and row["coverage"] == pytest.approx(1 / 3) and row["frames"] == 6
+    # the same frames at 25 fps: moments 34.16, 37.92, 54.92 s -> none of the frames is within 0.5 s
+    assert question_quality(SelectionSet({}, {"86CxyhFV9MI_0": Selection("v", [0] * 6, times, 6, 25.0)}),
+                            [question])["hit"].tolist() == [False]
+
+
+def test_a_frame_inside_overlapping_spans_counts_once():
+    # spans [0, 5] and [4, 8], no tolerance: 1 (first), 4.5 (both: counted once), 7 (second), 9 (none)
+    # -> 3 of 4 frames inside, coverage 0.75 (not 4 / 4)
+    assert hit_and_coverage([1.0, 4.5, 7.0, 9.0], [(0.0, 5.0), (4.0, 8.0)], tolerance=0.0) == (True, 0.75)
+    # no frames, or no spans: no hit and no coverage
+    assert hit_and_coverage([], [(0.0, 5.0)]) == (False, 0.0)
+    assert hit_and_coverage([1.0, 2.0], []) == (False, 0.0)
 
 
 def test_wilson_interval_matches_hand_computed_values():

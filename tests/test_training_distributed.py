@@ -37,13 +37,13 @@ def train(root: Path, out: Path, grad_accum: int):
 
 
 @pytest.mark.timeout(600)
-def test_two_ranks_average_gradients_and_match_one_rank_with_accumulation(tmp_path):
+def test_two_ranks_average_gradients_and_match_one_rank_with_accumulation(tmp_path, free_port):
     from tspo_eval.synthetic import NeedleBenchmark, make_benchmark
 
     root = tmp_path / "bench"
     make_benchmark(root, NeedleBenchmark(videos=4, duration=40.0, video_fps=4.0, seed=3))
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
          __file__, str(root), str(tmp_path / "dist")],
         check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
