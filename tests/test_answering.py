@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +150,7 @@ class Rendezvous:
         self.lock = threading.Lock()
         meet = self.meet
 
-        class MeetingFuture(answering.Future):
+        class MeetingFuture(Future):
             def result(self, timeout=None):
                 meet()
                 return super().result(timeout)
@@ -214,7 +214,7 @@ def test_a_decoding_error_reaches_every_question_waiting_for_those_frames(videos
     memo = answering._FrameMemo()
     with ThreadPoolExecutor(3) as pool:
         outcomes = [f.exception() for f in [pool.submit(memo.read, "v.mp4", [0, 42]) for _ in range(3)]]
-    assert len(calls) == 1 and all(isinstance(e, answering.VideoError) for e in outcomes)
+    assert len(calls) == 1 and all(isinstance(e, answering.VideoError) for e in outcomes), outcomes
     monkeypatch.setattr(answering, "read_frames", lambda path, numbers: np.zeros((len(numbers), 2, 2, 3), np.uint8))
     assert memo.read("v.mp4", [42, 0, 42]).shape == (3, 2, 2, 3)
 
