@@ -37,8 +37,6 @@ Prints a table and writes JSON (medians of --repeats runs).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
 import json
 import os
 import platform
@@ -47,12 +45,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import psutil
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,30 +64,12 @@ from tspo_eval.policy import ExtractConfig, FramePolicy, Sampling  # noqa: E402
 from tspo_eval.synthetic import write_video  # noqa: E402
 from tspo_eval.video import iter_frames, probe, sample_candidates  # noqa: E402
 
-QUESTION = "What is the man in the red jacket holding when the crowd starts to cheer?"
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_cli import (QUESTION, pooled, published_frames, published_image_features,  # noqa: E402
+                       published_question, texture)
+
 BENCHMARKS = ("LongVideoBench", "MLVU", "VideoMME", "LVBench")
 OFFICIAL = REPO.parent / "shared" / "data" / "official"
-
-
-def texture(n: int, size: tuple[int, int], seed: int = 0) -> Callable[[int], np.ndarray]:
-    """Frame i of a drifting texture with a new base colour every `n` frames (cheap to make,
-    costs real decoding): frames are slices of one array."""
-    h, w = size
-    period = 107
-    yy, xx = np.mgrid[0:h, 0:w + period]
-    pattern = ((np.sin(2 * np.pi * xx / period) + np.cos(yy / 23.0)) * 40).astype(np.int16)
-    rng = np.random.default_rng(seed)
-    state: dict = {}
-
-    def frame(i: int) -> np.ndarray:
-        if i // n != state.get("scene"):
-            state["scene"] = i // n
-            state["img"] = np.clip(rng.integers(40, 215, size=3).astype(np.int16) + pattern[..., None],
-                                   0, 255).astype(np.uint8)
-        shift = (i * 2) % period
-        return np.ascontiguousarray(state["img"][:, shift:shift + w])
-
-    return frame
 
 
 def make_video(path: Path, minutes: float, fps: float = 25.0, size: tuple[int, int] = (270, 480)) -> Path:
@@ -113,41 +93,6 @@ def timed(fn: Callable[[], object], repeats: int, sync: bool) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def pooled(out: object) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-# ------------------------------------------------------------------------------------ published
-def published_frames(path: Path) -> np.ndarray:
-    """The published `load_video`: one single-threaded reader, every round(avg_fps)-th frame, one get_batch."""
-    import decord
-
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    step = round(vr.get_avg_fps() / 1)
-    return vr.get_batch(list(range(0, len(vr), step))).asnumpy()
-
-
-def published_image_features(agent, processor, frames: np.ndarray) -> torch.Tensor:
-    """The published `extract_feature` image half: a PIL image per frame, CLIPProcessor, one batch."""
-    from PIL import Image
-
-    pixels = processor(images=[Image.fromarray(f) for f in frames], return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        return pooled(agent.get_image_features(pixel_values=pixels.to(agent.device, agent.dtype)))
-
-
-def published_question(agent, processor, path: Path, cache_dir: Path, index: int) -> None:
-    """What the published pipeline does for ONE question: everything, then a pickle per question."""
-    frames = published_frames(path)
-    tokens = agent.tokenizer([QUESTION], padding=True, truncation=True, return_tensors="pt").to(agent.device)
-    with torch.no_grad():
-        text = pooled(agent.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
-    image = published_image_features(agent, processor, frames)
-    scores = torch.nn.functional.cosine_similarity(text, image, dim=-1)
-    torch.save({"image": image.cpu(), "text": text.cpu(), "clip_scores": scores.cpu(),
-                "sampled_idx": torch.arange(len(frames))}, cache_dir / f"{index}.pth")
 
 
 # ------------------------------------------------------------------------------------ decode
@@ -388,7 +333,7 @@ def e2e_child(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
     out: dict = {"model_load_s": time.perf_counter() - t0, "rss_after_load_mb": peaks(device)["peak_rss_mb"],
                  # interpreter start, imports and model build: what the process spent before its first video
-                 "startup_s": time.time() - _process_start()}
+                 "startup_s": time.time() - psutil.Process().create_time()}
     videos = [Path(v) for v in args.child_videos]
     warmup = Path(args.warmup_video)
 
@@ -459,118 +404,7 @@ def run_child(args: argparse.Namespace, method: str, videos: list[Path], warmup:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# ------------------------------------------------------------------------------------ the real CLI
-def _process_start() -> float:
-    """When this process started (epoch seconds), from /proc where there is one."""
-    try:
-        import psutil
-
-        return psutil.Process().create_time()
-    except ImportError:
-        return time.time() - time.perf_counter()  # only an approximation without psutil
-
-
-def distinct_copies(source: Path, count: int, folder: Path) -> list[Path]:
-    """`count` files of one video, each ending in its own mp4 `free` box (valid mp4, ignored by
-    demuxers): their fingerprints, so their cache entries, differ, as different videos' would."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = source.read_bytes()
-    out = []
-    for i in range(count):
-        path = folder / f"{source.stem}_{i}.mp4"
-        if not path.exists():
-            path.write_bytes(data + (12).to_bytes(4, "big") + b"free" + i.to_bytes(4, "big"))
-        out.append(path)
-    return out
-
-
-def write_questions(videos: list[Path], tsv: Path) -> None:
-    """One question per video, in the published LVBench TSV layout."""
-    lines = ["index\ttask_name\tvideo_name\tquestion_id\tquestion\tanswer_number\tcandidates\tanswer"]
-    for i, video in enumerate(videos):
-        lines.append(f"q{i}\tbench\t{video.name}\tq{i}\t{QUESTION}\t0\t['a', 'b', 'c', 'd']\ta")
-    tsv.write_text("\n".join(lines) + "\n")
-
-
-def run_watched(cmd: list[str], env: dict | None = None, poll_s: float = 0.2, timeout_s: float = 300.0) -> dict:
-    """Run `cmd`; wall-clock seconds, and the peak memory of its whole process tree (its decoding
-    workers included): RSS summed over the tree, GPU memory through NVML where it is installed.
-    A run past `timeout_s` is killed with its tree (returncode -9): a hang costs one figure."""
-    import psutil
-
-    nvml = None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        nvml = pynvml.nvmlDeviceGetHandleByIndex(0)
-    except Exception:  # noqa: BLE001 - no NVML (CPU machine, or not installed): GPU memory not reported
-        pass
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    streams: dict = {}
-    pumps = [threading.Thread(target=lambda k=k, f=f: streams.__setitem__(k, f.read()), daemon=True)
-             for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
-    for pump in pumps:
-        pump.start()
-    peak_rss = peak_gpu = 0
-    root = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        if time.perf_counter() - t0 > timeout_s:
-            for p in [*root.children(recursive=True), root]:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            proc.wait()
-            break
-        try:
-            tree = [root, *root.children(recursive=True)]
-            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree))
-            if nvml is not None:
-                pids = {p.pid for p in tree}
-                used = sum(g.usedGpuMemory or 0 for g in pynvml.nvmlDeviceGetComputeRunningProcesses(nvml)
-                           if g.pid in pids)
-                peak_gpu = max(peak_gpu, used)
-        except (psutil.Error, OSError):
-            pass
-        time.sleep(poll_s)
-    wall = time.perf_counter() - t0
-    for pump in pumps:
-        pump.join()
-    return {"wall_s": wall, "returncode": proc.returncode, "peak_tree_rss_mb": peak_rss / 2**20,
-            "peak_gpu_mb": peak_gpu / 2**20 if nvml is not None else None,
-            "stdout_tail": streams.get("stdout", "")[-600:], "stderr_tail": streams.get("stderr", "")[-1500:]}
-
-
-def cli_env() -> dict:
-    """The environment for the CLI subprocesses: this checkout first on the path."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
-
-
-def measure_startup(args: argparse.Namespace) -> dict:
-    """Fresh-process seconds: `import torch`, `import tspo_eval.agent` (what the extract command
-    imports), `tspo-eval --help`, and the costliest imports under tspo_eval.agent."""
-    env = cli_env()
-    out = {}
-    for name, code in (("python", "pass"), ("import_torch", "import torch"),
-                       ("import_torch_then_agent", "import torch, tspo_eval.agent"),
-                       ("import_extract_path", "import tspo_eval.cli, tspo_eval.extract, tspo_eval.agent")):
-        runs = [run_watched([sys.executable, "-c", code], env)["wall_s"] for _ in range(args.startup_repeats)]
-        out[name + "_s"] = statistics.median(runs)
-    out["help_s"] = statistics.median([run_watched([sys.executable, "-m", "tspo_eval.cli", "--help"], env)["wall_s"]
-                                       for _ in range(args.startup_repeats)])
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tspo_eval.agent"], env=env,
-                          capture_output=True, text=True)
-    rows = []
-    for line in proc.stderr.splitlines():
-        parts = line.split("|")
-        if len(parts) == 3 and parts[1].strip().isdigit():
-            rows.append((int(parts[1]), parts[2].rstrip()))
-    out["agent_import_costliest_ms"] = [f"{c / 1000:.0f} {name}" for c, name in sorted(rows, reverse=True)[:25]]
-    print("start-up", {k: v for k, v in out.items() if k.endswith("_s")}, flush=True)
-    return out
-
-
+# ------------------------------------------------------------------------------------ cache checksum
 def measure_checksum(frames: int) -> dict:
     """What an entry of `frames` candidates costs to write and read back through the cache (the
     checksum included where this checkout's cache has one), and the checksum alone."""
@@ -599,160 +433,6 @@ def measure_checksum(frames: int) -> dict:
         out["checksum_write_and_read_s"] = 2 * timed(lambda: cache_module.tensor_checksum(tensors), 5, False)
     print("checksum", out, flush=True)
     return out
-
-
-def measure_nvdec(videos: dict[str, Path], threads: int = 8) -> dict:
-    """GPU decoding through PyNvVideoCodec, where it is installed (not a backend yet): candidates/s
-    of one decoder and of `threads` decoders at once, and its RGB pixels against decord's (PyAV's
-    where decord is missing: the two give equal pixels on these videos)."""
-    try:
-        import PyNvVideoCodec as nvc
-    except ImportError as err:
-        return {"available": False, "why": str(err)}
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tspo_eval.video import read_frames
-
-    reference = "decord" if importlib.util.find_spec("decord") else "pyav"  # equal pixels on these videos
-    out: dict = {"available": True, "version": getattr(nvc, "__version__", "?"), "reference_decoder": reference}
-    for name, path in videos.items():
-        try:
-            wanted = sample_candidates(path).frame_numbers.tolist()
-
-            def decode() -> list[torch.Tensor]:
-                decoder = nvc.SimpleDecoder(str(path), gpu_id=0, use_device_memory=True,
-                                            output_color_type=nvc.OutputColorType.RGB)
-                frames = [torch.from_dlpack(f) for f in decoder.get_batch_frames_by_index(wanted)]
-                # interleaved RGB is (H, W, 3); a planar layout (3, H, W) is turned to match decord
-                return [f.permute(1, 2, 0) if f.shape[0] == 3 and f.shape[-1] != 3 else f for f in frames]
-
-            t0 = time.perf_counter()
-            frames = decode()
-            torch.cuda.synchronize()
-            first = time.perf_counter() - t0
-            one = timed(decode, 2, True)
-            with ThreadPoolExecutor(threads) as pool:
-                many = timed(lambda: list(pool.map(lambda _: len(decode()), range(threads))), 1, True)
-            picks = np.linspace(0, len(wanted) - 1, min(16, len(wanted))).astype(int)
-            ref = read_frames(path, [wanted[i] for i in picks], backend=reference).astype(np.int16)
-            gpu = np.stack([frames[i].cpu().numpy() for i in picks]).astype(np.int16)
-            diff = np.abs(gpu - ref) if gpu.shape == ref.shape else None
-            out[name] = {"candidates": len(wanted), "first_call_s": first, "one_decoder_fps": len(wanted) / one,
-                         f"{threads}_decoders_fps": threads * len(wanted) / many,
-                         "shape": list(gpu.shape[1:]), "reference_shape": list(ref.shape[1:]),
-                         "max_abs_diff": None if diff is None else int(diff.max()),
-                         "mean_abs_diff": None if diff is None else float(diff.mean()),
-                         "share_over_2_levels": None if diff is None else float((diff > 2).mean())}
-        except Exception as err:  # noqa: BLE001 - a figure this machine cannot give is a result too
-            out[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
-        print("nvdec", name, out[name], flush=True)
-    return out
-
-
-def cli_flags(config: str) -> list[str]:
-    """'defaults' -> []; 'backend=decord,decode-resize' -> ['--backend', 'decord', '--decode-resize']."""
-    flags: list[str] = []
-    for item in filter(None, config.split(",")):
-        if item != "defaults":
-            key, sep, value = item.partition("=")
-            flags += [f"--{key}", value] if sep else [f"--{key}"]
-    return flags
-
-
-def make_cli_videos(args: argparse.Namespace, results: dict) -> tuple[dict, dict[str, Path], Path]:
-    """The --cli-sets' base videos and a warm-up one, made in parallel processes: (sets, base paths, warm-up)."""
-    sets = {}
-    for spec in args.cli_sets:  # NAME:MINUTES:HEIGHTxWIDTH:COPIES
-        name, minutes, size, count = spec.split(":")
-        h, w = map(int, size.split("x"))
-        sets[name] = (float(minutes), (h, w), int(count))
-    args.videos.mkdir(parents=True, exist_ok=True)
-    base = {name: args.videos / f"cli_{name}.mp4" for name in sets}
-    warmup = args.videos / "cli_warmup.mp4"
-    makers = [subprocess.Popen([sys.executable, "-c", (
-        "import sys; sys.path.insert(0, %r); from bench_extract import make_video; from pathlib import Path\n"
-        "make_video(Path(%r), %r, fps=%r, size=%r)") % (str(Path(__file__).parent), str(path), minutes, args.cli_fps,
-                                                        tuple(size))])
-        for path, (minutes, size, _) in [(warmup, (0.5, (270, 480), 0))] + [(base[n], sets[n]) for n in sets]
-        if not path.exists()]
-    t0 = time.perf_counter()
-    if any(m.wait() != 0 for m in makers):
-        raise SystemExit("making the videos failed")
-    results["cli_videos_made_s"] = time.perf_counter() - t0
-    print(f"videos made in {results['cli_videos_made_s']:.0f}s", flush=True)
-    return sets, base, warmup
-
-
-def cli_section(args: argparse.Namespace, results: dict, save: Callable[[], None]) -> None:
-    """The published structure in a warm process against `python -m tspo_eval.cli extract` (the
-    console script's code) as a user runs it, per set of videos, one question per video."""
-    env = cli_env()
-    sets, base, warmup = make_cli_videos(args, results)
-    results["startup"] = measure_startup(args)
-    save()
-    if torch.cuda.is_available() and "nvdec" not in results:
-        results["nvdec"] = measure_nvdec({n: base[n] for n in sets if sets[n][0] <= 10})
-        save()
-    videos = {name: distinct_copies(base[name], count, args.videos / f"cli_{name}")
-              for name, (_, _, count) in sets.items()}
-    # the published structure: one warm process (as a benchmark run), one question per video
-    pub = run_child(args, "published", [v for vs in videos.values() for v in vs], warmup, published_questions=1)
-    text_s = pub["text_per_question_s"]
-    results["published_process"] = {k: pub[k] for k in ("startup_s", "model_load_s", "warmup_s", "text_per_question_s")}
-    out = results.setdefault("cli", {})
-    for name, (minutes, size, count) in sets.items():
-        root = Path(tempfile.mkdtemp(prefix=f"bench_cli_{name}_"))
-        tsv = root / "questions.tsv"
-        write_questions(videos[name], tsv)
-        per_video = [pub[v.name]["median_question_s"] for v in videos[name]]
-        row: dict = {"videos": count, "minutes": minutes, "size": list(size), "fps": args.cli_fps,
-                     "candidates_per_video": len(sample_candidates(videos[name][0]).frame_numbers),
-                     "published": {"per_video_s": per_video, "total_s": sum(per_video),
-                                   "peak_rss_mb": max(pub[v.name]["peak_rss_mb"] for v in videos[name]),
-                                   "peak_gpu_mb": max(pub[v.name]["peak_gpu_mb"] for v in videos[name])}}
-        # its process start-up shared out over the sets by their videos
-        pub_startup = pub["startup_s"] * count / sum(c for _, _, c in sets.values())
-        base_cmd = [sys.executable, "-m", "tspo_eval.cli", "extract", "--benchmark", "lvbench", "--tsv", str(tsv),
-                    "--video-root", str(videos[name][0].parent), "--agent", f"random:{args.clip}",
-                    "--device", args.device]
-        for i, label in enumerate(args.cli_configs if name in args.cli_alt_sets else args.cli_configs[:1]):
-            flags = cli_flags(label)
-            cache = root / f"cache{i}"
-            full = run_watched(base_cmd + ["--cache", str(cache)] + flags, env)
-            if full["returncode"] != 0:
-                row[label] = {"error": full}
-                print(name, label, "FAILED", full["stderr_tail"], flush=True)
-                continue
-            report = json.loads((cache / "reports" / "lvbench" / "extract.json").read_text())
-            extraction = report["seconds"]  # the extraction itself, as the CLI timed it
-            ours, ours_with_startup = extraction + count * text_s, full["wall_s"] + count * text_s
-            pub_total = row["published"]["total_s"]
-            row[label] = {
-                "flags": " ".join(flags), "encoded": len(report["encoded"]), "failed": len(report["failed"]),
-                "wall_s": full["wall_s"], "extraction_s": extraction, "startup_s": full["wall_s"] - extraction,
-                "per_video_s": extraction / count, "video_s_per_s": row["videos"] * minutes * 60 / extraction,
-                "ratio_excluding_startup": pub_total / ours,
-                "ratio_including_startup": (pub_total + pub_startup) / ours_with_startup,
-                "peak_tree_rss_mb": full["peak_tree_rss_mb"], "peak_gpu_mb": full["peak_gpu_mb"]}
-            print(name, label, row[label], flush=True)
-            out[name] = row
-            save()
-        out[name] = row
-        save()
-    frames = max(r["candidates_per_video"] for r in out.values())
-    results["checksum"] = measure_checksum(frames)
-    per_video = {n: r["defaults"]["per_video_s"] for n, r in out.items() if "defaults" in r}
-    if "checksum_write_and_read_s" in results["checksum"]:  # per video of the longest set: an upper bound
-        results["checksum"]["share_of_extraction"] = {
-            n: results["checksum"]["checksum_write_and_read_s"] / s for n, s in per_video.items()}
-    results["cli_summary"] = {n: {label: {k: r[label][k] for k in ("ratio_excluding_startup",
-                                                                   "ratio_including_startup", "per_video_s",
-                                                                   "wall_s", "startup_s", "peak_tree_rss_mb",
-                                                                   "peak_gpu_mb")}
-                                  for label in r if isinstance(r[label], dict) and "ratio_excluding_startup" in r[label]}
-                              for n, r in out.items()}
-    save()
-    print(json.dumps(results["cli_summary"], indent=1))
 
 
 def questions_per_video(spec: list[str]) -> dict[str, float]:
@@ -858,21 +538,13 @@ def main() -> None:
         help="bare-model variants, NAME[@BATCH,...] (a static compile recompiles per batch size); "
              "also compile-max-autotune")
     p.add_argument("--sections", nargs="+", default=["encode", "extract"],
-                   choices=["encode", "extract", "select", "cli", "nvdec"],
+                   choices=["encode", "extract", "select", "checksum"],
                    help="encode: encoder paths, variants, accuracy; extract: decode and end to end in warm "
-                        "processes; select: selection time per question from cached features (CPU); cli: the "
-                        "published structure against the real `tspo-eval extract`, start-up included and "
-                        "excluded, and the cache checksum's cost; nvdec: GPU decoding alone (speed, pixels)")
+                        "processes; select: selection time per question from cached features (CPU); checksum: "
+                        "the cache checksum's cost on a 30-min video's entry. The real CLI against the published "
+                        "structure, start-up and NVDEC included: scripts/bench_cli.py")
     p.add_argument("--select-k", type=int, nargs="+", default=[16, 64], help="frames per question timed (select)")
     p.add_argument("--select-questions", type=int, default=50, help="questions timed per case (select)")
-    p.add_argument("--cli-sets", nargs="+", default=["10min:10:270x480:8", "30min:30:270x480:3", "720p:2:720x1280:6"],
-                   help="cli: NAME:MINUTES:HEIGHTxWIDTH:COPIES (COPIES distinct files of one generated video)")
-    p.add_argument("--cli-configs", nargs="+", default=["defaults", "backend=decord", "decode-resize"],
-                   help="cli: extract flags per run, FLAG[=VALUE][,...] without dashes (defaults: none); the first "
-                        "runs on every set, the rest on --cli-alt-sets")
-    p.add_argument("--cli-alt-sets", nargs="*", default=["10min"])
-    p.add_argument("--cli-fps", type=float, default=30.0, help="cli: frame rate of the generated videos")
-    p.add_argument("--startup-repeats", type=int, default=1)
     p.add_argument("--freezing-encoder", action="store_true", help="also time ours compiled with freezing")
     p.add_argument("--encode-frames", type=int, default=1024, help="frames per encode measurement")
     p.add_argument("--accuracy-frames", type=int, default=32)
@@ -892,7 +564,7 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    qpv = questions_per_video(args.questions_per_video) if set(args.sections) - {"cli", "nvdec"} else {}
+    qpv = questions_per_video(args.questions_per_video) if set(args.sections) - {"checksum"} else {}
     args.videos.mkdir(parents=True, exist_ok=True)
     results: dict = {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
                      "cpu_cores": os.cpu_count(), "torch": torch.__version__, "clip": args.clip,
@@ -904,19 +576,10 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
 
-    if "nvdec" in args.sections:
-        sets, base, _ = make_cli_videos(args, results)
-        results["nvdec"] = measure_nvdec({n: base[n] for n in sets if sets[n][0] <= 10})
+    if "checksum" in args.sections:
+        results["checksum"] = measure_checksum(1800)
         save()
-    if "cli" in args.sections:
-        from tspo_eval.extract import available_cores, decode_plan
-
-        plan = decode_plan(ExtractConfig())
-        results["default_plan"] = {"available_cores": available_cores(), "backend": plan.backend,
-                                   "readers": plan.readers, "decode_threads": plan.decode_threads,
-                                   "decode_processes": plan.decode_processes}
-        cli_section(args, results, save)
-    if set(args.sections) <= {"cli", "nvdec"}:
+    if set(args.sections) <= {"checksum"}:
         return
 
     # videos are made in a background process while the (GPU-bound) encoder paths are measured
