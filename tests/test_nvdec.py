@@ -1,6 +1,6 @@
 """GPU decoding (the nvdec backend) on a machine without a GPU: the choice, the fallback, and the
 reading path, with PyNvVideoCodec replaced by a stand-in that decodes on the CPU (the real decoder
-is covered by scripts/bench_extract.py on the H200)."""
+is covered by scripts/bench_cli.py on the H200)."""
 from __future__ import annotations
 
 import logging
