@@ -1,22 +1,25 @@
 """Feature extraction: videos -> candidate frames -> encoder -> per-video cache.
 
 Decoding runs on background threads, `prefetch_videos` videos ahead of the encoder and
-`readers` threads per video, into a bounded queue of frame batches that the encoder takes
-as they finish (decoding and encoding overlap within a video, not only across videos):
-memory stays flat in video length, and a broken video is recorded as failed while the run
-goes on.  Finished videos are in the cache, so an interrupted run resumes where it stopped.
+`readers` readers per video, which hand frame batches to the encoder as they finish (decoding
+and encoding overlap within a video, not only across videos). The decoded frames a video holds
+before the encoder takes them are bounded in bytes (`DECODE_BUDGET_BYTES`), so memory stays flat
+in video length; a broken video is recorded as failed while the run goes on. Finished videos are
+in the cache, so an interrupted run resumes where it stopped. A command that knows its videos
+before its model is loaded starts decoding them at once (`DecodeAhead`).
 
 With `decode_processes` each reader thread drives worker processes instead (`decode_workers`):
 PyAV's per-packet Python work then runs without contention for Python's lock, and its
-skipping of unreferenced frames pays (the fastest set-up on the H200, see BENCHMARKS.md).
-Left at their defaults, the decoder, readers and threads are sized from the cores
-(`decode_plan`): PyAV processes on machines of 8+ cores, 2 x 2 decord threads below.
+skipping of unreferenced frames pays (the fastest CPU set-up on the H200, see benchmarks/HISTORY.md).
+Left at their defaults, the decoder, readers and threads are sized from the machine
+(`decode_plan`): the GPU's decoders (PyNvVideoCodec, docs/nvdec.md) beside the CPU readers for a
+CUDA encoder where they work; PyAV processes on machines of 8+ cores; 2 x 2 decord threads below.
 
-For a CUDA encoder the decoder threads hand over pinned batches and the encoder's batches
+For a CUDA encoder the CPU readers hand over pinned batches and the encoder's batches
 are queued without waiting for the GPU (one copy back per video).  `compile` runs the
 image path through `torch.compile` (+23% encoder throughput on the H200, 10-30 s to compile
 once per process; off by default because extraction there is bound by decoding, see
-BENCHMARKS.md).  `Sampling.decode_resize` scales frames to the encoder's input scale inside the
+benchmarks/HISTORY.md).  `Sampling.decode_resize` scales frames to the encoder's input scale inside the
 decoder: less to convert, copy and resize, with pixels within a few grey levels of the
 reference resize (so it is part of the cache key).
 """
@@ -87,7 +90,7 @@ def decode_plan(cfg: ExtractConfig, cores: int | None = None, device: str | torc
     - CPU readers, on `PROCESS_CORES`+ cores (PyAV installed), or `decode_processes`: PyAV (for
       "auto") in one worker process per core (at most `MAX_AUTO_READERS`), one decoder thread each. PyAV drops the frames
       nothing references undecoded, and its per-packet Python work needs Python's lock, so it
-      scales in processes, not threads (BENCHMARKS.md: 16 PyAV processes decoded 8.2-8.6x the
+      scales in processes, not threads (benchmarks/HISTORY.md: 16 PyAV processes decoded 8.2-8.6x the
       published loader on the H200, 16 decord threads 6.3-7.9x).
     - otherwise threads in this process: 2 readers x 2 decoder threads, which through the CLI on
       the H200 beat 16 x 1 (issue 17) and is what laptops were measured with.

@@ -520,7 +520,7 @@ def dpp(scores: np.ndarray, k: int, *, features: np.ndarray, lam: float = DPP_LA
             break
         i = int(np.nanargmax(gain))
         # einsum, not `@`: BLAS gemv calls interleaved with other work wake and park OpenBLAS's
-        # threads each step, 3-10x slower per question on a busy machine (BENCHMARKS.md)
+        # threads each step, 3-10x slower per question on a busy machine (benchmarks/HISTORY.md)
         column = _multi_gaussian(np.clip(np.einsum("td,d->t", x, x[i]), -1.0, 1.0))
         basis[j] = (column - np.einsum("jt,j->t", basis[:j], basis[:j, i])) / np.sqrt(residual[i])
         residual = residual - basis[j] ** 2
