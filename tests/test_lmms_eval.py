@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tspo_eval.integrations.lmms_runner import TASKS, first_error
+from tspo_eval.benchmarks import get_benchmark
+from tspo_eval.integrations.lmms_runner import first_error
 from tspo_eval.integrations.lmms_tasks import tasks_path
+
+TASKS = {name: get_benchmark(name).lmms_task for name in ("longvideobench", "mlvu", "videomme", "lvbench")}
 
 
 @pytest.fixture(scope="module")

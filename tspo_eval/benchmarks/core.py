@@ -11,9 +11,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 from .protocol import Metric, parse_mcq
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 AnswerKind = Literal["letter", "text"]
 
@@ -98,6 +101,58 @@ class Question:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         return tuple(frame / fps for frame in self.reference_frames)
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """How a dataset's `build_prompt` writes the question text item:
+    `lead + stem + sep + marker(A) + option + "\\n" + marker(B) + option ... + tail`."""
+
+    lead: str
+    sep: str
+    marker: str
+    tail: str
+
+    def parse(self, text: str) -> tuple[str, list[str]] | None:
+        """(stem, option texts) of a question text item; None when the text is not laid out so."""
+        if not (text.startswith(self.lead) and text.endswith(self.tail)):
+            return None
+        body = text[len(self.lead): len(text) - len(self.tail)]
+        first = self.sep + self.marker.format("A")
+        at = body.find(first)
+        if at < 0:
+            return None
+        stem, rest, options = body[:at], body[at + len(first):], []
+        while True:
+            marker = "\n" + self.marker.format(letter(len(options) + 1))
+            cut = rest.find(marker)
+            if cut < 0 and rest.endswith(marker.rstrip()):  # an empty last option, its space stripped (MLVU)
+                cut = len(rest) - len(marker.rstrip())
+            if cut < 0:
+                return stem, options + [rest]
+            options.append(rest[:cut])
+            rest = rest[cut + len(marker):]
+
+
+@dataclass(frozen=True)
+class VLMEvalFormat:
+    """A benchmark as VLMEvalKit holds it (a `BenchmarkSpec`'s `vlmeval`).
+
+    Attributes:
+        dataset: the dataset name VLMEvalKit's models receive as `dataset`.
+        layout: the question text item of its prompt.
+        row_question: VLMEvalKit TSV row (strings) -> Question, indexed by the row's own registry
+            index where it holds one (LongVideoBench `id`, LVBench `question_id`), else `vlmeval-<index>`.
+        item_rows: original annotation file -> VLMEvalKit's TSV rows, in VLMEvalKit's order.
+        item_rows_from_tsv: whether `item_rows` also takes the published TSV (it holds every
+            field VLMEvalKit's scores group by: MLVU's task type); else the annotation file only.
+    """
+
+    dataset: str
+    layout: PromptLayout
+    row_question: Callable[[Mapping[str, str]], Question]
+    item_rows: Callable[[Path], pd.DataFrame]
+    item_rows_from_tsv: bool = False
 
 
 def parse_time_range(text: str) -> tuple[float, float] | None:
@@ -186,7 +241,8 @@ class BenchmarkSpec:
         metrics: every number reported, in order (the task YAML's `metric_list`).
         scale: 1.0 (fractions) or 100.0 (percent), as the built-in task reports.
         lmms_task: the task name of the config shipped in `tspo_eval/tasks/<name>/`.
-        vlmeval_dataset: the dataset name VLMEvalKit's models receive for this benchmark.
+        vlmeval: the benchmark as VLMEvalKit holds it (`VLMEvalFormat`: its dataset name, TSV and
+            prompt layout); None: not known to VLMEvalKit.
         selector_params: selector name -> its published parameters on this benchmark, filled in
             where a policy leaves them unset (TSPO's per-benchmark method, BOLT's power).
     """
@@ -209,7 +265,7 @@ class BenchmarkSpec:
     metrics: tuple[Metric, ...] = ()
     scale: float = 1.0
     lmms_task: str | None = None
-    vlmeval_dataset: str | None = None
+    vlmeval: VLMEvalFormat | None = None
     selector_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -259,8 +315,9 @@ def find_benchmark(name: str | None) -> BenchmarkSpec | None:
 
 
 def vlmeval_benchmark(dataset: str | None) -> BenchmarkSpec | None:
-    """The registered spec whose `vlmeval_dataset` is `dataset` (VLMEvalKit's spelling), or None."""
-    return next((spec for spec in BENCHMARKS.values() if dataset and spec.vlmeval_dataset == dataset), None)
+    """The registered spec whose VLMEvalKit dataset is `dataset` (VLMEvalKit's spelling), or None."""
+    return next((spec for spec in BENCHMARKS.values()
+                 if dataset and spec.vlmeval is not None and spec.vlmeval.dataset == dataset), None)
 
 
 def unsafe_relative_path(name: str) -> str | None:

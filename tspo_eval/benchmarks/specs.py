@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import BenchmarkSpec, letter, letter_number, parse_time_range, register_benchmark
+from .core import (
+    BenchmarkSpec,
+    PromptLayout,
+    VLMEvalFormat,
+    letter,
+    letter_number,
+    parse_time_range,
+    register_benchmark,
+)
 from .official import (
     MLVU_TASK_TYPES,
     longvideobench_row,
@@ -26,6 +34,16 @@ from .official import (
     videomme_row,
 )
 from .protocol import Metric, parse_longvideobench, per_value, with_failures
+from .vlmeval_format import (
+    longvideobench_question,
+    longvideobench_rows,
+    lvbench_question,
+    lvbench_rows,
+    mlvu_question,
+    mlvu_rows,
+    videomme_question,
+    videomme_rows,
+)
 
 
 def _lines(candidates: list[str], template: str) -> str:
@@ -60,7 +78,10 @@ LONGVIDEOBENCH = register_benchmark(BenchmarkSpec(
     metrics=with_failures(Metric("lvb_acc"),
                           *per_value("lvb_acc_duration", "duration_group", LONGVIDEOBENCH_DURATION_GROUPS),
                           *per_value("lvb_acc", "question_category", LONGVIDEOBENCH_CATEGORIES)),
-    scale=1.0, lmms_task="tspo_longvideobench_val", vlmeval_dataset="LongVideoBench",
+    scale=1.0, lmms_task="tspo_longvideobench_val", vlmeval=VLMEvalFormat(
+        "LongVideoBench",
+        PromptLayout("", "\n", "{}. ", "\nAnswer with the option's letter from the given choices directly."),
+        longvideobench_question, longvideobench_rows),
     selector_params={"tspo": {"rule": "topk"}, "bolt": {"power": 2.5}}))
 
 
@@ -85,7 +106,9 @@ MLVU = register_benchmark(BenchmarkSpec(
     post_prompt="\nOnly give the best option.\nBest option: (", max_new_tokens=16,
     metrics=with_failures(Metric("mlvu_m_avg", "task_type", macro=True), Metric("mlvu_micro_avg"),
                           *per_value("mlvu_acc", "task_type", MLVU_TASK_TYPES)),
-    scale=100.0, lmms_task="tspo_mlvu_dev", vlmeval_dataset="MLVU_MCQ",
+    scale=100.0, lmms_task="tspo_mlvu_dev", vlmeval=VLMEvalFormat(
+        "MLVU_MCQ", PromptLayout("Question: ", "\nOptions:\n", "({}) ", ""), mlvu_question, mlvu_rows,
+        item_rows_from_tsv=True),
     selector_params={"tspo": {"rule": "topk"}, "bolt": {"power": 3.0}}))
 
 
@@ -122,7 +145,8 @@ VIDEOMME = register_benchmark(BenchmarkSpec(
     metrics=with_failures(Metric("videomme_acc"), *per_value("videomme_acc", "duration", VIDEOMME_DURATIONS),
                           *per_value("videomme_acc_domain", "domain", VIDEOMME_DOMAINS),
                           *per_value("videomme_acc_task", "task_type", VIDEOMME_TASK_TYPES)),
-    scale=100.0, lmms_task="tspo_videomme", vlmeval_dataset="Video-MME",
+    scale=100.0, lmms_task="tspo_videomme", vlmeval=VLMEvalFormat(
+        "Video-MME", PromptLayout("Question: ", "\n", "{}. ", "\nAnswer: "), videomme_question, videomme_rows),
     selector_params={"tspo": {"rule": "bin-max"}, "bolt": {"power": 3.0}}))
 
 
@@ -149,5 +173,7 @@ LVBENCH = register_benchmark(BenchmarkSpec(
     doc_fields=lvbench_fields, prompt=lvbench_prompt,
     post_prompt="\nAnswer the question with the option letter", max_new_tokens=16,
     metrics=with_failures(Metric("lvbench_acc"), *per_value("lvbench_acc", "question_type", LVBENCH_QUESTION_TYPES)),
-    scale=1.0, lmms_task="tspo_lvbench", vlmeval_dataset="LVBench",
+    scale=1.0, lmms_task="tspo_lvbench", vlmeval=VLMEvalFormat(
+        "LVBench", PromptLayout("", "\n", "({}) ", "\nAnswer the question with the option letter"),
+        lvbench_question, lvbench_rows),
     selector_params={"tspo": {"rule": "topk"}}))

@@ -15,7 +15,7 @@ from typing import Any
 from ..config import add_config_args
 from ..integrations.models import DERIVED_ARGS, FLAVOURS, ModelArgs
 from ..integrations.vlmeval import VLMEvalArgs
-from ..integrations.vlmeval_tsv import DATASETS
+from ..integrations.vlmeval_tsv import dataset_names
 from ..policy import EXTRACT_KEYS, POLICY_KEYS, add_extract_args, add_policy_args
 
 
@@ -42,7 +42,7 @@ def build_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(run=cmd_run)
 
     p = sub.add_parser("convert", help="VLMEvalKit dataset TSV <-> registry TSV (same question, same index)")
-    p.add_argument("--dataset", required=True, choices=list(DATASETS), help="VLMEvalKit dataset")
+    p.add_argument("--dataset", required=True, choices=dataset_names(), help="VLMEvalKit dataset")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--annotations", type=Path, help="registry annotation file -> VLMEvalKit's TSV")
     source.add_argument("--from-vlmeval", type=Path, help="VLMEvalKit's TSV -> registry TSV (published layout)")
@@ -111,7 +111,7 @@ def cmd_convert(ns: argparse.Namespace) -> int:
         frame = to_vlmeval(ns.annotations, ns.dataset)
         print(f"{len(frame)} rows in VLMEvalKit's {ns.dataset} layout -> {write_vlmeval_tsv(frame, ns.out)}")
         return 0
-    registry = load_registry(ns.registry, spec.benchmark) if ns.registry is not None else None
+    registry = load_registry(ns.registry, spec.name) if ns.registry is not None else None
     questions = from_vlmeval(ns.from_vlmeval, ns.dataset, registry)
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     write_tsv(questions_frame(questions), ns.out)

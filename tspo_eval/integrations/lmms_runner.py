@@ -27,8 +27,8 @@ from .lmms_tasks import tasks_path
 if TYPE_CHECKING:
     import pandas as pd
 
-TASKS = {"longvideobench": "tspo_longvideobench_val", "mlvu": "tspo_mlvu_dev", "videomme": "tspo_videomme",
-         "lvbench": "tspo_lvbench"}
+    from ..benchmarks import BenchmarkSpec
+
 MODEL_PREFIX = {"llava_video": "llava_vid", "qwen2_5_vl": "qwen_2_5_vl"}
 
 
@@ -36,7 +36,8 @@ MODEL_PREFIX = {"llava_video": "llava_vid", "qwen2_5_vl": "qwen_2_5_vl"}
 class EvaluateConfig:
     """A uniform-vs-TSPO comparison on one benchmark and one backbone."""
 
-    benchmark: Literal["longvideobench", "mlvu", "videomme", "lvbench"] = field(metadata={"help": "benchmark name"})
+    benchmark: str = field(metadata={
+        "help": "longvideobench | mlvu | videomme | lvbench, or a registered benchmark with an lmms-eval task"})
     annotations: Path = field(metadata={"help": "the benchmark's annotation file (original JSON/JSONL) or published TSV"})
     videos: Path = field(metadata={"help": "folder holding the benchmark's videos"})
     backbone: Literal["llava_video", "qwen2_5_vl"] = field(default="llava_video", metadata={"help": "video LLM"})
@@ -59,6 +60,9 @@ class EvaluateConfig:
         """Everything a run needs is checked here, before frames are selected or lmms-eval starts."""
         if not self.methods:
             raise ValueError("give at least one method")
+        self.benchmark = self.spec.name  # an unknown name lists the registered ones
+        if self.spec.lmms_task is None:
+            raise ValueError(f"benchmark {self.benchmark!r} has no lmms-eval task (its BenchmarkSpec's lmms_task)")
         self.tasks_dir = Path(self.tasks_dir) if self.tasks_dir is not None else tasks_path()
         if not any(self.tasks_dir.glob("*/*.yaml")):
             raise ValueError(f"--tasks-dir {self.tasks_dir} holds no task configs (<benchmark>/*.yaml); leave it "
@@ -72,6 +76,13 @@ class EvaluateConfig:
                            "or random:<config>")
         if self.pretrained is not None:
             model_location(self.pretrained, "--pretrained", "a backbone checkpoint directory or a hub id")
+
+    @property
+    def spec(self) -> BenchmarkSpec:
+        """The benchmark's registered spec: its lmms-eval task and metrics."""
+        from ..benchmarks import get_benchmark
+
+        return get_benchmark(self.benchmark)
 
 
 def model_name(backbone: str, method: str) -> str:
@@ -126,7 +137,7 @@ def lmms_eval_command(cfg: EvaluateConfig, policy: FramePolicy, extract: Extract
         args.append(cfg.model_args)
     launcher = ([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes),
                  "-m", "lmms_eval"] if cfg.num_processes > 1 else [sys.executable, "-m", "lmms_eval"])
-    cmd = launcher + ["--model", name, "--model_args", ",".join(args), "--tasks", TASKS[cfg.benchmark],
+    cmd = launcher + ["--model", name, "--model_args", ",".join(args), "--tasks", cfg.spec.lmms_task,
                       "--include_path", str(cfg.tasks_dir), "--batch_size", str(cfg.batch_size),
                       "--output_path", str(cfg.out / "lmms_eval" / method)]
     if cfg.limit is not None:
@@ -136,11 +147,11 @@ def lmms_eval_command(cfg: EvaluateConfig, policy: FramePolicy, extract: Extract
 
 def task_environment(cfg: EvaluateConfig) -> dict[str, str]:
     """The variables the task configs read: where the annotations and videos are."""
-    from ..benchmarks.docs import STRICT_VAR
+    from ..benchmarks.docs import STRICT_VAR, env_names
 
-    name = cfg.benchmark.upper()
-    return {**os.environ, f"TSPO_{name}_ANNOTATIONS": str(Path(cfg.annotations).resolve()),
-            f"TSPO_{name}_VIDEOS": str(Path(cfg.videos).resolve()), STRICT_VAR: "1" if cfg.strict else "0"}
+    annotations_var, videos_var = env_names(cfg.benchmark)
+    return {**os.environ, annotations_var: str(Path(cfg.annotations).resolve()),
+            videos_var: str(Path(cfg.videos).resolve()), STRICT_VAR: "1" if cfg.strict else "0"}
 
 
 class LmmsEvalError(RuntimeError):
@@ -202,13 +213,10 @@ def evaluate(cfg: EvaluateConfig, policy: FramePolicy | None = None, extract: Ex
         code, log = run_logged(cmd, task_environment(cfg))
         if code != 0:
             raise LmmsEvalError(f"lmms-eval failed for method {method} (exit {code}): {first_error(log)}")
-        columns[method] = read_results(cfg.out / "lmms_eval" / method, TASKS[cfg.benchmark], log)
+        columns[method] = read_results(cfg.out / "lmms_eval" / method, cfg.spec.lmms_task, log)
     table = pd.DataFrame(columns)
     # the overall accuracies, over the answered questions, and the answered / failed counts first
-    from ..benchmarks import get_benchmark
-
-    first = [m.name for m in get_benchmark(cfg.benchmark).metrics if (m.field is None or m.macro)
-             and m.name in table.index]
+    first = [m.name for m in cfg.spec.metrics if (m.field is None or m.macro) and m.name in table.index]
     table = table.loc[first + [name for name in table.index if name not in first]]
     (cfg.out / f"summary_{cfg.benchmark}.md").write_text(table.to_markdown(floatfmt=".2f") + "\n")
     table.to_json(cfg.out / f"summary_{cfg.benchmark}.json", indent=1)

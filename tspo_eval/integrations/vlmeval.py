@@ -3,7 +3,7 @@
 The same four names and model arguments as the lmms-eval adapter, on the same code path
 (`answering.answer_questions`). A VLMEvalKit model receives a message list (a video path and
 text items) and the dataset name; the adapter reads the question stem and options back from
-the dataset's prompt layout (`vlmeval_tsv.DATASETS`), finds the registry question with the
+the dataset's prompt layout (its benchmark spec's `vlmeval.layout`), finds the registry question with the
 same video, stem and options (from `questions`: the registry TSVs or annotation files), and
 so uses the registry `index`, the key of selections files: a question gets the same frames
 as in lmms-eval. Unmatched questions get frames computed now (or uniform ones).
@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..benchmarks import Question, get_benchmark
+from ..benchmarks import Question, find_benchmark, get_benchmark
+from ..benchmarks.core import DEFAULT_MAX_NEW_TOKENS, vlmeval_benchmark
 from ..scoring import NO_ANSWER
 from .models import DERIVED_ARGS, FLAVOURS, ModelArgs, build_answering, parse_model_args
-from .vlmeval_tsv import DATASETS, QuestionIndex, load_registry
+from .vlmeval_tsv import QuestionIndex, load_registry
 
 if TYPE_CHECKING:
 
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = ("VLMEvalKit is not installed. It is not on the package registry; install it from its repository:\n"
                 "    git clone https://github.com/open-compass/VLMEvalKit && pip install -e VLMEvalKit\n"
                 "(see docs/vlmevalkit.md for a light install that keeps your torch/transformers)")
-# Generation length per benchmark, as the lmms-eval tasks set it (SPEC section 5).
-MAX_NEW_TOKENS = {"longvideobench": 32, "mlvu": 16, "videomme": 16, "lvbench": 16}
 
 
 def require_vlmeval() -> Any:
@@ -114,16 +113,16 @@ def question_ref(message: Sequence[Mapping[str, Any]], dataset: str | None,
         raise ValueError(f"{dataset}: the message holds no video; tspo-eval models answer from a video (VIDEO_LLM)")
     texts = [str(item["value"]) for item in message if item["type"] == "text"]
     prompt = "\n".join(text.strip() for text in texts if text.strip())
-    known = DATASETS.get(dataset or "")
-    parsed = next((p for text in reversed(texts) if (p := known.layout.parse(text)) is not None), None) \
+    known = vlmeval_benchmark(dataset)
+    parsed = next((p for text in reversed(texts) if (p := known.vlmeval.layout.parse(text)) is not None), None) \
         if known else None
     if parsed is None:
-        return QuestionRef(_fallback_index(dataset, videos[0], prompt), known.benchmark if known else "",
+        return QuestionRef(_fallback_index(dataset, videos[0], prompt), known.name if known else "",
                            videos[0], prompt, prompt)
     stem, options = parsed
     question: Question | None = index.find(videos[0], stem, options) if index is not None else None
     if question is None:
-        return QuestionRef(_fallback_index(dataset, videos[0], "\n".join([stem, *options])), known.benchmark,
+        return QuestionRef(_fallback_index(dataset, videos[0], "\n".join([stem, *options])), known.name,
                            videos[0], stem.replace("\n", " "), prompt)
     return QuestionRef(question.index, question.benchmark, videos[0], question.question, prompt)
 
@@ -170,8 +169,8 @@ class MessageAnswerer:
         return found
 
     def ref(self, message: Sequence[Mapping[str, Any]], dataset: str | None) -> QuestionRef:
-        known = DATASETS.get(dataset or "")
-        ref = question_ref(message, dataset, self.index(known.benchmark) if known else None)
+        known = vlmeval_benchmark(dataset)
+        ref = question_ref(message, dataset, self.index(known.name) if known else None)
         if known is not None and self.questions is not None and ref.index.startswith(f"{dataset}:"):
             log.warning("%s question on %s is not among the registry questions: frames computed now", dataset,
                         Path(ref.video_path).name)
@@ -182,7 +181,8 @@ class MessageAnswerer:
         from ..answering import answer_questions
 
         ref = self.ref(message, dataset)
-        budget = self.max_new_tokens or MAX_NEW_TOKENS.get(ref.benchmark, 16)
+        spec = find_benchmark(ref.benchmark)
+        budget = self.max_new_tokens or (spec.max_new_tokens if spec else DEFAULT_MAX_NEW_TOKENS)
         (answer,) = answer_questions([ref], self.planner, self.backbone,
                                      dataclasses.replace(self.answer_cfg, max_new_tokens=budget),
                                      record=self.record, progress=False)
