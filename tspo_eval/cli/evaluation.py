@@ -127,11 +127,10 @@ def _print_failures(failed: dict[str, str], names: dict[str, str]) -> None:
 def _time_ref_hint(ns: argparse.Namespace) -> str:
     """Why no question has a time reference: a TSV was given, or this benchmark has none."""
     from ..benchmarks import BENCHMARKS, get_benchmark
-    from ..benchmarks.core import no_time_refs
 
-    having = [f"{s.name} ({s.annotation_file})" for s in BENCHMARKS.values() if s.time_refs is not no_time_refs]
+    having = [f"{s.name} ({s.annotation_file})" for s in BENCHMARKS.values() if s.has_time_references]
     spec = get_benchmark(ns.benchmark)
-    if spec.time_refs is no_time_refs:
+    if not spec.has_time_references:
         return f"{spec.name} annotations hold no time references (those of {', '.join(having)} do)"
     if ns.annotations.suffix.lower() == ".tsv":
         return f"pass --annotations {spec.annotation_file} (the original annotation file holds them; a TSV does not)"
