@@ -37,6 +37,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture
+def restore_registry():
+    """Benchmarks registered by a test are gone after it (and replaced built-ins are back)."""
+    from tspo_eval.benchmarks import BENCHMARKS
+
+    saved = dict(BENCHMARKS)
+    yield
+    BENCHMARKS.clear()
+    BENCHMARKS.update(saved)
+
+
 @pytest.fixture(scope="session")
 def numbered_video_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Make (once per session per argument set) a real video whose frame n shows n.

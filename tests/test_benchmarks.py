@@ -50,14 +50,6 @@ def published(official_dir: Path) -> dict[str, list[Question]]:
     return {name: read_tsv(official_dir / tsv, name) for name, (tsv, _, _) in PUBLISHED.items()}
 
 
-@pytest.fixture
-def restore_registry():
-    saved = dict(BENCHMARKS)
-    yield
-    BENCHMARKS.clear()
-    BENCHMARKS.update(saved)
-
-
 # ---------------------------------------------------------------- registry
 
 def test_registry_holds_the_four_published_benchmarks(official_dir):

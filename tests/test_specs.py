@@ -60,14 +60,6 @@ def _base_config(path: Path, config: dict) -> dict:
     return {**_yaml(path.parent / config["include"]), **{k: v for k, v in config.items() if k != "include"}}
 
 
-@pytest.fixture
-def restore_registry():
-    saved = dict(BENCHMARKS)
-    yield
-    BENCHMARKS.clear()
-    BENCHMARKS.update(saved)
-
-
 # ---------------------------------------------------------------- completeness
 
 @pytest.mark.parametrize("name", PUBLISHED)

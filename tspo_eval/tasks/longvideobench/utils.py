@@ -1,15 +1,7 @@
-"""lmms-eval hooks of `tspo_longvideobench_val` and `tspo_longvideobench_val_random_fallback`:
-every function their YAMLs name. Documents, prompts and scoring live in tspo_eval (the
-benchmark's BenchmarkSpec, tspo_eval/benchmarks/specs.py)."""
-from tspo_eval.integrations.lmms_hooks import (  # noqa: F401  (named by the YAML)
-    BenchmarkHooks,
-    answered,
-    doc_to_text,
-    doc_to_visual,
-    failed,
-    process_results,
-    process_results_random_fallback,
-)
+"""lmms-eval hooks of `tspo_longvideobench_val` and its random-fallback variant: every function
+their YAMLs name, written out here. Documents, prompts and scoring live in tspo_eval (docs/benchmarks.md)."""
+from tspo_eval.integrations.lmms_hooks import BenchmarkHooks, answered, doc_to_text, doc_to_visual, failed  # noqa: F401
+from tspo_eval.integrations.lmms_hooks import process_results, process_results_random_fallback  # noqa: F401
 
 hooks = BenchmarkHooks("longvideobench")
 process_docs = hooks.process_docs

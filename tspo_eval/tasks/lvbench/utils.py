@@ -1,13 +1,7 @@
-"""lmms-eval hooks of `tspo_lvbench`: every function its YAML names. Documents, prompts and scoring
-live in tspo_eval (the benchmark's BenchmarkSpec, tspo_eval/benchmarks/specs.py)."""
-from tspo_eval.integrations.lmms_hooks import (  # noqa: F401  (named by the YAML)
-    BenchmarkHooks,
-    answered,
-    doc_to_text,
-    doc_to_visual,
-    failed,
-    process_results,
-)
+"""lmms-eval hooks of `tspo_lvbench`: every function its YAML names, written out here.
+Documents, prompts and scoring live in tspo_eval (docs/benchmarks.md)."""
+from tspo_eval.integrations.lmms_hooks import BenchmarkHooks, answered, doc_to_text, doc_to_visual, failed  # noqa: F401
+from tspo_eval.integrations.lmms_hooks import process_results  # noqa: F401
 
 hooks = BenchmarkHooks("lvbench")
 process_docs = hooks.process_docs
