@@ -522,13 +522,14 @@ def _greedy_by_determinants(scores, feats, k, lam):
     return sorted(chosen)
 
 
-@pytest.mark.parametrize("lam", [0.2, 1.0])
-def test_dpp_matches_the_objective_computed_with_determinants(lam):
+@pytest.mark.parametrize("lam, T, k", [(0.2, 40, 8), (1.0, 40, 8), (0.2, 150, 40), (5.0, 150, 40)])
+def test_dpp_matches_the_objective_computed_with_determinants(lam, T, k):
+    # (150, 40): several batches of kernel columns computed ahead, some never used
     rng = np.random.default_rng(7)
-    centres = rng.normal(size=(4, 24))
-    feats = centres[rng.integers(0, 4, 40)] + 0.3 * rng.normal(size=(40, 24))
-    scores = rng.uniform(0.1, 0.4, 40)
-    assert sel(scores, 8, "dpp", features=feats, lam=lam) == _greedy_by_determinants(scores, feats, 8, lam)
+    centres = rng.normal(size=(6, 24))
+    feats = centres[rng.integers(0, 6, T)] + 0.3 * rng.normal(size=(T, 24))
+    scores = rng.uniform(0.1, 0.4, T)
+    assert sel(scores, k, "dpp", features=feats, lam=lam) == _greedy_by_determinants(scores, feats, k, lam)
 
 
 def test_dpp_needs_features_and_checks_them():

@@ -69,6 +69,9 @@ PIPELINE_KEYWORDS = ("features", "scorer", "candidate_fps")
 # MDP3's MultiGaussianKernel: bandwidths 2**-3 .. 2**1, summed (not averaged); lamda = 0.2.
 DPP_BANDWIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0)
 DPP_LAMBDA = 0.2
+# Kernel columns are computed DPP_BATCH at a time (the chosen frame and the next best candidates,
+# one matrix product): a product of (T, D) by (D, 8) costs about 3 single columns on one core.
+DPP_BATCH = 16
 # A candidate whose Schur complement is below this share of the kernel diagonal duplicates the
 # chosen frames: cosine above ~1 - 1.6e-6, which float32 features cannot resolve anyway.
 DPP_DUPLICATE = 1e-5
@@ -466,8 +469,17 @@ def bolt(scores: np.ndarray, k: int, *, power: float = BOLT_DEFAULT_POWER,
 
 
 def _multi_gaussian(cosine: np.ndarray) -> np.ndarray:
-    """MDP3's kernel sum_a exp(-||x - y||^2 / (2a)) for unit vectors, from their cosine (||x - y||^2 = 2 - 2cos)."""
-    return sum(np.exp(-(1.0 - cosine) / a) for a in DPP_BANDWIDTHS)
+    """MDP3's kernel sum_a exp(-||x - y||^2 / (2a)) for unit vectors, from their cosine (||x - y||^2 = 2 - 2cos).
+
+    The bandwidths halve from 2 down, so with u = exp(-(1 - cos) / 2) the terms are u, u^2,
+    u^4, u^8, u^16: one exp and four squarings instead of five exps.
+    """
+    u = np.exp((np.asarray(cosine, dtype=np.float64) - 1.0) / DPP_BANDWIDTHS[-1])
+    total = u.copy()
+    for _ in DPP_BANDWIDTHS[:-1]:
+        u = u * u
+        total += u
+    return total
 
 
 def _farthest_in_time(chosen: list[int], T: int, n: int) -> list[int]:
@@ -493,7 +505,9 @@ def dpp(scores: np.ndarray, k: int, *, features: np.ndarray, lam: float = DPP_LA
     near-duplicate of a chosen frame adds almost no volume and waits. The Cholesky update
     of the published `seqdpp_select_super_fast` is done for all candidates at once (the
     fast greedy MAP of Chen et al., NeurIPS 2018): O(T k D) per question, one kernel
-    column per chosen frame.
+    column per chosen frame. Columns are computed `DPP_BATCH` at a time, for the chosen frame
+    and the candidates ranked next (those most likely chosen next), in one matrix product;
+    an unused one is simply not read, so the picks are those of one column at a time.
 
     What was matched: the kernel, its bandwidths, lam = 0.2 and the objective; `scores`
     are read as the query-frame cosine (the CLIP scores the pipeline gives non-agent
@@ -506,24 +520,36 @@ def dpp(scores: np.ndarray, k: int, *, features: np.ndarray, lam: float = DPP_LA
     """
     if not lam > 0:
         raise ValueError(f"dpp lam must be > 0, got {lam}")
+    import torch
+
     T = len(scores)
-    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    norms = np.maximum(torch.linalg.vector_norm(x, dim=1).numpy().astype(np.float64), 1e-12)
     quality = (2.0 / lam) * np.log(_multi_gaussian(np.clip(scores, -1.0, 1.0)))
+    columns: dict[int, np.ndarray] = {}  # kernel columns computed ahead, by candidate
     diag = float(len(DPP_BANDWIDTHS))  # the kernel of a unit vector with itself
     residual = np.full(T, diag)  # det(L_{S+i}) / det(L_S): what candidate i would add
     basis = np.zeros((k, T))  # rows of the incremental Cholesky factor, one per chosen frame
     chosen: list[int] = []
+    free = np.ones(T, dtype=bool)  # not chosen
     for j in range(k):
-        gain = quality + np.log(np.where(residual > DPP_DUPLICATE * diag, residual, np.nan))
-        gain[chosen] = np.nan
-        if np.isnan(gain).all():
+        open_ = free & (residual > DPP_DUPLICATE * diag)  # chosen or duplicating the chosen: out
+        if not open_.any():
             break
-        i = int(np.nanargmax(gain))
-        # einsum, not `@`: BLAS gemv calls interleaved with other work wake and park OpenBLAS's
-        # threads each step, 3-10x slower per question on a busy machine (benchmarks/HISTORY.md)
-        column = _multi_gaussian(np.clip(np.einsum("td,d->t", x, x[i]), -1.0, 1.0))
+        gain = np.where(open_, quality + np.log(np.where(open_, residual, 1.0)), -np.inf)
+        i = int(np.argmax(gain))  # the first maximum
+        if i not in columns:  # i and the best candidates after it not yet computed, in one product
+            top = np.argpartition(-gain, min(4 * DPP_BATCH, T - 1))[:4 * DPP_BATCH]
+            ahead = top[np.lexsort((top, -gain[top]))]  # best first, earlier on ties
+            batch = [i] + [int(c) for c in ahead if c != i and c not in columns and open_[c]][:DPP_BATCH - 1]
+            # torch's matmul on float32, not numpy's `@`: OpenBLAS's threads wake and park on every
+            # call interleaved with other work, 3-10x slower per question on a busy machine
+            cosine = (x @ x[batch].T).numpy() / (norms[:, None] * norms[batch][None, :])
+            columns.update(zip(batch, _multi_gaussian(np.clip(cosine, -1.0, 1.0)).T))
+        column = columns.pop(i)
         basis[j] = (column - np.einsum("jt,j->t", basis[:j], basis[:j, i])) / np.sqrt(residual[i])
-        residual = residual - basis[j] ** 2
+        residual -= basis[j] ** 2
+        free[i] = False
         chosen.append(i)
     if len(chosen) < k:
         chosen += _farthest_in_time(chosen, T, k - len(chosen))
@@ -656,12 +682,15 @@ def focus(scores: np.ndarray | None, k: int, *, scorer: FrameScorer, candidate_f
         for rank, a in enumerate(ranked[:S]):
             need = remaining // S + (1 if rank < remaining % S else 0)
             start, end = arms[a]
-            taken_now = set(chosen)
-            free = [i for i in range(start, end + 1) if i not in taken_now]
-            if need == 0 or not free:
+            if need == 0:
                 continue
-            spaced = [i for i in free if gap == 0 or all(abs(i - c) >= gap for c in chosen)]
-            pool = spaced or free
+            span = np.arange(start, end + 1)
+            free = span[~np.isin(span, chosen)]
+            if not len(free):
+                continue
+            spaced = free[np.abs(free[:, None] - np.array(chosen)[None, :]).min(1) >= gap] \
+                if gap and chosen else free
+            pool = (spaced if len(spaced) else free).tolist()
             if interpolation == "uniform":
                 picks = rng.choice(np.array(pool), size=min(need, len(pool)), replace=False).tolist()
             else:
