@@ -17,8 +17,8 @@ One command makes the videos, then times:
 Sets: 8 x 10-min 480x270, 8 x 30-min 480x270, 8 x 10-min 1280x720, 30 fps H.264, random CLIP
 ViT-L/14 in bf16 (fp32 on the CPU). Videos: with PyAV, a 30-s base per size is encoded once
 (libx264, crf 23, x264's default B-frames and keyframe interval) and concatenated without
-re-encoding to the set's length; without PyAV (the NVDEC command's wheels), NVENC encodes them
-through PyNvVideoCodec. Each set's files are one video with a different trailing mp4 `free` box,
+re-encoding to the set's length. Without PyAV (the NVDEC command's wheels; an H200 has no NVENC),
+videos made elsewhere with `--videos-only --videos DIR` are carried and found there. Each set's files are one video with a different trailing mp4 `free` box,
 so their cache entries differ as different videos' would. Writes JSON after every step.
 
     python3 scripts/bench_cli.py --device cuda --out bench_cli.json
@@ -106,91 +106,45 @@ def concat_pyav(base: Path, repeats: int, path: Path) -> None:
     tmp.rename(path)
 
 
-def encode_nvenc(path: Path, minutes: float, size: tuple[int, int]) -> None:
-    """NVENC H.264 (P4, 250-frame GOP, B-frames) muxed to mp4 by PyNvVideoCodec: the same texture,
-    drawn straight into NV12 (luma pattern, one chroma value per scene)."""
-    import PyNvVideoCodec as nvc
-
-    h, w = size
-    timebase = 90000
-    enc = nvc.CreateEncoder(w, h, "NV12", True, codec="h264", preset="P4", tuning_info="high_quality",
-                            fps=FPS, gop=250, bf="2", gpu_id=0)
-    mux = nvc.FFmpegMuxer(file_path=str(path), media_format=nvc.GetMediaFormat(str(path)), codec="h264",
-                          width=w, height=h, fps_num=FPS, fps_den=1, timebase_num=1, timebase_den=timebase,
-                          extradata=enc.GetSequenceParams())
-    mux.SetUniformPtsIncrement(timebase // FPS)
-    period = 107
-    yy, xx = np.mgrid[0:h, 0:w + period]
-    luma = ((np.sin(2 * np.pi * xx / period) + np.cos(yy / 23.0)) * 40).astype(np.int16)
-    rng = np.random.default_rng(0)
-    buf = np.empty(h * w * 3 // 2, np.uint8)
-    y_plane, uv_plane = buf[:h * w].reshape(h, w), buf[h * w:]
-    scene_y = None
-    for i in range(round(minutes * 60 * FPS)):
-        if i % (10 * FPS) == 0:
-            base = rng.integers(40, 215, size=3)
-            scene_y = np.clip(luma + int(base[0]), 16, 235).astype(np.uint8)
-            uv_plane[0::2], uv_plane[1::2] = int(base[1]), int(base[2])
-        shift = (i * 2) % period
-        y_plane[:] = scene_y[:, shift:shift + w]
-        params = nvc.NV_ENC_PIC_PARAMS()
-        params.inputTimeStamp = i
-        for packet in enc.Encode(buf, params):
-            mux.MuxVideoPacket(bytes(packet["data"]), packet["picture_type"], packet["timestamp"])
-    for packet in enc.EndEncode():
-        mux.MuxVideoPacket(bytes(packet["data"]), packet["picture_type"], packet["timestamp"])
-    mux.Finalize()
-
-
-def _make_one(kind: str, path: str, minutes: float, size: tuple[int, int], base: str | None,
-              base_minutes: float) -> None:
+def _make_one(path: str, minutes: float, size: tuple[int, int], base: str | None, base_minutes: float) -> None:
     """One video (run in its own process): encoded, or `base` (`base_minutes` long) repeated."""
     sys.path.insert(0, str(REPO))
-    target = Path(path)
-    if kind == "pyav":
-        if base is None:
-            encode_pyav(target, minutes, size)
-        else:
-            concat_pyav(Path(base), round(minutes / base_minutes), target)
+    if base is None:
+        encode_pyav(Path(path), minutes, size)
     else:
-        encode_nvenc(target, minutes, size)
+        concat_pyav(Path(base), round(minutes / base_minutes), Path(path))
 
 
 def _spawn(calls: list[tuple]) -> None:
     """Run `_make_one(*call)` for each call in parallel processes; raise if any fails."""
-    procs = [subprocess.Popen([sys.executable, __file__, "--make", json.dumps(call)]) for call in calls]
+    procs = [subprocess.Popen([sys.executable, __file__, "--make", json.dumps(call[1:])]) for call in calls]
     failed = [c for c, p in zip(calls, procs) if p.wait() != 0]
     if failed:
         raise RuntimeError(f"making videos failed: {failed}")
 
 
 def make_videos(folder: Path, sets: dict, base_minutes: float) -> tuple[str, dict[str, Path], Path]:
-    """(how they were made, base video per set, a warm-up video). PyAV where it imports, else NVENC;
-    videos already in `folder` (an earlier command on this machine) are reused as they are."""
+    """(how they were made, base video per set, a warm-up video), made with PyAV; videos already in
+    `folder` (made by `--videos-only` elsewhere and carried, or by an earlier command) are reused."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {name: folder / f"{name}_{minutes:g}min_{h}x{w}.mp4" for name, (minutes, (h, w)) in sets.items()}
     warmup = folder / f"warmup_{base_minutes:g}min.mp4"
     made_by = folder / "made_by.txt"
     if all(p.exists() for p in [*out.values(), warmup, made_by]):
-        return made_by.read_text().strip() + " (made by an earlier command)", out, warmup
-    kind = "pyav" if importlib.util.find_spec("av") else "nvenc" if importlib.util.find_spec("PyNvVideoCodec") else None
-    if kind is None:
-        raise SystemExit("no video encoder: carry PyAV's wheel (or PyNvVideoCodec's, on a GPU)")
-    if kind == "pyav":
-        sizes = sorted({size for _, size in sets.values()})
-        bases = {size: folder / f"base_{base_minutes:g}min_{size[0]}x{size[1]}.mp4" for size in sizes}
-        _spawn([("pyav", str(p), base_minutes, size, None, base_minutes) for size, p in bases.items()
-                if not p.exists()])
-        _spawn([("pyav", str(out[n]), minutes, size, str(bases[size]), base_minutes)
-                for n, (minutes, size) in sets.items() if not out[n].exists()])
-        if not warmup.exists():
-            shutil.copy(bases[min(sizes)], warmup)
-        how = f"libx264 crf 23 (PyAV), a {base_minutes:g}-min base per size concatenated"
-    else:
-        _spawn([("nvenc", str(out[n]), minutes, size, None, 0) for n, (minutes, size) in sets.items()
-                if not out[n].exists()] + ([("nvenc", str(warmup), base_minutes, (270, 480), None, 0)]
-                                           if not warmup.exists() else []))
-        how = "NVENC H.264 P4, GOP 250, 2 B-frames (PyNvVideoCodec)"
+        return made_by.read_text().strip() + " (found made)", out, warmup
+    if importlib.util.find_spec("av") is None:
+        raise SystemExit(f"{folder}: the videos are missing and PyAV is not installed to make them (an H200 has no "
+                         "NVENC): make them where PyAV is with --videos-only --videos DIR, and carry DIR")
+    sizes = sorted({size for _, size in sets.values()})
+    bases = {size: folder / f"base_{base_minutes:g}min_{size[0]}x{size[1]}.mp4" for size in sizes}
+    _spawn([("pyav", str(p), base_minutes, size, None, base_minutes) for size, p in bases.items() if not p.exists()])
+    _spawn([("pyav", str(out[n]), minutes, size, str(bases[size]), base_minutes)
+            for n, (minutes, size) in sets.items() if not out[n].exists()])
+    if not warmup.exists():
+        shutil.copy(bases[min(sizes)], warmup)
+    for base in bases.values():
+        base.unlink()
+    how = f"libx264 crf 23 (PyAV {importlib.import_module('av').__version__}), a {base_minutes:g}-min base per size concatenated"
     made_by.write_text(how)
     return how, out, warmup
 
@@ -466,7 +420,10 @@ def main() -> None:
     p.add_argument("--alt-configs", nargs="*", default=[],
                    help="flags without dashes (e.g. backend=decord) run after the defaults, on the 10-min set")
     p.add_argument("--no-startup", action="store_true", help="skip the fresh-process import timings")
-    p.add_argument("--videos", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_cli")
+    p.add_argument("--videos", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_cli",
+                   help="where the videos are made, or found made (then reused)")
+    p.add_argument("--videos-only", action="store_true", help="make the videos and stop (to carry them to a machine "
+                   "without PyAV)")
     p.add_argument("--tiny", action="store_true", help="a CPU check: short small videos, clip-tiny, 2 copies")
     p.add_argument("--timeout", type=float, default=240.0, help="a CLI run past this is killed and recorded")
     p.add_argument("--out", type=Path, default=None, help="the JSON written (required)")
@@ -477,14 +434,19 @@ def main() -> None:
     p.add_argument("--warmup", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.make:
-        kind, path, minutes, size, base, base_minutes = json.loads(args.make)
-        return _make_one(kind, path, minutes, tuple(size), base, base_minutes)
+        path, minutes, size, base, base_minutes = json.loads(args.make)
+        return _make_one(path, minutes, tuple(size), base, base_minutes)
     if args.child:
         return child(args)
-    if args.out is None:
+    if args.out is None and not args.videos_only:
         p.error("--out is required")
     t_start = time.perf_counter()
     sets = {n: TINY_SETS[n] if args.tiny else SETS[n] for n in args.sets}
+    base_minutes = 0.05 if args.tiny else BASE_MINUTES
+    if args.videos_only:
+        how, bases, warmup = make_videos(args.videos, sets, base_minutes)
+        print(how, *(f"{p} {p.stat().st_size / 2**20:.1f} MiB" for p in [*bases.values(), warmup]), sep="\n")
+        return
     if args.tiny:
         args.clip, args.copies, args.published_videos = "clip-tiny", 2, 1
         args.device = args.device if args.device != "cuda" or _has_cuda() else "cpu"
@@ -497,8 +459,9 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1))
 
     t0 = time.perf_counter()
-    kind, bases, warmup = make_videos(args.videos, sets, 0.05 if args.tiny else BASE_MINUTES)
-    videos = {n: distinct_copies(bases[n], args.copies, args.videos / n) for n in sets}
+    kind, bases, warmup = make_videos(args.videos, sets, base_minutes)
+    videos = {n: distinct_copies(bases[n], args.copies, Path(tempfile.mkdtemp(prefix="tspo_bench_copies_")) / n)
+              for n in sets}
     results["videos"] = {"encoder": kind, "made_s": time.perf_counter() - t0,
                          "sets": {n: {"minutes": m, "size": list(s), "fps": FPS, "copies": args.copies,
                                       "file_mb": bases[n].stat().st_size / 2**20} for n, (m, s) in sets.items()}}
@@ -509,8 +472,7 @@ def main() -> None:
         save()
 
     timed = [v for n in sets for v in videos[n][:args.published_videos]]
-    child_out = args.videos / "published.json"
-    child_out.unlink(missing_ok=True)
+    child_out = Path(tempfile.mkdtemp(prefix="tspo_bench_published_")) / "published.json"
     cmd = [sys.executable, __file__, "--child", "--device", args.device, "--clip", args.clip, "--warmup", str(warmup),
            "--out", str(child_out), "--child-videos", *map(str, timed),
            "--nvdec-videos", *[str(videos[n][0]) for n in sets if n != "30min"]]
