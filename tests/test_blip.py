@@ -121,3 +121,27 @@ def test_focus_with_blip_decodes_and_scores_only_the_frames_it_asks_for(tiny_bli
     assert sel.scored == pytest.approx(len(asked) / 60)
     assert set(sel.frame_numbers) <= set(range(240)) and len(sel.frame_numbers) == 4
     assert not (tmp_path / "cache" / "scores").exists()  # partial scores are not cached as full vectors
+
+
+def test_inspect_draws_the_blip_scores_of_the_frames_it_chose(tiny_blip, numbered_video, tmp_path, monkeypatch):
+    from tspo_eval import inspection
+    from tspo_eval.benchmarks import Question
+
+    seen = {}
+    monkeypatch.setattr(inspection, "score_timeline",
+                        lambda t, scores, chosen, path, title, spans, ylabel: seen.update(scores=scores, ylabel=ylabel)
+                        or path)
+    q = Question(benchmark="lvbench", index="q1", task_name="t", video_name=numbered_video.name, question_id="q1",
+                 question="What is the man doing?", candidates=("a", "b", "c", "d"), answer_number=0, answer="A")
+    policy = FramePolicy(method="topk", k=3, scores="blip", blip_model=str(tiny_blip))
+    agent, cache = _agent(), FeatureCache(tmp_path / "cache")
+    sel, _, _ = inspection.inspect_question(q, numbered_video.parent, agent.encoder, cache, policy, tmp_path / "q1",
+                                            agent=agent)
+    from tspo_eval.extract import video_features
+
+    vf = video_features(numbered_video, agent.encoder, cache, policy.sampling)
+    planned = FramePlanner(policy, agent=agent, cache=cache).plan(
+        QuestionRef("q1", "lvbench", str(numbered_video), q.question))
+    assert sel.frame_numbers == planned.frame_numbers and seen["ylabel"] == "BLIP ITM P(match)"
+    # the timeline shows the BLIP scores the frames were chosen by
+    assert vf.frame_numbers[select(seen["scores"], 3, "topk")].tolist() == sel.frame_numbers

@@ -44,6 +44,7 @@ from .policy import Sampling
 log = logging.getLogger(__name__)
 
 FORMAT = "tspo-eval/video-features@1"
+SCORES_FORMAT = "tspo-eval/frame-scores@1"
 _FINGERPRINT_CHUNK = 1 << 20
 _STALE_TMP_S = 24 * 3600
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
@@ -145,6 +146,14 @@ def video_key(fingerprint: str, encoder: str, sampling: Sampling) -> str:
     sampling (`Sampling`: fps, cap, decode-time scaling). Every reader and writer uses it."""
     return _hash({"format": FORMAT, "video": fingerprint, "encoder": features_identity(encoder, sampling),
                   "fps": float(sampling.fps), "max_frames": sampling.max_frames})
+
+
+def scores_key(fingerprint: str, sampling: Sampling, scorer: str, text: str) -> str:
+    """Cache key of one question's frame scores by an expensive scorer (BLIP): the video's content,
+    the candidate sampling (fps, cap), the scorer's identity and the question text's hash."""
+    return _hash({"format": SCORES_FORMAT, "video": fingerprint, "fps": float(sampling.fps),
+                  "max_frames": sampling.max_frames, "scorer": scorer,
+                  "text": hashlib.sha256(text.encode()).hexdigest()})
 
 
 class FeatureCache:

@@ -79,7 +79,7 @@ def compare_selectors(questions: Sequence[Question], video_root: str | Path, enc
                                  "fps": policy.sampling.fps, "max_frames": policy.sampling.max_frames})
             for label, scfg in specs.items()}
     seconds: dict[str, list[float]] = {label: [] for label in specs}
-    blip = {model: BlipScorer.from_pretrained(model) for model in
+    blip = {model: BlipScorer.from_pretrained(model, encoder.device) for model in
             {scfg.identity()["blip_model"] for scfg in specs.values() if scfg.score_source == "blip"}}
     warmed: set[str] = set()
     by_video: dict[str, list[int]] = {}

@@ -369,7 +369,7 @@ def _build_evaluate(p: argparse.ArgumentParser) -> None:
 
 def _build_demo(p: argparse.ArgumentParser) -> None:
     add_config_args(p, DemoConfig)
-    add_policy_args(p, DEMO_POLICY, exclude=("method", "params", "scores", "selections"))
+    add_policy_args(p, DEMO_POLICY, exclude=("method", "params", "scores", "blip_model", "selections"))
     add_extract_args(p)
     p.set_defaults(run=cmd_demo)
 

@@ -24,7 +24,6 @@ decode or score again.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..cache import FeatureCache, VideoFeatures, _hash
+from ..cache import FeatureCache, VideoFeatures, scores_key
 from ..encoders import weights_fingerprint
 from ..policy import Sampling
 from ..video import iter_frames
@@ -41,7 +40,6 @@ from .methods import FrameScorer
 
 BLIP_MAX_WORDS = 50  # LAVIS BlipCaptionProcessor(max_words=50)
 BLIP_MAX_TOKENS = 35  # BLIP ITM max_txt_len
-SCORES_FORMAT = "tspo-eval/blip-scores@1"
 
 
 def blip_caption(text: str) -> str:
@@ -116,14 +114,6 @@ class BlipScorer:
         """(len(texts), T) scores of a video's candidate frames, decoded in batches (never all at once)."""
         parts = [self.score(batch, texts) for batch in iter_frames(path, frame_numbers, self.batch_size)]
         return torch.cat(parts, dim=1) if parts else torch.empty(len(texts), 0)
-
-
-def scores_key(fingerprint: str, sampling: Sampling, scorer: str, text: str) -> str:
-    """Cache key of one question's scores: the video content, the candidate sampling (fps, cap),
-    the scoring model and the question text's hash."""
-    return _hash({"format": SCORES_FORMAT, "video": fingerprint, "fps": float(sampling.fps),
-                  "max_frames": sampling.max_frames, "scorer": scorer,
-                  "text": hashlib.sha256(text.encode()).hexdigest()})
 
 
 def blip_scores(scorer: BlipScorer, vf: VideoFeatures, path: str | Path, texts: Sequence[str],

@@ -303,6 +303,14 @@ class FramePlanner:
         if policy.method == "uniform":
             info = probe(ref.video_path)
             return uniform_selection(Path(ref.video_path).name, info.num_frames, info.fps, policy)
+        return self.compute(ref, text)[0]
+
+    def compute(self, ref: QuestionRef, text: torch.Tensor | None = None
+                ) -> tuple[Selection, torch.Tensor, VideoFeatures]:
+        """One question's selection computed now from its video's features (never from a
+        selections file), with its per-candidate scores (NaN where an on-demand scorer did not
+        score) and the video's features: what `plan` and `tspo-eval inspect` use."""
+        policy = self.policy
         agent, encoder = self._scorer()
         vf = self._video_features(ref.video_path)
         scores = scorer = None
@@ -313,8 +321,8 @@ class FramePlanner:
             scores = self.blip_scores(ref.video_path, vf, [ref.question])[0]
         if text is None and scores is None and scorer is None:
             text = self.cache.text_features(encoder.identity, [ref.question], encoder.encode_text)[0]
-        selection, _ = select_for_question(vf, text, policy, ref.benchmark, agent, scores, scorer)
-        return selection
+        selection, scores = select_for_question(vf, text, policy, ref.benchmark, agent, scores, scorer)
+        return selection, scores, vf
 
 
 def question_frames(ref: QuestionRef, policy: FramePolicy, **planner_args: Any) -> Selection:
