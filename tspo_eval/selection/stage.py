@@ -275,9 +275,13 @@ class FramePlanner:
         return vf
 
     def _blip_model(self) -> BlipScorer:
+        """The BLIP ITM model of `scores=blip`, loaded once, on this planner's device (by default
+        the encoder's: a GPU when the features are extracted on one)."""
+        _, encoder = self._scorer()
         with self._lock:
             if self._blip is None:
-                self._blip = BlipScorer.from_pretrained(self.policy.identity()["blip_model"], self.device, self.dtype)
+                self._blip = BlipScorer.from_pretrained(self.policy.identity()["blip_model"],
+                                                        self.device or encoder.device, self.dtype)
             return self._blip
 
     def blip_scores(self, path: str, vf: VideoFeatures, questions: Sequence[str]) -> torch.Tensor:
