@@ -181,7 +181,7 @@ def ours(refs: list[QuestionRef], sel_path: Path, backbone, batch_size: int, max
     planner = FramePlanner(FramePolicy(k=len(next(iter(SelectionSet.load(sel_path).selections.values()))
                                              .frame_numbers), selections=str(sel_path)))
     start = time.perf_counter()
-    answer_questions(refs, planner, backbone, AnswerConfig(batch_size=batch_size, max_new_tokens=max_new_tokens),
+    answer_questions(refs, planner, backbone, AnswerConfig(answer_batch=batch_size, max_new_tokens=max_new_tokens),
                      progress=False)
     return summary(time.perf_counter() - start, len(refs), backbone)
 

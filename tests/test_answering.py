@@ -75,7 +75,7 @@ def test_answers_come_from_exactly_the_selected_frames(videos, tmp_path, batch_s
     backbone = PixelReadingBackbone()
     planner = FramePlanner(FramePolicy(method="tspo", k=6, selections=str(sel_path)))
     record = tmp_path / "answers.jsonl"
-    answers = answer_questions(refs, planner, backbone, AnswerConfig(batch_size=batch_size), record=record,
+    answers = answer_questions(refs, planner, backbone, AnswerConfig(answer_batch=batch_size), record=record,
                                progress=False)
 
     assert [a.index for a in answers] == [r.index for r in refs]  # caller's order kept
@@ -186,7 +186,7 @@ def test_questions_on_one_video_decode_each_frame_once(videos, monkeypatch, work
     refs = [r for r in _refs(videos) if r.video_path.endswith("a.mp4")]
     backbone = PixelReadingBackbone()
     answers = answer_questions(refs, FramePlanner(FramePolicy(method="uniform", k=8)), backbone,
-                               AnswerConfig(decode_workers=workers), progress=False)
+                               AnswerConfig(answer_threads=workers), progress=False)
     assert [a.error for a in answers] == [None] * 3
     assert sorted(decoded) == [0, 42, 85, 128, 170, 213, 256, 299]  # three questions, one decode
     assert [a.text for a in answers] == ["0 42 85 128 170 213 256 299"] * 3
@@ -206,7 +206,7 @@ def test_a_decoding_error_reaches_every_question_waiting_for_those_frames(videos
     monkeypatch.setattr(answering, "read_frames", failing)
     refs = [r for r in _refs(videos) if r.video_path.endswith("a.mp4")]
     answers = answer_questions(refs, FramePlanner(FramePolicy(method="uniform", k=8)), PixelReadingBackbone(),
-                               AnswerConfig(decode_workers=4), progress=False)
+                               AnswerConfig(answer_threads=4), progress=False)
     assert len(calls) == 1  # one decode; its error reached the two questions waiting for it
     assert [a.error for a in answers] == [f"{refs[0].video_path}: {refs[0].video_path}: corrupt at frame 0"] * 3
     # The memo itself, shared by three threads: all see the error, none keeps a stale claim.

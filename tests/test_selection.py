@@ -14,7 +14,7 @@ from tspo_eval.selection.methods import (AKS_PRESETS, SELECTORS, frames_for_ques
                                          register_selector, select, uniform_frames)
 from tspo_eval.selection.stage import method_params
 
-BUILTINS = ["uniform", "topk", "bin-max", "aks", "tspo", "bolt"]
+BUILTINS = ["evenly-spaced", "topk", "bin-max", "aks", "tspo", "bolt"]
 # T = 10. Bin-max (k=3) anchors 0, 4, 9 -> bins {0,1,2} {3..6} {7,8,9}.
 S10 = np.array([0.1, 0.9, 0.3, 0.8, 0.2, 0.7, 0.0, 0.5, 0.6, 0.4])
 
@@ -27,22 +27,22 @@ def sel(scores, k, method, **params) -> list[int]:
 
 def test_uniform_lmms_eval_linspace_truncates():
     # linspace(0, 9, 3) = 0, 4.5, 9; linspace(0, 10, 4) = 0, 3.33, 6.67, 10
-    assert sel(S10, 3, "uniform") == [0, 4, 9]
-    assert sel(S10, 4, "uniform") == [0, 3, 6, 9]
-    assert sel(np.zeros(11), 4, "uniform") == [0, 3, 6, 10]
+    assert sel(S10, 3, "evenly-spaced") == [0, 4, 9]
+    assert sel(S10, 4, "evenly-spaced") == [0, 3, 6, 9]
+    assert sel(np.zeros(11), 4, "evenly-spaced") == [0, 3, 6, 10]
 
 
 def test_uniform_vlmevalkit_excludes_ends():
     # step 10/4 = 2.5 -> int(2.5), int(5.0), int(7.5); step 10/5 = 2 -> 2, 4, 6, 8
-    assert sel(S10, 3, "uniform", convention="vlmevalkit") == [2, 5, 7]
-    assert sel(S10, 4, "uniform", convention="vlmevalkit") == [2, 4, 6, 8]
-    assert sel(S10, 1, "uniform", convention="vlmevalkit") == [5]
+    assert sel(S10, 3, "evenly-spaced", convention="vlmevalkit") == [2, 5, 7]
+    assert sel(S10, 4, "evenly-spaced", convention="vlmevalkit") == [2, 4, 6, 8]
+    assert sel(S10, 1, "evenly-spaced", convention="vlmevalkit") == [5]
 
 
 def test_uniform_ignores_scores_and_checks_convention():
-    assert sel(S10, 3, "uniform") == sel(S10[::-1], 3, "uniform")
+    assert sel(S10, 3, "evenly-spaced") == sel(S10[::-1], 3, "evenly-spaced")
     with pytest.raises(ValueError, match="lmms-eval, vlmevalkit"):
-        select(S10, 3, "uniform", convention="decord")
+        select(S10, 3, "evenly-spaced", convention="decord")
 
 
 # ---------------------------------------------------------------- topk
@@ -223,7 +223,7 @@ def test_t_not_above_k_returns_all(method):
 
 
 def test_k1():
-    assert sel(S10, 1, "uniform") == [0]
+    assert sel(S10, 1, "evenly-spaced") == [0]
     assert sel(S10, 1, "topk") == [1]
     # aks, k=1: normalised S10 (/0.9) has top-1 1.0 and mean 0.5: 0.5 <= 0.8 -> split, and
     # floor(1/2^d) = 0 frames at every deeper leaf (published behaviour); 0.5 > 0.4 -> leaf
@@ -232,7 +232,7 @@ def test_k1():
 
 
 def test_errors_name_the_valid_choices():
-    with pytest.raises(ValueError, match="aks, bin-max, .*topk, .*uniform"):
+    with pytest.raises(ValueError, match="aks, bin-max, .*evenly-spaced, .*topk"):
         select(S10, 3, "random")
     with pytest.raises(ValueError, match="valid: preset, t1, t2, depth"):
         select(S10, 3, "aks", t3=1.0)
@@ -435,7 +435,7 @@ def test_bolt_one_peak_concentrates_yet_covers_the_video():
     # 6 of 8 frames within 4 candidates of the peak (uniform: none, its nearest are 42 and 56),
     # yet 25 .. 75 is spanned
     assert sum(abs(c - 50) <= 4 for c in chosen) == 6 and min(chosen) <= 25 and max(chosen) >= 75
-    assert sum(abs(c - 50) <= 4 for c in sel(s, 8, "uniform")) == 0
+    assert sum(abs(c - 50) <= 4 for c in sel(s, 8, "evenly-spaced")) == 0
 
 
 def test_bolt_published_power_per_benchmark():

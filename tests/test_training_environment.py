@@ -82,7 +82,7 @@ def test_letter_from_first_token_logits_equals_greedy_decoding_of_one_token(back
     from_logits = BackboneEnvironment(backbone, "logits").complete(video_episode, selections)
     greedy = BackboneEnvironment(backbone, "generate", max_new_tokens=1).complete(video_episode, selections)
     assert [a.strip() for a in from_logits] == greedy
-    one_by_one = BackboneEnvironment(backbone, "logits", batch_size=1).complete(video_episode, selections)
+    one_by_one = BackboneEnvironment(backbone, "logits", answer_batch=1).complete(video_episode, selections)
     assert one_by_one == from_logits
 
 

@@ -144,7 +144,7 @@ class PixelReadingEnvironment(SyntheticEnvironment):
 
 def test_questions_prepared_ahead_with_their_pixels_change_nothing(bench, tmp_path):
     envs = {ahead: PixelReadingEnvironment() for ahead in (0, 2)}
-    runs = {ahead: make_trainer(bench, tmp_path / str(ahead), env, prefetch=ahead) for ahead, env in envs.items()}
+    runs = {ahead: make_trainer(bench, tmp_path / str(ahead), env, prefetch_episodes=ahead) for ahead, env in envs.items()}
     history = {ahead: trainer.train() for ahead, trainer in runs.items()}
     assert history[0] == history[2]
     assert all(torch.equal(head_state(runs[0])[k], v) for k, v in head_state(runs[2]).items())

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import Backbone, VideoQuery
+from .config import former_spellings
 from .prefetch import prefetched
 from .selection.stage import FramePlanner, QuestionRef, Selection
 from .video import VideoError, read_frames
@@ -116,17 +117,21 @@ def _prepare(slot: int, ref: QuestionRef, planner: FramePlanner, memo: _FrameMem
         return _Prepared(slot, ref, None, None, f"{ref.video_path}: {err}")
 
 
+@former_spellings
 @dataclass
 class AnswerConfig:
     """How answering runs."""
 
-    batch_size: int = field(default=1, metadata={"help": "questions per backbone call"})
+    answer_batch: int = field(default=1, metadata={"help": "questions per backbone call", "renamed_from": "batch_size"})
     max_new_tokens: int = field(default=16, metadata={"help": "generation length"})
-    decode_workers: int = field(default=4, metadata={"help": "threads planning and decoding ahead"})
-    prefetch: int = field(default=8, metadata={"help": "questions decoded ahead of the backbone"})
+    answer_threads: int = field(default=4, metadata={
+        "help": "threads planning and decoding the next questions' frames while the backbone answers",
+        "renamed_from": "decode_workers"})
+    prefetch_questions: int = field(default=8, metadata={
+        "help": "questions planned and decoded ahead of the backbone", "renamed_from": "prefetch"})
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_new_tokens", "decode_workers", "prefetch"):
+        for name in ("answer_batch", "max_new_tokens", "answer_threads", "prefetch_questions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -172,8 +177,8 @@ def answer_questions(refs: Sequence[QuestionRef], planner: FramePlanner, backbon
 
     try:
         memo = _FrameMemo()
-        stream = prefetched(lambda i: _prepare(i, refs[i], planner, memo), order, cfg.decode_workers, cfg.prefetch,
-                            name="tspo-decode")
+        stream = prefetched(lambda i: _prepare(i, refs[i], planner, memo), order, cfg.answer_threads,
+                            cfg.prefetch_questions, name="tspo-decode")
         while True:
             waited = time.perf_counter()
             p = next(stream, None)
@@ -185,7 +190,7 @@ def answer_questions(refs: Sequence[QuestionRef], planner: FramePlanner, backbon
                 _store(Answer(p.ref.index, "", [], [], p.error), p)
                 continue
             batch.append(p)
-            if len(batch) >= cfg.batch_size:
+            if len(batch) >= cfg.answer_batch:
                 with torch.inference_mode():
                     flush()
         with torch.inference_mode():

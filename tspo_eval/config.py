@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .deprecation import deprecation_note
 from .policy import (
     EXTRACT_KEYS,
     ExtractConfig,
@@ -72,6 +74,53 @@ def model_location(value: str, what: str, valid: str) -> str:
     return value
 
 
+# ----------------------------------------------------------------------------- renamed settings
+# A renamed field carries its former spelling in `metadata["renamed_from"]`; the old spelling
+# is accepted at every door (flag, YAML key, lmms-eval model_args, VLMEvalKit kwargs) for one
+# release, with a one-line note naming the new one (docs/renames.md lists them).
+def renamed_from(cls: type) -> dict[str, str]:
+    """{former spelling: field name} of the renamed fields of the config dataclass `cls`."""
+    return {f.metadata["renamed_from"]: f.name for f in dataclasses.fields(cls) if "renamed_from" in f.metadata}
+
+
+def with_new_spellings(cls: type, raw: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """`raw` with the former spellings of `cls`'s settings replaced by the new ones (a note each);
+    a setting given under both spellings is an error."""
+    renamed = renamed_from(cls)
+    values = dict(raw)
+    for old in [key for key in values if key in renamed]:
+        new = renamed[old]
+        if new in values:
+            raise ValueError(f"{where + ': ' if where else ''}{old} and {new} are the same setting: give {new} only")
+        deprecation_note(old, new, where)
+        values[new] = values.pop(old)
+    return values
+
+
+def former_spellings(cls: type) -> type:
+    """Class decorator: the dataclass `cls` also takes its fields' former spellings as keyword arguments."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **with_new_spellings(cls, kwargs, cls.__name__))
+
+    cls.__init__ = __init__
+    return cls
+
+
+class _FormerFlag(argparse.Action):
+    """A renamed flag's former spelling (hidden from --help): sets the new one, with a note."""
+
+    def __init__(self, option_strings: list[str], dest: str, new_flag: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_flag = new_flag
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecation_note(option_string, self.new_flag)
+        setattr(namespace, self.dest, values)
+
+
 # ----------------------------------------------------------------------------- dataclass <-> argparse
 def literal_choices(hint: Any) -> tuple:
     """The values of a `Literal[...]` or `Literal[...] | None` hint; () for any other hint."""
@@ -113,6 +162,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: Sequenc
             if base is bool:  # bool(str) is True for "false": accept true/false/1/0 only
                 base = parse_bool
             parser.add_argument(flag, type=base, default=default, help=f"{help_} (default {default})")
+            if "renamed_from" in f.metadata:
+                parser.add_argument("--" + f.metadata["renamed_from"].replace("_", "-"), dest=f.name, type=base,
+                                    action=_FormerFlag, new_flag=flag, default=argparse.SUPPRESS,
+                                    help=argparse.SUPPRESS)
 
 
 def _is_union(hint: Any) -> bool:
@@ -175,7 +228,7 @@ def add_config_file_args(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def config_with_file(cls: type, ns: argparse.Namespace) -> Any:
     """Dataclass defaults <- the --config file <- flags given on the command line."""
-    values = load_config_file(ns.config) if ns.config else {}
+    values = with_new_spellings(cls, load_config_file(ns.config), str(ns.config)) if ns.config else {}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -278,9 +331,9 @@ def method_spec(spec: str, base: FramePolicy | None = None) -> tuple[str, FrameP
         params = parse_params(raw.replace(",", ";"))
     except ValueError:
         raise ValueError(f"method {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]") from None
-    from .selection.methods import SELECTORS
+    from .selection.methods import method_names
 
-    if name not in SELECTORS:
-        raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(sorted(SELECTORS))}")
+    if name not in method_names():
+        raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(method_names())}")
     scoring = {key: params.pop(key) for key in SPEC_POLICY_KEYS if key in params}
     return spec, (base or FramePolicy()).replace(method=name, params=params, **scoring)

@@ -210,7 +210,7 @@ class _Demo:
         train_cfg = TrainConfig(agent=cfg.base_agent, output_dir=str(out), environment="synthetic",
                                 rollouts=cfg.rollouts, k=self.k, rewards={"accuracy": 1.0}, lr=cfg.lr, grad_accum=accum,
                                 epochs=math.ceil(cfg.steps * accum / len(self.samples)), max_steps=cfg.steps,
-                                save_every=cfg.steps, seed=cfg.seed, device="cpu", prefetch=0)
+                                save_every=cfg.steps, seed=cfg.seed, device="cpu", prefetch_episodes=0)
         self.heads[UNTRAINED] = {k: v.clone() for k, v in self.agent.selector.state_dict().items()}
         trainer = Trainer(train_cfg, self.agent, self.samples, self.builder, SyntheticEnvironment(),
                           torch.device("cpu"))

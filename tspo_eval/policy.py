@@ -62,8 +62,8 @@ class FramePolicy:
     """Which frames each question gets (see the module docstring)."""
 
     method: str = field(default="tspo", metadata={
-        "help": "uniform (K frames over all decoded frames) | topk | bin-max | aks | tspo (agent scores + the "
-                "benchmark's published method) | a registered selector"})
+        "help": "uniform (K frames over all decoded frames) | evenly-spaced (K spread over the candidates) | topk | "
+                "bin-max | aks | tspo (agent scores + the benchmark's published method) | a registered selector"})
     k: int = field(default=64, metadata={"help": "frames per question"})
     params: Mapping[str, Any] = field(default_factory=dict, metadata={
         "help": "the method's parameters, KEY=VALUE[;KEY=VALUE], e.g. preset=tspo;t1=0.5 (aks)"})
@@ -367,10 +367,11 @@ def _check_method(method: str, k: int, params: Mapping[str, Any]) -> None:
     """The method exists, takes these parameters and accepts their values (a dry run on k + 1 scores)."""
     import numpy as np
 
-    from .selection.methods import SELECTORS, select, takes
+    from .selection.methods import method_names, select, selector_of, takes
 
-    if method not in SELECTORS:
-        raise ValueError(f"method={method!r} is not one of {', '.join(sorted(SELECTORS))}")
+    if method not in method_names():
+        raise ValueError(f"method={method!r} is not one of {', '.join(method_names())}")
+    method = selector_of(method)
     scores = np.arange(k + 1, dtype=np.float64) % 7
     features = np.random.default_rng(0).standard_normal((k + 1, 8)) if takes(method, "features") else None
     select(scores, k, method, features, **params)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ..config import existing_path, model_location
+from ..config import existing_path, former_spellings, model_location
 from ..policy import ExtractConfig, FramePolicy
 from .lmms_tasks import tasks_path
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 MODEL_PREFIX = {"llava_video": "llava_vid", "qwen2_5_vl": "qwen_2_5_vl"}
 
 
+@former_spellings
 @dataclass
 class EvaluateConfig:
     """A uniform-vs-TSPO comparison on one benchmark and one backbone."""
@@ -49,7 +50,8 @@ class EvaluateConfig:
     cache: Path = field(default=Path("feature_cache"), metadata={"help": "feature cache root"})
     tasks_dir: Path | None = field(default=None, metadata={
         "help": "folder of the task configs (default: the ones shipped in the package, `tspo-eval tasks-path`)"})
-    batch_size: int = field(default=1, metadata={"help": "lmms-eval --batch_size"})
+    answer_batch: int = field(default=1, metadata={
+        "help": "questions per backbone call (lmms-eval's --batch_size)", "renamed_from": "batch_size"})
     num_processes: int = field(default=1, metadata={"help": "> 1: accelerate launch --num_processes N"})
     limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (first N questions)"})
     model_args: str = field(default="", metadata={"help": "extra model_args, e.g. dtype=float32,device=cpu"})
@@ -138,7 +140,7 @@ def lmms_eval_command(cfg: EvaluateConfig, policy: FramePolicy, extract: Extract
     launcher = ([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes),
                  "-m", "lmms_eval"] if cfg.num_processes > 1 else [sys.executable, "-m", "lmms_eval"])
     cmd = launcher + ["--model", name, "--model_args", ",".join(args), "--tasks", cfg.spec.lmms_task,
-                      "--include_path", str(cfg.tasks_dir), "--batch_size", str(cfg.batch_size),
+                      "--include_path", str(cfg.tasks_dir), "--batch_size", str(cfg.answer_batch),
                       "--output_path", str(cfg.out / "lmms_eval" / method)]
     if cfg.limit is not None:
         cmd += ["--limit", str(cfg.limit)]

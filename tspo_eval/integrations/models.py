@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from ..config import existing_path, model_location
+from ..config import existing_path, former_spellings, model_location, with_new_spellings
 
 from ..policy import (
     EXTRACT_KEYS,
@@ -52,6 +52,7 @@ FLAVOURS = {
 }
 
 
+@former_spellings
 @dataclass
 class ModelArgs:
     """`--model_args` of every tspo-eval model (backbone options only where they apply)."""
@@ -63,8 +64,11 @@ class ModelArgs:
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] | None = field(default=None, metadata={
         "help": "sdpa (default) / flash_attention_2"})
     record: str | None = field(default=None, metadata={"help": "JSONL of every answer with its frames"})
-    decode_workers: int = field(default=4, metadata={"help": "frame decoding threads"})
-    prefetch: int = field(default=8, metadata={"help": "questions decoded ahead"})
+    answer_threads: int = field(default=4, metadata={
+        "help": "threads planning and decoding the next questions' frames while the backbone answers",
+        "renamed_from": "decode_workers"})
+    prefetch_questions: int = field(default=8, metadata={
+        "help": "questions planned and decoded ahead of the backbone", "renamed_from": "prefetch"})
     conv_template: Literal["qwen_1_5", "chatml_direct"] | None = field(default=None, metadata={
         "help": "LLaVA-Video: qwen_1_5 / chatml_direct"})
     compile_vision: bool | None = field(default=None, metadata={
@@ -87,6 +91,7 @@ DERIVED_ARGS = ("policy", "extract")  # ModelArgs fields built from other keys, 
 def parse_model_args(model_name: str, raw: dict[str, Any]) -> ModelArgs:
     """Validated `ModelArgs`; an unknown or inapplicable key is an error naming the valid ones."""
     flavour = FLAVOURS[model_name]
+    raw = with_new_spellings(ModelArgs, raw, model_name)
     foreign = {o for kind, opts in BACKBONE_OPTIONS.items() if kind != flavour.backbone for o in opts}
     own = sorted(f.name for f in fields(ModelArgs) if f.name not in foreign and f.name not in DERIVED_ARGS)
     policy_raw, extract_raw, rest = split_settings(raw)
@@ -120,7 +125,7 @@ def _check_paths(model_name: str, args: ModelArgs) -> None:
                       "frame_idx JSON, or a folder of <method>_<benchmark>.json")
 
 
-def build_answering(model_name: str, args: ModelArgs, device, batch_size: int = 1):
+def build_answering(model_name: str, args: ModelArgs, device, answer_batch: int = 1):
     """(backbone, frame planner, answer settings) for one model name: the whole answering pipeline."""
     from ..answering import AnswerConfig
     from ..backbones import load_backbone
@@ -133,5 +138,6 @@ def build_answering(model_name: str, args: ModelArgs, device, batch_size: int = 
                              attn_implementation=args.attn_implementation, **options)
     planner = FramePlanner(args.policy, agent=args.agent, cache=FeatureCache(args.cache_dir), extract=args.extract,
                            device=device, dtype=backbone.dtype)
-    answer_cfg = AnswerConfig(batch_size=batch_size, decode_workers=args.decode_workers, prefetch=args.prefetch)
+    answer_cfg = AnswerConfig(answer_batch=answer_batch, answer_threads=args.answer_threads,
+                              prefetch_questions=args.prefetch_questions)
     return backbone, planner, answer_cfg

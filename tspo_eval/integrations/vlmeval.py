@@ -268,7 +268,7 @@ def build_dataset(dataset: str, data_file: str | Path | None = None, data_root: 
 
 # model arguments that change no answer: where features are cached and answers recorded, decoding threads
 # (and the extraction knobs, `DERIVED_ARGS`'s "extract": speed only)
-_OPERATIONAL = ("record", "cache_dir", "decode_workers", "prefetch")
+_OPERATIONAL = ("record", "cache_dir", "answer_threads", "prefetch_questions")
 
 
 def frame_policy(model: str, model_args: Mapping[str, Any], nframe: int) -> dict[str, Any]:

@@ -43,9 +43,18 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from ..deprecation import deprecation_note
+
 Selector = Callable[..., Any]
 
 SELECTORS: dict[str, Selector] = {}
+
+# Two meanings of "uniform", two names: the frame policy's `uniform` method is K evenly spaced
+# frames over ALL decoded frames of the video (`uniform_frames`: the baseline of lmms-eval and
+# TSPO), while the selector `evenly-spaced` spreads K over the positions it is given (a
+# question's candidates, like every other selector).
+UNIFORM = "uniform"
+EVENLY_SPACED = "evenly-spaced"
 
 # Published AKS defaults (frame_select.py argparse) and TSPO's port (AKS_sampling).
 AKS_PRESETS: dict[str, dict[str, float]] = {
@@ -112,9 +121,19 @@ def _as_features(features: Any, T: int) -> np.ndarray:
     return arr
 
 
+def method_names() -> list[str]:
+    """Every frame policy method: the selectors and `uniform` (over all decoded frames), sorted."""
+    return sorted({UNIFORM, *SELECTORS})
+
+
+def selector_of(method: str) -> str:
+    """The selector that draws a policy method's frames (`uniform`: `evenly-spaced`, over all frames)."""
+    return EVENLY_SPACED if method == UNIFORM else method
+
+
 def takes(method: str, name: str) -> bool:
     """Whether the registered `method` declares the keyword `name` (e.g. `features`)."""
-    return name in inspect.signature(SELECTORS[method]).parameters
+    return name in inspect.signature(SELECTORS[selector_of(method)]).parameters
 
 
 def _check_params(method: str, fn: Selector, params: dict[str, Any]) -> None:
@@ -171,7 +190,8 @@ def select(scores: Any, k: int, method: str, features: Any = None, scorer: Frame
         scores: (T,) per-candidate scores (list, numpy array or torch tensor); None for a method
             that declares `scorer` when a `scorer` is given.
         k: frame budget, >= 1.
-        method: a key of `SELECTORS` (uniform, topk, bin-max, aks, tspo, bolt, dpp or a registered one).
+        method: a key of `SELECTORS` (evenly-spaced, topk, bin-max, aks, tspo, bolt, dpp or a registered one);
+            the former `uniform` is `evenly-spaced` (with a note): it spreads over the given positions.
         features: (T, D) frame features, required by methods that declare `features` (dpp), ignored otherwise.
         scorer: for methods that declare `scorer` (focus), scores on demand; by default one over `scores`.
         **params: the method's keyword parameters.
@@ -184,6 +204,10 @@ def select(scores: Any, k: int, method: str, features: Any = None, scorer: Frame
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if method == UNIFORM:
+        deprecation_note("select(method='uniform')", f"{EVENLY_SPACED!r} (it spreads over the positions given; "
+                         "the frame policy's uniform spreads over all decoded frames: uniform_frames)")
+        method = EVENLY_SPACED
     if method not in SELECTORS:
         raise ValueError(f"unknown selection method {method!r}; known: {', '.join(sorted(SELECTORS))}")
     fn = SELECTORS[method]
@@ -237,7 +261,7 @@ def uniform_frames(num_video_frames: int, video_fps: float, k: int, official: bo
                    loader: str = "llava_video", fps: float = 1.0, **params: Any) -> np.ndarray:
     """K uniform frame numbers over the whole video (no candidates, no scores).
 
-    Default: `select(..., "uniform", **params)` over all `num_video_frames` frames, i.e.
+    Default: `select(..., "evenly-spaced", **params)` over all `num_video_frames` frames, i.e.
     lmms-eval's `np.linspace(0, N-1, k, dtype=int)` (every frame when N <= k).
     `official=True` reproduces the published fork's uniform baselines (`is_uniform=True`):
 
@@ -255,7 +279,7 @@ def uniform_frames(num_video_frames: int, video_fps: float, k: int, official: bo
         raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
     n_all = int(num_video_frames)
     if not official:
-        return np.arange(n_all, dtype=np.int64)[select(np.zeros(n_all), k, "uniform", **params)]
+        return np.arange(n_all, dtype=np.int64)[select(np.zeros(n_all), k, EVENLY_SPACED, **params)]
     if loader == "llava_video":
         step = max(1, round(video_fps / fps))
         frames = np.arange(0, n_all, step, dtype=np.int64)
@@ -287,8 +311,9 @@ def frames_for_question(candidate_frames: np.ndarray, scores: Any, k: int, metho
     discarded for `np.linspace(0, num_video_frames - 1, k, dtype=int)` over ALL decoded
     frames, whatever the method. Uniform frames need no candidates: see `uniform_frames`.
     """
-    if method == "uniform":
-        raise ValueError("uniform frames are spread over all decoded frames, not candidates: use uniform_frames")
+    if method == UNIFORM:
+        raise ValueError("uniform frames are spread over all decoded frames, not candidates: use uniform_frames "
+                         f"({EVENLY_SPACED!r} spreads K over the candidates)")
     cands = np.asarray(candidate_frames, dtype=np.int64)
     arr = _as_scores(scores) if scores is not None else None
     if cands.ndim != 1 or len(cands) != (len(arr) if arr is not None else scorer.num_candidates):
@@ -297,8 +322,8 @@ def frames_for_question(candidate_frames: np.ndarray, scores: Any, k: int, metho
     return published_feed(frames, k, num_video_frames) if official else frames
 
 
-@register_selector("uniform")
-def uniform(scores: np.ndarray, k: int, *,
+@register_selector(EVENLY_SPACED)
+def evenly_spaced(scores: np.ndarray, k: int, *,
             convention: Literal["lmms-eval", "vlmevalkit"] = "lmms-eval") -> np.ndarray:
     """k evenly spaced positions; scores are ignored.
 
@@ -312,7 +337,7 @@ def uniform(scores: np.ndarray, k: int, *,
     if convention == "vlmevalkit":
         step = T / (k + 1)
         return np.array([int(i * step) for i in range(1, k + 1)], dtype=np.int64)
-    raise ValueError(f"unknown uniform convention {convention!r}; valid: lmms-eval, vlmevalkit")
+    raise ValueError(f"unknown {EVENLY_SPACED} convention {convention!r}; valid: lmms-eval, vlmevalkit")
 
 
 def _top_positions(scores: np.ndarray, n: int) -> np.ndarray:

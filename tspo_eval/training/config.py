@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import DTYPE_NAMES
+from ..config import DTYPE_NAMES, former_spellings
 from ..policy import ExtractConfig, Sampling
 
 # The policy's own help for the one candidate-sampling setting training leaves free (fps is 1 and
@@ -26,6 +26,7 @@ _EXTRACT = {"help": "extraction speed knobs (--readers, --backend, ...: flags as
 Objective = Literal["plackett-luce", "official"]
 
 
+@former_spellings
 @dataclass
 class TrainConfig:
     """TSPO training of the temporal agent's head against a frozen answerer."""
@@ -74,8 +75,9 @@ class TrainConfig:
     distractors: int = field(default=12, metadata={"help": "distractor clips per needle question"})
     clip_len: int = field(default=50, metadata={"help": "frames per needle / distractor clip"})
     max_repeats: int = field(default=4, metadata={"help": "the target clip appears 1..max_repeats times"})
-    prefetch: int = field(default=2, metadata={
-        "help": "questions prepared ahead on threads (episode, and candidate pixels for a backbone answerer)"})
+    prefetch_episodes: int = field(default=2, metadata={
+        "help": "questions prepared ahead on threads (episode, and candidate pixels for a backbone answerer)",
+        "renamed_from": "prefetch"})
     save_every: int = field(default=500, metadata={"help": "checkpoint every N steps (and at the end)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
     log_every: int = field(default=1, metadata={"help": "TensorBoard / metrics.jsonl every N steps"})
@@ -92,8 +94,9 @@ class TrainConfig:
             raise ValueError(f"environment must be synthetic or backbone, got {self.environment!r}")
         if min(self.rollouts, self.k, self.grad_accum, self.epochs, self.updates_per_batch, self.save_every) < 1:
             raise ValueError("rollouts, k, grad_accum, epochs, updates_per_batch and save_every must be >= 1")
-        if self.prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0 (0: prepare each question when it is due), got {self.prefetch}")
+        if self.prefetch_episodes < 0:
+            raise ValueError("prefetch_episodes must be >= 0 (0: prepare each question when it is due), "
+                             f"got {self.prefetch_episodes}")
         if self.rollouts < 2:
             raise ValueError("GRPO needs at least 2 rollouts per question (group-normalised advantages)")
         if not 0 < self.tau_end <= self.tau_start:

@@ -5,7 +5,7 @@
   otherwise: the idealised frozen LLM of the toy example and of tests.
 - `BackboneEnvironment`: a real frozen video LLM behind `tspo_eval.backbones.Backbone`.
   Per question it decodes the union of the G rollouts' frames once, asks once per rollout
-  and sends the G queries in batches of `batch_size` (one forward for the whole group
+  and sends the G queries in batches of `answer_batch` (one forward for the whole group
   by default).  Queries carry the episode key and candidate positions, so a backbone that
   caches vision features reuses those of frames shared by several rollouts.  With
   `answer_from="logits"` the answer is the single token argmax of the first-token logits,
@@ -71,9 +71,9 @@ class BackboneEnvironment(Environment):
     needs_pixels = True
 
     def __init__(self, backbone: Backbone, answer_from: Literal["logits", "generate"] = "logits",
-                 max_new_tokens: int = 16, batch_size: int | None = None) -> None:
+                 max_new_tokens: int = 16, answer_batch: int | None = None) -> None:
         self.backbone, self.answer_from = backbone, answer_from
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.max_new_tokens, self.answer_batch = max_new_tokens, answer_batch
         self.name = f"backbone {getattr(backbone, 'name', type(backbone).__name__)} ({answer_from})"
 
     def queries(self, episode: Episode, selections: Sequence[np.ndarray]) -> list[VideoQuery]:
@@ -87,7 +87,7 @@ class BackboneEnvironment(Environment):
 
     def complete(self, episode: Episode, selections: Sequence[np.ndarray]) -> list[str]:
         queries = self.queries(episode, selections)
-        step = self.batch_size or len(queries)
+        step = self.answer_batch or len(queries)
         out: list[str] = []
         for i in range(0, len(queries), step):
             batch = queries[i:i + step]
@@ -101,7 +101,7 @@ class BackboneEnvironment(Environment):
 
 def build_environment(kind: Literal["synthetic", "backbone"], backbone: str = "llava_video",
                       backbone_path: str | None = None, answer_from: Literal["logits", "generate"] = "logits",
-                      max_new_tokens: int = 16, batch_size: int | None = None, **backbone_options) -> Environment:
+                      max_new_tokens: int = 16, answer_batch: int | None = None, **backbone_options) -> Environment:
     """The answerer a config names; a real backbone is loaded through the backbone registry."""
     if kind == "synthetic":
         return SyntheticEnvironment()
@@ -110,4 +110,4 @@ def build_environment(kind: Literal["synthetic", "backbone"], backbone: str = "l
     if backbone_path is None:
         raise ValueError("a backbone environment needs the backbone's checkpoint (backbone_path)")
     return BackboneEnvironment(load_backbone(backbone, backbone_path, **backbone_options), answer_from,
-                               max_new_tokens, batch_size)
+                               max_new_tokens, answer_batch)

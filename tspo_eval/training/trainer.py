@@ -3,7 +3,7 @@
 Per optimiser step, every rank takes `grad_accum` questions; per question:
 
     episode  = builder.build(sample)                 # cached CLIP features (+ the candidates' pixels for
-                                                     # a backbone answerer), `prefetch` questions ahead
+                                                     # a backbone answerer), `prefetch_episodes` ahead
     logits   = head(features, text) / tau            # one forward, no grad: the rollout policy
     rollouts = sample_rollouts(logits, K, G)         # Gumbel-top-k, G ordered draws
     texts    = environment.complete(episode, ...)    # the frozen answerer, G answers batched
@@ -144,13 +144,13 @@ class Trainer:
         return episode
 
     def episodes(self, first_step: int) -> Iterator[Episode]:
-        """Episodes of every step from `first_step` on, in order, `prefetch` questions ahead."""
+        """Episodes of every step from `first_step` on, in order, `prefetch_episodes` questions ahead."""
         work = [item for step in range(first_step, self.steps)
                 for item in step_samples(self.cfg, step, len(self.samples), self.rank, self.world)]
-        if self.cfg.prefetch == 0:
+        if self.cfg.prefetch_episodes == 0:
             return (self.episode(*item) for item in work)
-        return prefetched(lambda item: self.episode(*item, preload=True), work, self.cfg.prefetch, self.cfg.prefetch,
-                          name="tspo-episode")
+        return prefetched(lambda item: self.episode(*item, preload=True), work, self.cfg.prefetch_episodes,
+                          self.cfg.prefetch_episodes, name="tspo-episode")
 
     def rollout_group(self, epoch: int, index: int, tau: float, episode: Episode) -> StepGroup:
         """The rollout path's group of the question (`rollout.frame_group`), with its advantages."""
