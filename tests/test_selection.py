@@ -10,7 +10,7 @@ import pytest
 
 from tspo_eval.benchmarks import get_benchmark
 from tspo_eval.policy import FramePolicy
-from tspo_eval.selection.methods import (AKS_PRESETS, SELECTORS, frames_for_question, published_feed,
+from tspo_eval.selection.methods import (AKS_PRESETS, SELECTORS, FrameScorer, frames_for_question, published_feed,
                                          register_selector, select, uniform_frames)
 from tspo_eval.selection.stage import method_params
 
@@ -558,9 +558,6 @@ def test_clip_scores_are_the_cosine():
 
 
 # ---------------------------------------------------------------- focus (FOCUS, ICLR 2026)
-from tspo_eval.selection.methods import FrameScorer  # noqa: E402
-
-
 def _arm_scores(T: int = 40, hot: int = 3) -> np.ndarray:
     """0.9 on the 5 positions of arm `hot` (T = 40 at 1 fps: 8 arms of 5), 0.1 elsewhere."""
     scores = np.full(T, 0.1)

@@ -158,10 +158,12 @@ def select_for_question(vf: VideoFeatures, text: torch.Tensor | None, policy: Fr
         return uniform_selection(vf.video, vf.num_frames, vf.fps, policy), scores
     if on_demand and scorer is None:
         scorer = FrameScorer.of(scores.numpy())
+    params = method_params(policy, benchmark)
+    if takes(policy.method, "candidate_fps"):
+        params["candidate_fps"] = _candidate_fps(vf)
     frames = frames_for_question(vf.frame_numbers, None if scorer is not None else scores.numpy(), policy.k,
                                  policy.method, vf.num_frames, official=policy.official, features=vf.features,
-                                 scorer=scorer, **method_params(policy, benchmark),
-                                 **({"candidate_fps": _candidate_fps(vf)} if takes(policy.method, "candidate_fps") else {}))
+                                 scorer=scorer, **params)
     if scores is None:  # only what the scorer scored is known
         scores = torch.full((len(vf.frame_numbers),), float("nan"))
         if scorer.known:
