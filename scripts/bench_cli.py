@@ -174,8 +174,9 @@ def write_questions(videos: list[Path], tsv: Path) -> None:
 # ------------------------------------------------------------------------------------ published
 def published_frames(path: Path) -> np.ndarray:
     """The published `load_video`: one single-threaded reader, every round(avg_fps)-th frame, one get_batch."""
-    import decord
+    from tspo_eval.video import import_decord
 
+    decord = import_decord()  # PyNvVideoCodec first where installed: decord's FFmpeg crashes it otherwise
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     step = round(vr.get_avg_fps() / 1)
     return vr.get_batch(list(range(0, len(vr), step))).asnumpy()

@@ -129,3 +129,50 @@ def test_nvdec_extraction_shares_runs_with_cpu_readers_and_falls_back(numbered_v
     else:
         assert not said and len(opened) >= 2
         assert sum(len(batch) for decoder in opened for batch in decoder.asked) > 0  # the GPU readers did decode
+
+
+def test_decord_is_imported_after_pynvvideocodec_and_a_crash_order_is_refused(monkeypatch, cuda_here):
+    """On the H200, PyNvVideoCodec's SimpleDecoder segfaults in a process that imported decord
+    first (decord's FFmpeg symbols are global) and works the other way round. `import_decord`
+    loads PyNvVideoCodec first where it is installed; where decord came first anyway, GPU
+    decoding is refused with the reason instead of crashing."""
+    import importlib.util
+
+    from tspo_eval import video
+
+    order: list[str] = []
+    nvc = types.ModuleType("PyNvVideoCodec")
+    fake_decord = types.ModuleType("decord")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "PyNvVideoCodec" else real_find_spec(name, *a))
+    monkeypatch.delitem(sys.modules, "decord", raising=False)
+    monkeypatch.delitem(sys.modules, "PyNvVideoCodec", raising=False)
+
+    class Finder:  # records the order in which the two modules are imported
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name in ("PyNvVideoCodec", "decord"):
+                order.append(name)
+                module = nvc if name == "PyNvVideoCodec" else fake_decord
+                return importlib.util.spec_from_loader(name, Loader(module))
+            return None
+
+    class Loader:
+        def __init__(self, module):
+            self.module = module
+
+        def create_module(self, spec):
+            return self.module
+
+        def exec_module(self, module):
+            pass
+
+    monkeypatch.setattr(sys, "meta_path", [Finder, *sys.meta_path])
+    assert video.import_decord() is fake_decord
+    assert order == ["PyNvVideoCodec", "decord"]
+    assert video.nvdec_unavailable("cuda") is None
+
+    monkeypatch.delitem(sys.modules, "PyNvVideoCodec")  # decord alone already loaded: the crash order
+    why = video.nvdec_unavailable("cuda")
+    assert why is not None and "decord was imported before PyNvVideoCodec" in why

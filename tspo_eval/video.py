@@ -27,10 +27,12 @@ a 1080p source never exists as full-size RGB: the CLIP stage then only crops.
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -339,11 +341,27 @@ def _decord_for(path: str, backend: str, num_threads: int,
         return None
 
 
+def import_decord():
+    """decord, with PyNvVideoCodec loaded first where it is installed. decord loads its bundled
+    FFmpeg with global symbols, and PyNvVideoCodec's decoder then binds to them and crashes
+    (measured on the H200: `SimpleDecoder` segfaults in any process that imported decord first,
+    and works when PyNvVideoCodec came first). Every decord import in the package goes here."""
+    if ("decord" not in sys.modules and "PyNvVideoCodec" not in sys.modules
+            and importlib.util.find_spec("PyNvVideoCodec") is not None):
+        try:
+            import PyNvVideoCodec  # noqa: F401
+        except Exception:  # noqa: BLE001 - a broken NVDEC install only means no GPU decoding
+            pass
+    import decord
+
+    return decord
+
+
 def _open_decord(path: str, num_threads: int, size: tuple[int, int] | None = None) -> decord.VideoReader:
     """A decord reader on the CPU (scaling to `size` = (H, W) when given), or VideoError when
     decord is missing or fails."""
     try:
-        import decord
+        decord = import_decord()
     except ImportError as err:
         raise VideoError(f"{path}: the decord backend is not installed ({err}); "
                          "pip install decord, or use backend='pyav'") from err
@@ -382,7 +400,7 @@ def _check_time_scale(path: str, time_base: Fraction | None) -> None:
 
 def _decord_batch(vr: decord.VideoReader, frame_numbers: list[int], path: str) -> np.ndarray:
     """decord's get_batch as a numpy array, whatever decord bridge is set globally."""
-    import decord
+    decord = import_decord()
 
     try:
         batch = vr.get_batch(frame_numbers)
@@ -555,6 +573,9 @@ def nvdec_unavailable(device: str | torch.device | None) -> str | None:
         return "the encoder is not on a CUDA device"
     if not torch.cuda.is_available():
         return "CUDA is not available"
+    if "decord" in sys.modules and "PyNvVideoCodec" not in sys.modules:
+        return ("decord was imported before PyNvVideoCodec, whose decoder then crashes on decord's FFmpeg; "
+                "import decord through tspo_eval.video.import_decord")
     try:
         import PyNvVideoCodec  # noqa: F401
     except Exception as err:  # noqa: BLE001 - a broken install (missing libnvcuvid, ...) is "unavailable" too
