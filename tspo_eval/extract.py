@@ -12,8 +12,8 @@ With `decode_processes` each reader thread drives worker processes instead (`dec
 PyAV's per-packet Python work then runs without contention for Python's lock, and its
 skipping of unreferenced frames pays (the fastest CPU set-up on the H200, see benchmarks/HISTORY.md).
 Left at their defaults, the decoder, readers and threads are sized from the machine
-(`decode_plan`): the GPU's decoders (PyNvVideoCodec, docs/nvdec.md) beside the CPU readers for a
-CUDA encoder where they work; PyAV processes on machines of 8+ cores; 2 x 2 decord threads below.
+(`decode_plan`): PyAV processes on machines of 8+ cores; 2 x 2 decord threads below. The GPU's
+decoders (PyNvVideoCodec, docs/nvdec.md) join the CPU readers with `backend="nvdec"`.
 
 For a CUDA encoder the CPU readers hand over pinned batches and the encoder's batches
 are queued without waiting for the GPU (one copy back per video).  `compile` runs the
@@ -83,10 +83,11 @@ def decode_plan(cfg: ExtractConfig, cores: int | None = None, device: str | torc
     """`cfg` with its decoding sized to the machine: what was left at 0 / "auto" filled in, what was
     given kept (the cache key depends on none of it).
 
-    - `backend` "auto" with the encoder on a CUDA `device` where PyNvVideoCodec works, or "nvdec":
-      "nvdec", i.e. `NVDEC_READERS` GPU decoders per video sharing its runs with the CPU readers
-      sized below (a video the GPU cannot decode is left to them). Asked for where it cannot
-      run, it falls back to the CPU plan and says why, once.
+    - `backend` "nvdec" (asked for; "auto" never picks it): `NVDEC_READERS` GPU decoders per video
+      sharing its runs with the CPU readers sized below (a video the GPU cannot decode is left to
+      them); where it cannot run, the CPU plan, said once. Not automatic because it did not beat
+      the CPU plan on the H200 (docs/nvdec.md: 0.52-0.55 s per 10-min video against 0.40 for 16
+      PyAV processes; 2.3 s against 1.4 for 30-min).
     - CPU readers, on `PROCESS_CORES`+ cores (PyAV installed), or `decode_processes`: PyAV (for
       "auto") in one worker process per core (at most `MAX_AUTO_READERS`), one decoder thread each. PyAV drops the frames
       nothing references undecoded, and its per-packet Python work needs Python's lock, so it
@@ -97,13 +98,11 @@ def decode_plan(cfg: ExtractConfig, cores: int | None = None, device: str | torc
     """
     cores = cores or available_cores()
     gpu = False
-    if cfg.backend in ("auto", "nvdec"):
+    if cfg.backend == "nvdec":
         why = nvdec_unavailable(device)
         gpu = why is None
-        if cfg.backend == "nvdec" and not gpu:
+        if not gpu:
             _say_once(f"--backend nvdec: GPU decoding is unavailable ({why}); decoding on the CPU")
-        elif cfg.backend == "auto" and not gpu and device is not None and torch.device(device).type == "cuda":
-            _say_once(f"GPU decoding off ({why}); decoding on the CPU")
     cpu = "auto" if cfg.backend == "nvdec" else cfg.backend
     processes = cfg.decode_processes or (cpu == "auto" and cores >= PROCESS_CORES and _has_pyav())
     backend = "nvdec" if gpu else "pyav" if processes and cpu == "auto" else cpu
