@@ -474,7 +474,7 @@ def summarise(extract: dict, videos: list[Path], durations: dict[str, float], qp
 def measure_select(args: argparse.Namespace) -> list[dict]:
     """Selection time per question (ms) from in-memory cached features, per method x T x K x dtype."""
     from tspo_eval.cache import VideoFeatures
-    from tspo_eval.selection.methods import SELECTORS
+    from tspo_eval.selection.registry import SELECTORS
     from tspo_eval.selection.stage import select_for_question
 
     config = json.loads((Path(__file__).resolve().parents[1] / "tspo_eval" / "configs" / f"{args.clip}.json")

@@ -12,7 +12,7 @@ import torch
 from tspo_eval.cache import FeatureCache
 from tspo_eval.policy import BLIP_DEFAULT_MODEL, FramePolicy, parse_policy
 from tspo_eval.selection.blip import BlipScorer, blip_caption, blip_scores
-from tspo_eval.selection.methods import select
+from tspo_eval.selection.registry import select
 from tspo_eval.selection.stage import FramePlanner, QuestionRef
 
 def test_blip_caption_is_lavis_eval_processing():

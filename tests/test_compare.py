@@ -172,7 +172,7 @@ def test_a_method_scored_by_blip_compares_beside_its_clip_version(bench, tiny_bl
     assert len(list((tmp_path / "cache" / "scores").rglob("*.safetensors"))) == len(questions)
     from tspo_eval.extract import video_features
     from tspo_eval.selection.blip import blip_scores
-    from tspo_eval.selection.methods import select
+    from tspo_eval.selection.registry import select
 
     scorer = BlipScorer.from_pretrained(str(tiny_blip))
     monkeypatch.setattr(BlipScorer, "score_video", lambda *a, **k: pytest.fail("scored again"))

@@ -17,7 +17,8 @@ from tspo_eval.integrations import vlmeval as tv
 from tspo_eval.integrations.lmms_runner import EvaluateConfig, lmms_eval_command
 from tspo_eval.integrations.models import ModelArgs, parse_model_args
 from tspo_eval.policy import FramePolicy, parse_policy
-from tspo_eval.selection.methods import frames_for_question, select, uniform_frames
+from tspo_eval.selection.methods import frames_for_question, uniform_frames
+from tspo_eval.selection.registry import select
 from tspo_eval.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 
 from tspo_eval.benchmarks import get_benchmark
 from tspo_eval.policy import FramePolicy
-from tspo_eval.selection.methods import (AKS_PRESETS, SELECTORS, FrameScorer, frames_for_question, published_feed,
-                                         register_selector, select, uniform_frames)
+from tspo_eval.selection.methods import AKS_PRESETS, frames_for_question, published_feed, uniform_frames
+from tspo_eval.selection.registry import SELECTORS, FrameScorer, register_selector, select
 from tspo_eval.selection.stage import method_params
 
 BUILTINS = ["evenly-spaced", "topk", "bin-max", "aks", "tspo", "bolt"]

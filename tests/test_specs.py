@@ -22,7 +22,7 @@ from tspo_eval.benchmarks.protocol import Metric, parse_longvideobench, parse_mc
 from tspo_eval.integrations.lmms_tasks import tasks_path
 from tspo_eval.integrations.vlmeval_tsv import dataset_names, get_dataset
 from tspo_eval.policy import FramePolicy
-from tspo_eval.selection.methods import SELECTORS, select
+from tspo_eval.selection.registry import SELECTORS, select
 from tspo_eval.selection.stage import method_params
 
 PUBLISHED = ("longvideobench", "mlvu", "videomme", "lvbench")

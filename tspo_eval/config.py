@@ -331,7 +331,7 @@ def method_spec(spec: str, base: FramePolicy | None = None) -> tuple[str, FrameP
         params = parse_params(raw.replace(",", ";"))
     except ValueError:
         raise ValueError(f"method {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]") from None
-    from .selection.methods import method_names
+    from .selection.registry import method_names
 
     if name not in method_names():
         raise ValueError(f"unknown method {name!r} in {spec!r}; known: {', '.join(method_names())}")

@@ -367,7 +367,7 @@ def _check_method(method: str, k: int, params: Mapping[str, Any]) -> None:
     """The method exists, takes these parameters and accepts their values (a dry run on k + 1 scores)."""
     import numpy as np
 
-    from .selection.methods import method_names, select, selector_of, takes
+    from .selection.registry import method_names, select, selector_of, takes
 
     if method not in method_names():
         raise ValueError(f"method={method!r} is not one of {', '.join(method_names())}")

@@ -36,7 +36,7 @@ from ..cache import FeatureCache, VideoFeatures, scores_key
 from ..encoders import weights_fingerprint
 from ..policy import Sampling
 from ..video import iter_frames
-from .methods import FrameScorer
+from .registry import FrameScorer
 
 BLIP_MAX_WORDS = 50  # LAVIS BlipCaptionProcessor(max_words=50)
 BLIP_MAX_TOKENS = 35  # BLIP ITM max_txt_len

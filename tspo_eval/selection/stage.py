@@ -45,7 +45,8 @@ from ..encoders import Encoder
 from ..extract import ExtractConfig, video_features
 from ..policy import FramePolicy
 from .blip import BlipScorer, blip_frame_scorer, blip_scores
-from .methods import FrameScorer, frames_for_question, published_feed, takes, uniform_frames
+from .methods import frames_for_question, published_feed, uniform_frames
+from .registry import FrameScorer, takes
 from ..video import VideoError, probe
 
 FORMAT = "tspo-eval/selections@1"

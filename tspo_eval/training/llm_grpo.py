@@ -123,7 +123,7 @@ def agent_chooser(cfg: LLMTrainConfig, root: str | None, device: torch.device) -
     """frames=agent: the agent's top-k candidates of each question."""
     from ..agent import load_agent
     from ..cache import FeatureCache
-    from ..selection.methods import select
+    from ..selection.registry import select
     from .data import EpisodeBuilder
 
     agent = load_agent(cfg.agent, device=device)
