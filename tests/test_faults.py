@@ -514,3 +514,31 @@ def test_a_bad_registry_row_costs_only_its_own_match(bench, tmp_path, caplog):
         questions = load_registry(bad, "lvbench")
     assert [q.index for q in questions] == [q.index for q in read_tsv(tsv, "lvbench") if q.index != index]
     assert f"{bad}, line 3" in caplog.text
+
+
+def test_two_saves_of_one_selections_file_do_not_break_each_other(tmp_path, monkeypatch):
+    """Two runs saving the same selections file at once: the second save runs whole between the
+    first's write and its rename (forced, not left to timing). With one shared temporary name
+    the first rename found its file gone (FileNotFoundError) after the second had replaced it."""
+    from pathlib import Path
+
+    from tspo_eval.selection.stage import Selection
+
+    path = tmp_path / "tspo_lvbench.json"
+    first = SelectionSet({"method": "tspo", "run": 1}, {"q0": Selection("v.mp4", [0, 30], [0.0, 1.0], 2, 30.0)})
+    second = SelectionSet({"method": "tspo", "run": 2}, {"q0": Selection("v.mp4", [60, 90], [2.0, 3.0], 2, 30.0)})
+    real_write = Path.write_text
+    nested = []
+
+    def write_then_let_the_other_save(self, *args, **kwargs):
+        written = real_write(self, *args, **kwargs)
+        if not nested:  # the first save's write: the second save runs to its end now
+            nested.append(True)
+            second.save(path)
+        return written
+
+    monkeypatch.setattr(Path, "write_text", write_then_let_the_other_save)
+    first.save(path)
+    monkeypatch.undo()
+    assert nested and SelectionSet.load(path).meta["run"] == 1  # the last rename wins, whole
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind

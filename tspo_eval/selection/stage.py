@@ -29,7 +29,9 @@ Methods that declare `features` (`dpp`) also receive the video's cached frame fe
 from __future__ import annotations
 
 import json
+import os
 import threading
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -77,9 +79,13 @@ class SelectionSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "meta": self.meta, "failed": self.failed,
                    "selections": {k: asdict(v) for k, v in self.selections.items()}}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        tmp.replace(path)
+        # a name of its own per save: two processes saving one file never replace each other's half
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_text(json.dumps(payload, indent=1))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
