@@ -182,3 +182,27 @@ def test_a_method_scored_by_blip_compares_beside_its_clip_version(bench, tiny_bl
         scores = blip_scores(scorer, vf, path, [q.question], cache, policy.sampling)[0]
         assert result.runs[blip].selections[q.index].frame_numbers == \
             vf.frame_numbers[select(scores.numpy(), 4, "topk")].tolist()
+
+
+def test_a_refused_annotation_row_counts_as_failed_for_every_method(bench, tmp_path):
+    """One bad row (its video path leaves the video root): compare runs the other questions and
+    counts the refused one in every method's `failed` column, and in its selections file."""
+    root, videos, jsonl, tsv = bench
+    lines = tsv.read_text().split("\n")
+    fields = lines[2].split("\t")
+    fields[2] = "../escape.mp4"
+    lines[2] = "\t".join(fields)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\n".join(lines))
+    out = tmp_path / "cmp"
+    proc = run("tspo-eval", "compare", "--benchmark", "lvbench", "--annotations", str(bad), "--videos", str(videos),
+               *AGENT, "--cache", str(tmp_path / "cache"), "--k", "4", "--methods", "topk", "dpp", "--out", str(out))
+    table = pd.read_csv(out / "compare_lvbench.csv", index_col="method")
+    assert table["failed"].tolist() == [1, 1]  # (no time references in a TSV alone: `questions` is 0)
+    assert "1 row(s) refused" in proc.stderr
+    for method in ("topk", "dpp"):
+        saved = SelectionSet.load(out / "selections" / f"{method}_lvbench.json")
+        assert list(saved.failed) == [fields[0]] and len(saved.selections) == 2
+    proc = run("tspo-eval", "inspect", "--benchmark", "lvbench", "--annotations", str(bad), "--videos", str(videos),
+               *AGENT, "--question", fields[0], "--out", str(tmp_path / "inspect"), check=False)
+    assert proc.returncode != 0 and f"no question '{fields[0]}'" in proc.stderr and "its row was refused" in proc.stderr

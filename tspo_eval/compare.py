@@ -28,7 +28,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .agent import TemporalAgent
-from .benchmarks import Question, get_benchmark, resolve_video
+from .benchmarks import Question, RefusedRow, get_benchmark, resolve_video
 from .cache import FeatureCache
 from .config import BACKBONES, DEFAULT_METHODS, CompareConfig, method_spec  # noqa: F401  (re-exported)
 from .encoders import Encoder
@@ -55,10 +55,12 @@ class Comparison:
 
 def compare_selectors(questions: Sequence[Question], video_root: str | Path, encoder: Encoder, cache: FeatureCache,
                       cfg: CompareConfig, policy: FramePolicy | None = None, extract: ExtractConfig | None = None,
-                      agent: TemporalAgent | None = None, progress: bool = True) -> Comparison:
+                      agent: TemporalAgent | None = None, progress: bool = True,
+                      refused: Sequence[RefusedRow] = ()) -> Comparison:
     """Run every method of `cfg` over the questions, each under `policy` (its sampling, `official`)
     with the method's name, K and parameters; a video or question that fails is recorded in the
-    method's `failed` and the run goes on. `extract`: how fast missing features are extracted."""
+    method's `failed` and the run goes on, as are the annotation rows the reader `refused`.
+    `extract`: how fast missing features are extracted."""
     policy = policy or FramePolicy()
     if not questions:
         raise ValueError("no questions to compare selectors on")
@@ -78,6 +80,8 @@ def compare_selectors(questions: Sequence[Question], video_root: str | Path, enc
                                  "policy": scfg.identity(), "fingerprint": scfg.fingerprint(),
                                  "fps": policy.sampling.fps, "max_frames": policy.sampling.max_frames})
             for label, scfg in specs.items()}
+    for run in runs.values():
+        run.failed.update({row.index: str(row) for row in refused})
     seconds: dict[str, list[float]] = {label: [] for label in specs}
     blip = {model: BlipScorer.from_pretrained(model, encoder.device) for model in
             {scfg.identity()["blip_model"] for scfg in specs.values() if scfg.score_source == "blip"}}

@@ -219,9 +219,11 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     from ..inspection import inspect_question
 
     policy, extract = policy_from_args(ns), extract_from_args(ns)
-    questions = {q.index: q for q in _questions(ns)}
+    refused: list = []
+    questions = {q.index: q for q in _questions(ns, refused)}
     if ns.question not in questions:
-        raise SystemExit(f"error: no question {ns.question!r} in {ns.annotations}")
+        why = next((f": its row was refused ({row})" for row in refused if row.index == ns.question), "")
+        raise SystemExit(f"error: no question {ns.question!r} in {ns.annotations}{why}")
     root = _videos(ns)
     agent, encoder = _models(ns)
     sel, timeline, grid = inspect_question(questions[ns.question], root, encoder, FeatureCache(ns.cache), policy,
@@ -252,9 +254,11 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
     cfg = config_from_args(CompareConfig, ns)
     policy, extract = policy_from_args(ns), extract_from_args(ns)
-    questions, root = _questions(ns), _videos(ns)
+    refused: list = []
+    questions, root = _questions(ns, refused), _videos(ns)
     agent, encoder = _models(ns)
-    result = compare_selectors(questions, root, encoder, FeatureCache(ns.cache), cfg, policy, extract, agent)
+    result = compare_selectors(questions, root, encoder, FeatureCache(ns.cache), cfg, policy, extract, agent,
+                               refused=refused)
     paths = write_comparison(result, cfg.out, ns.benchmark)
     if cfg.backbone:
         add_accuracy(result, cfg, ns.benchmark, ns.annotations, root, ns.cache, ns.agent, policy, extract)
