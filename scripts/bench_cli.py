@@ -304,7 +304,10 @@ def child(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------ the CLI
 def run_watched(cmd: list[str], env: dict | None = None, poll_s: float = 0.1, timeout_s: float = 300.0) -> dict:
     """Run `cmd`; wall-clock seconds, and the peak memory of its whole process tree (its decoding
-    workers included): RSS summed over the tree, GPU memory through NVML where it is installed.
+    workers included): RSS summed over the tree, and PSS and USS beside it (Linux): RSS counts a
+    page once per process that maps it, so the decoding blocks in /dev/shm, mapped by a worker and
+    the parent, count twice in the RSS sum and once in PSS; parent and workers also apart.
+    GPU memory through NVML where it is installed.
     A run past `timeout_s` is killed with its tree (returncode -9): a hang costs one figure."""
     import psutil
 
@@ -324,6 +327,7 @@ def run_watched(cmd: list[str], env: dict | None = None, poll_s: float = 0.1, ti
     for pump in pumps:
         pump.start()
     peak_rss = peak_gpu = 0
+    peaks = dict.fromkeys(("pss", "uss", "parent_rss", "parent_pss", "workers_rss", "workers_pss"), 0)
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
         if time.perf_counter() - t0 > timeout_s:
@@ -334,7 +338,13 @@ def run_watched(cmd: list[str], env: dict | None = None, poll_s: float = 0.1, ti
             break
         try:
             tree = [root, *root.children(recursive=True)]
-            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree))
+            full = [p.memory_full_info() for p in tree]
+            peak_rss = max(peak_rss, sum(m.rss for m in full))
+            now = {"pss": sum(getattr(m, "pss", m.rss) for m in full), "uss": sum(m.uss for m in full),
+                   "parent_rss": full[0].rss, "parent_pss": getattr(full[0], "pss", full[0].rss),
+                   "workers_rss": sum(m.rss for m in full[1:]),
+                   "workers_pss": sum(getattr(m, "pss", m.rss) for m in full[1:])}
+            peaks = {k: max(v, now[k]) for k, v in peaks.items()}
             if nvml is not None:
                 pids = {p.pid for p in tree}
                 used = sum(g.usedGpuMemory or 0 for g in pynvml.nvmlDeviceGetComputeRunningProcesses(nvml)
@@ -347,6 +357,7 @@ def run_watched(cmd: list[str], env: dict | None = None, poll_s: float = 0.1, ti
     for pump in pumps:
         pump.join()
     return {"wall_s": wall, "returncode": proc.returncode, "peak_tree_rss_mb": peak_rss / 2**20,
+            **{f"peak_tree_{k}_mb" if "_" not in k else f"peak_{k}_mb": v / 2**20 for k, v in peaks.items()},
             "peak_gpu_mb": peak_gpu / 2**20 if nvml is not None else None,
             "stdout_tail": streams.get("stdout", "")[-600:], "stderr_tail": streams.get("stderr", "")[-1500:]}
 
@@ -524,7 +535,7 @@ def main() -> None:
                 # the wall-clock ratio (both sides' start-up included) is the one a user sees
                 "ratio_extraction": pub_video_s / ours_video_s,
                 "ratio_wall": (startup_pub + n * pub_video_s) / (run["wall_s"] + text),
-                "peak_tree_rss_mb": run["peak_tree_rss_mb"], "peak_gpu_mb": run["peak_gpu_mb"],
+                **{k: v for k, v in run.items() if k.startswith("peak_")},
                 "stderr_tail": run["stderr_tail"][-400:]}
             print(name, label, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row[label].items()
                                 if k != "stderr_tail"}, flush=True)

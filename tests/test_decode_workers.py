@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import platform
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -222,3 +224,27 @@ def test_a_worker_is_watched_through_its_pipe_where_the_system_has_no_pidfd(numb
     with pytest.raises(VideoError, match="decoding process died"):
         worker.read(str(numbered_video), ARGS, np.array([60]), (48, 64, 3))
     assert time.monotonic() - start < 20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_freed_frame_arrays_go_back_to_the_system():
+    """After `return_freed_buffers` (the parent's decoders and every worker call it), an 8 MiB frame
+    array freed behind live objects leaves the process's resident memory. glibc's default (its
+    threshold raised by earlier frees of that size) kept it on its heap: memory grew with reads."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from tspo_eval.decode_workers import return_freed_buffers
+        return_freed_buffers()
+        def resident():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096
+        for _ in range(3):
+            frames = np.ones(8 << 20, np.uint8)
+            del frames
+        frames = np.ones(8 << 20, np.uint8)
+        later = [bytes(100) for _ in range(1000)]  # allocated after it: the array is not the heap's top
+        before = resident()
+        del frames
+        print(before - resident())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out) >= 8 << 20

@@ -317,6 +317,50 @@ def test_decoded_frames_in_flight_are_bounded_whatever_the_length(numbered_video
         assert 1 <= peak[0] <= 6, (frames, peak[0])
 
 
+@pytest.mark.parametrize("backend, processes", [("pyav", False), ("pyav", True)])
+def test_reads_and_frames_held_do_not_grow_with_the_length(numbered_video_factory, encoder, tmp_path,
+                                                           monkeypatch, backend, processes):
+    """At the default budget (far above these videos), a read's size (a worker's shared block) and the
+    frames alive at once are the same for a 40-candidate video as for a 10-candidate one: reads of
+    READ_BYTES, a read per reader plus an encoder group held. (Reads used to be a run's length, and
+    a long video filled a budget a short one never reached.)"""
+    import weakref
+
+    from tspo_eval import extract
+
+    monkeypatch.setattr(extract, "READ_BYTES", 2 * 48 * 64 * 3)  # 2 frames per read
+    reads, alive, peak, lock = [], [0], [0], threading.Lock()
+    real_own = extract._Decoder._own
+
+    def counted(self, batch, shared):
+        out = real_own(self, batch, shared)
+        n = len(out)
+        with lock:
+            reads.append(n)
+            alive[0] += n
+            peak[0] = max(peak[0], alive[0])
+
+        def dead():
+            with lock:
+                alive[0] -= n
+
+        weakref.finalize(out, dead)
+        return out
+
+    monkeypatch.setattr(extract._Decoder, "_own", counted)
+    slow = CountingEncoder(encoder)
+    slow.encode_frames = lambda frames: (time.sleep(0.05), encoder.encode_frames(frames))[1]
+    cfg = ExtractConfig(encode_batch=4, readers=2, prefetch_videos=1, backend=backend, decode_processes=processes)
+    for frames in (300, 1200):  # 10 and 40 candidates
+        reads.clear()
+        peak[0] = 0
+        video = numbered_video_factory(num_frames=frames)
+        got = video_features(video, slow, FeatureCache(tmp_path / str(frames)), Sampling(), cfg)
+        np.testing.assert_array_equal(got.frame_numbers, np.arange(0, frames, 30))
+        assert sum(reads) == frames // 30 and max(reads) == 2, (frames, reads)
+        assert peak[0] <= 2 * 2 + 4, (frames, peak[0])  # a read per reader + a group at the encoder
+
+
 @pytest.mark.parametrize("processes", [False, True])
 def test_decoding_started_before_the_encoder_is_taken_over(videos, encoder, tmp_path, monkeypatch, processes):
     """DecodeAhead decodes while the model loads; the extraction takes its decoders over (it starts

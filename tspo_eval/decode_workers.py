@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
+import platform
 import re
 import signal
 import socket
@@ -45,6 +47,9 @@ _BLOCK_NAME = re.compile(r"tspo-decode-(\d+)-")  # tspo-decode-<owner pid>-<rand
 _ROOM_FOR_BLOCKS = 32  # /dev/shm is used when it has room for this many blocks (workers) at once
 _swept = False  # this process has cleaned up after killed ones
 _python = sys.executable  # the workers' interpreter
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_MMAP_THRESHOLD = 1 << 20
+_buffers_returned = False
 
 
 class _Block:
@@ -334,7 +339,21 @@ def _serve(conn: Connection) -> None:
         reader.close()
 
 
+def return_freed_buffers() -> None:
+    """Make glibc give every buffer of 1 MiB or more back to the system when it is freed (once per
+    process; elsewhere nothing). By default glibc raises that threshold to the size of each large
+    block freed, so the frame arrays that follow come from its heap and stay in the process after
+    they are freed: measured, memory then grew with the number of reads, i.e. with video length."""
+    global _buffers_returned
+    if _buffers_returned or not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return
+    _buffers_returned = True
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+
+
 def _worker_main(fd: int) -> None:
     """A worker process: serve the parent over the socket `fd` until it closes it."""
+    return_freed_buffers()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the pipe
     _serve(Connection(fd))

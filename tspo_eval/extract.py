@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import FeatureCache, VideoFeatures, features_identity, video_fingerprint, video_key
-from .decode_workers import POOL
+from .decode_workers import POOL, return_freed_buffers
 from .encoders import Encoder, Frames, clip_resize_shape, upload
 from .policy import ExtractConfig, Sampling
 from .video import Candidates, FrameReader, NvdecReader, VideoError, decode_runs, nvdec_unavailable
@@ -58,6 +58,9 @@ MAX_AUTO_READERS = 32  # beyond this decoding outruns the encoder (~2,900 frames
 # frames than 270p): memory flat in video length; 16 readers at 480x270 keep ~1,000 frames in flight
 DECODE_BUDGET_BYTES = 384 << 20
 NVDEC_READERS = 4  # GPU decoders per video (x prefetch_videos at once): the H200 has 7 NVDEC engines
+# one CPU read's frames at most: a worker's shared block and its decoded copy stay this size whatever
+# the video's length (reads sized from the runs grew with it); the worker decodes on where it stopped
+READ_BYTES = 8 << 20
 AHEAD_BYTES = 2 << 30  # what `DecodeAhead` may hold while the model loads: this many bytes' worth of videos
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -196,6 +199,7 @@ class _Decoder:
     def __init__(self, path: str, sampling: Sampling, cfg: ExtractConfig, image_size: int | None = None,
                  pin: bool = False, gpu: int = 0) -> None:
         self.path, self.sampling, self.cfg, self.image_size, self.pin, self.gpu = path, sampling, cfg, image_size, pin, gpu
+        return_freed_buffers()  # frame arrays come and go by the thousand: freed ones must not stay
         self.cancelled = threading.Event()
         self.head: queue.Queue = queue.Queue(maxsize=1)  # the Candidates, or the error probing raised
         self.done: queue.Queue = queue.Queue()  # decoded batches: bounded by `room`, not by the queue
@@ -205,6 +209,7 @@ class _Decoder:
         self.reader_args: dict = {}  # how each reader opens the file: the probe's backend and index
         self.frame_shape = (0, 0, 3)  # (H, W, 3) of a decoded frame
         self._claims = itertools.count()  # next(...) is atomic: each run goes to one reader
+        self.read_frames = cfg.encode_batch  # frames per CPU read: sized from READ_BYTES once probed
         threading.Thread(target=self._start, name=f"probe:{Path(path).name}", daemon=True).start()
 
     def _put(self, q: queue.Queue, item: object) -> None:
@@ -231,9 +236,14 @@ class _Decoder:
             size = None if self.image_size is None else clip_resize_shape(
                 cands.info.height, cands.info.width, self.image_size)
             self.frame_shape = (*(size or (cands.info.height, cands.info.width)), 3)
-            self.room.limit = max(1, DECODE_BUDGET_BYTES // math.prod(self.frame_shape))
-            # about four runs per reader, each short enough that every reader holds one within the budget
+            frame_bytes = math.prod(self.frame_shape)
+            self.read_frames = max(1, min(cfg.encode_batch, READ_BYTES // frame_bytes))
             readers = cfg.readers + (NVDEC_READERS if nvdec else 0)
+            # a read in flight per reader and a group at the encoder: more only stores a long video's
+            # frames ahead of a faster encoder (a budget a short video never filled: memory grew with length)
+            self.room.limit = max(1, min(DECODE_BUDGET_BYTES // frame_bytes,
+                                         readers * self.read_frames + cfg.encode_batch))
+            # about four runs per reader, each short enough that every reader holds one within the budget
             run = max(1, min(cfg.encode_batch, self.room.limit // readers,
                              math.ceil(len(cands.frame_numbers) / (4 * readers))))
             self.runs = decode_runs(cands.frame_numbers, reader.keyframes, run)
@@ -263,7 +273,7 @@ class _Decoder:
             return
         try:
             with reader:
-                self._read_runs(reader.read)
+                self._read_runs(reader.read, self.cfg.encode_batch)
         except Exception as err:
             self._put(self.done, err)
 
@@ -271,11 +281,11 @@ class _Decoder:
         try:
             if not self.cfg.decode_processes:
                 with opened or FrameReader(self.path, **self.reader_args) as reader:
-                    self._read_runs(lambda frames: self._own(reader.read(frames), shared=False))
+                    self._read_runs(lambda frames: self._own(reader.read(frames), shared=False), self.read_frames)
                 return
             if opened is not None:
                 opened.close()
-            self._read_runs(self._read_in_worker())
+            self._read_runs(self._read_in_worker(), self.read_frames)
         except Exception as err:
             self._put(self.done, err)
 
@@ -300,9 +310,9 @@ class _Decoder:
             return torch.from_numpy(batch).pin_memory()
         return np.array(batch) if shared else batch
 
-    def _read_runs(self, read: Callable[[np.ndarray], Frames]) -> None:
-        """Claim runs until none is left and queue their batches, each once there is room for it."""
-        size = self.cfg.encode_batch
+    def _read_runs(self, read: Callable[[np.ndarray], Frames], size: int) -> None:
+        """Claim runs until none is left and queue their batches of at most `size` frames, each once
+        there is room for it."""
         while not self.cancelled.is_set() and (claim := next(self._claims)) < len(self.runs):
             start, stop = self.runs[claim]
             for first in range(start, stop, size):
