@@ -87,6 +87,26 @@ def test_evaluate_batch_size_is_answer_batch_and_reaches_lmms_eval(tmp_path, cap
     assert len(notes(capsys.readouterr().err)) == 1
 
 
+def test_evaluate_has_the_answering_settings_of_every_other_door(tmp_path):
+    """`--answer-threads` / `--prefetch-questions` (and their old spellings) reach lmms-eval's
+    model_args, where the model reads them (`parse_model_args`), as in VLMEvalKit and `vlmeval run`."""
+    from tspo_eval.integrations.models import parse_model_args
+
+    (tmp_path / "LVBench.tsv").write_text("index\n")
+    argv = ["evaluate", "--benchmark", "lvbench", "--annotations", str(tmp_path / "LVBench.tsv"),
+            "--videos", str(tmp_path)]
+    cfg = config_from_args(EvaluateConfig, build_parser(["evaluate"]).parse_args(
+        [*argv, "--answer-threads", "2", "--prefetch-questions", "3"]))
+    cmd = lmms_eval_command(cfg, FramePolicy(method="uniform"))
+    model_args = dict(kv.split("=", 1) for kv in cmd[cmd.index("--model_args") + 1].split(","))
+    assert (model_args["answer_threads"], model_args["prefetch_questions"]) == ("2", "3")
+    parsed = parse_model_args(cmd[cmd.index("--model") + 1], {"answer_threads": "2", "prefetch_questions": "3"})
+    assert (parsed.answer_threads, parsed.prefetch_questions) == (2, 3)
+    plain = lmms_eval_command(config_from_args(EvaluateConfig, build_parser(["evaluate"]).parse_args(argv)),
+                              FramePolicy(method="uniform"))
+    assert "answer_threads" not in plain[plain.index("--model_args") + 1]  # unset: the model's defaults
+
+
 def test_train_prefetch_as_flag_yaml_key_and_keyword(tmp_path, capsys):
     def parse(argv: list[str]):
         return build_parser(["train"]).parse_args(["train", "--environment", "synthetic", *argv])

@@ -52,6 +52,11 @@ class EvaluateConfig:
         "help": "folder of the task configs (default: the ones shipped in the package, `tspo-eval tasks-path`)"})
     answer_batch: int = field(default=1, metadata={
         "help": "questions per backbone call (lmms-eval's --batch_size)", "renamed_from": "batch_size"})
+    answer_threads: int | None = field(default=None, metadata={
+        "help": "threads planning and decoding the next questions' frames while the backbone answers "
+                "(the lmms-eval model's answer_threads; default: the model's, 4)"})
+    prefetch_questions: int | None = field(default=None, metadata={
+        "help": "questions planned and decoded ahead of the backbone (the model's prefetch_questions; default 8)"})
     num_processes: int = field(default=1, metadata={"help": "> 1: accelerate launch --num_processes N"})
     limit: int | None = field(default=None, metadata={"help": "lmms-eval --limit (first N questions)"})
     model_args: str = field(default="", metadata={"help": "extra model_args, e.g. dtype=float32,device=cpu"})
@@ -135,6 +140,8 @@ def lmms_eval_command(cfg: EvaluateConfig, policy: FramePolicy, extract: Extract
                                     **(extract.to_args() if extract else {})}.items()]
     if cfg.pretrained:
         args.append(f"pretrained={cfg.pretrained}")
+    args += [f"{name}={value}" for name, value in (("answer_threads", cfg.answer_threads),
+                                                    ("prefetch_questions", cfg.prefetch_questions)) if value is not None]
     if cfg.model_args:
         args.append(cfg.model_args)
     launcher = ([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes),
