@@ -39,6 +39,7 @@ from .selection.blip import BlipScorer, blip_scores
 from .selection.stage import SelectionSet, select_for_question
 from .video import VideoError
 
+
 def file_label(label: str) -> str:
     """A method label as a file-name part ("aks:preset=tspo" -> "aks-preset-tspo")."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
