@@ -258,6 +258,20 @@ def nvdec_check(encoder, videos: dict[str, Path], picks: int = 16) -> dict:
     return out
 
 
+def timed_once(fn: Callable[[], object], cuda: bool) -> float:
+    """Seconds `fn` takes, the GPU's queue drained before and after (its peak memory reset first)."""
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
 def child(args: argparse.Namespace) -> None:
     """The published structure in one warm process (one question per video), then the NVDEC check;
     prints one JSON line."""
@@ -278,13 +292,7 @@ def child(args: argparse.Namespace) -> None:
     out: dict = {"startup_s": time.time() - psutil.Process().create_time(), "model_build_s": time.perf_counter() - t0}
 
     def clock(fn: Callable[[], object]) -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+        return timed_once(fn, cuda)
 
     with tempfile.TemporaryDirectory() as tmp:
         out["warmup_s"] = clock(lambda: published_question(agent, processor, Path(args.warmup), Path(tmp), -1))

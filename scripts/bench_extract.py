@@ -66,7 +66,7 @@ from tspo_eval.video import iter_frames, probe, sample_candidates  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_cli import (QUESTION, pooled, published_frames, published_image_features,  # noqa: E402
-                       published_question, texture)
+                       published_question, texture, timed_once)
 
 BENCHMARKS = ("LongVideoBench", "MLVU", "VideoMME", "LVBench")
 OFFICIAL = REPO.parent / "shared" / "data" / "official"
@@ -338,14 +338,7 @@ def e2e_child(args: argparse.Namespace) -> None:
     warmup = Path(args.warmup_video)
 
     def clock(fn: Callable[[], object]) -> float:
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+        return timed_once(fn, cuda)
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.child == "published":

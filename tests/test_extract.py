@@ -275,46 +275,67 @@ def test_the_report_times_the_extraction_and_merged_ranks_take_the_longer(videos
     assert merged.encoded == ["a", "b"] and merged.seconds == 3.5
 
 
+class LiveFrames:
+    """Counts the decoded frame arrays the extraction hands over (`_Decoder._own`) as they are
+    created and as they die (finalizers, not the budget's own books): each read's size, and the
+    most alive at once since `reset`."""
+
+    def __init__(self, monkeypatch) -> None:
+        import weakref
+
+        from tspo_eval import extract
+
+        self.reads: list[int] = []
+        self.alive = self.peak = 0
+        lock, real_own = threading.Lock(), extract._Decoder._own
+
+        def counted(decoder, batch, shared):
+            out = real_own(decoder, batch, shared)
+            n = len(out)
+            with lock:
+                self.reads.append(n)
+                self.alive += n
+                self.peak = max(self.peak, self.alive)
+
+            def dead():
+                with lock:
+                    self.alive -= n
+
+            weakref.finalize(out, dead)
+            return out
+
+        monkeypatch.setattr(extract._Decoder, "_own", counted)
+
+    def reset(self) -> None:
+        self.reads.clear()
+        self.peak = 0
+
+
+def slow_encoder(encoder, delay_s: float) -> CountingEncoder:
+    """The encoder, `delay_s` slower a batch: every reader then decodes ahead as far as it may."""
+    slow = CountingEncoder(encoder)
+    slow.encode_frames = lambda frames: (time.sleep(delay_s), encoder.encode_frames(frames))[1]
+    return slow
+
+
 @pytest.mark.parametrize("backend, processes", [("decord", False), ("pyav", False), ("pyav", True)])
 def test_decoded_frames_in_flight_are_bounded_whatever_the_length(numbered_video_factory, encoder, tmp_path,
                                                                    monkeypatch, backend, processes):
     """Memory flat in video length: with a slow encoder, every reader decodes ahead as far as it may;
-    the decoded frames alive at once (counted as objects die, not from the budget's own books) stay
-    within DECODE_BUDGET_BYTES for a short and a 4x longer video alike."""
-    import weakref
-
+    the decoded frames alive at once stay within DECODE_BUDGET_BYTES for a short and a 4x longer
+    video alike."""
     from tspo_eval import extract
 
-    frame_bytes = 48 * 64 * 3
-    monkeypatch.setattr(extract, "DECODE_BUDGET_BYTES", 6 * frame_bytes)  # 6 frames per video
-    alive, peak, lock = [0], [0], threading.Lock()
-    real_own = extract._Decoder._own
-
-    def counted(self, batch, shared):
-        out = real_own(self, batch, shared)
-        n = len(out)
-        with lock:
-            alive[0] += n
-            peak[0] = max(peak[0], alive[0])
-
-        def dead():
-            with lock:
-                alive[0] -= n
-
-        weakref.finalize(out, dead)
-        return out
-
-    monkeypatch.setattr(extract._Decoder, "_own", counted)
-    slow = CountingEncoder(encoder)
-    slow.encode_frames = lambda frames: (time.sleep(0.02), encoder.encode_frames(frames))[1]
+    monkeypatch.setattr(extract, "DECODE_BUDGET_BYTES", 6 * 48 * 64 * 3)  # 6 frames per video
+    live, slow = LiveFrames(monkeypatch), slow_encoder(encoder, 0.02)
     cfg = ExtractConfig(encode_batch=4, readers=3, prefetch_videos=1, backend=backend, decode_processes=processes)
     for frames in (300, 1200):  # 10 and 40 candidates
-        peak[0] = 0
+        live.reset()
         video = numbered_video_factory(num_frames=frames)
         got = video_features(video, slow, FeatureCache(tmp_path / str(frames)), Sampling(), cfg)
         np.testing.assert_array_equal(got.frame_numbers, np.arange(0, frames, 30))
-        # a group being encoded (<= 4) + what readers decoded meanwhile, all within the 6-frame budget
-        assert 1 <= peak[0] <= 6, (frames, peak[0])
+        # frames were decoded (>= 1), and never more than the 6-frame budget alive at once
+        assert 1 <= live.peak <= 6, (frames, live.peak)
 
 
 @pytest.mark.parametrize("backend, processes", [("pyav", False), ("pyav", True)])
@@ -324,41 +345,18 @@ def test_reads_and_frames_held_do_not_grow_with_the_length(numbered_video_factor
     frames alive at once are the same for a 40-candidate video as for a 10-candidate one: reads of
     READ_BYTES, a read per reader plus an encoder group held. (Reads used to be a run's length, and
     a long video filled a budget a short one never reached.)"""
-    import weakref
-
     from tspo_eval import extract
 
     monkeypatch.setattr(extract, "READ_BYTES", 2 * 48 * 64 * 3)  # 2 frames per read
-    reads, alive, peak, lock = [], [0], [0], threading.Lock()
-    real_own = extract._Decoder._own
-
-    def counted(self, batch, shared):
-        out = real_own(self, batch, shared)
-        n = len(out)
-        with lock:
-            reads.append(n)
-            alive[0] += n
-            peak[0] = max(peak[0], alive[0])
-
-        def dead():
-            with lock:
-                alive[0] -= n
-
-        weakref.finalize(out, dead)
-        return out
-
-    monkeypatch.setattr(extract._Decoder, "_own", counted)
-    slow = CountingEncoder(encoder)
-    slow.encode_frames = lambda frames: (time.sleep(0.05), encoder.encode_frames(frames))[1]
+    live, slow = LiveFrames(monkeypatch), slow_encoder(encoder, 0.05)
     cfg = ExtractConfig(encode_batch=4, readers=2, prefetch_videos=1, backend=backend, decode_processes=processes)
     for frames in (300, 1200):  # 10 and 40 candidates
-        reads.clear()
-        peak[0] = 0
+        live.reset()
         video = numbered_video_factory(num_frames=frames)
         got = video_features(video, slow, FeatureCache(tmp_path / str(frames)), Sampling(), cfg)
         np.testing.assert_array_equal(got.frame_numbers, np.arange(0, frames, 30))
-        assert sum(reads) == frames // 30 and max(reads) == 2, (frames, reads)
-        assert peak[0] <= 2 * 2 + 4, (frames, peak[0])  # a read per reader + a group at the encoder
+        assert sum(live.reads) == frames // 30 and max(live.reads) == 2, (frames, live.reads)
+        assert live.peak <= 2 * 2 + 4, (frames, live.peak)  # a read per reader + a group at the encoder
 
 
 @pytest.mark.parametrize("processes", [False, True])
