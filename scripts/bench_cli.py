@@ -438,7 +438,8 @@ def main() -> None:
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     p.add_argument("--published-videos", type=int, default=2, help="videos per set timed through the published structure")
     p.add_argument("--alt-configs", nargs="*", default=[],
-                   help="flags without dashes (e.g. backend=decord) run after the defaults, on the 10-min set")
+                   help="flags without dashes (e.g. backend=decord) run after the defaults, on --alt-sets")
+    p.add_argument("--alt-sets", nargs="+", default=["10min"], choices=list(SETS), help="the sets --alt-configs run on")
     p.add_argument("--no-startup", action="store_true", help="skip the fresh-process import timings")
     p.add_argument("--videos", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_cli",
                    help="where the videos are made, or found made (then reused)")
@@ -514,7 +515,7 @@ def main() -> None:
         results["cli"][name] = {"published": {"per_video_s": per_video, "mean_per_video_s": statistics.mean(per_video),
                                               "startup_s": pub["startup_s"]}}
     # the defaults on every set first, then the other flags (a command cut short keeps what matters most)
-    runs = [(name, "defaults") for name in sets] + [("10min", c) for c in args.alt_configs if "10min" in sets]
+    runs = [(name, "defaults") for name in sets] + [(n, c) for n in args.alt_sets if n in sets for c in args.alt_configs]
     for name, label in runs:
         row = results["cli"][name]
         pub_video_s, startup_pub = row["published"]["mean_per_video_s"], row["published"]["startup_s"]

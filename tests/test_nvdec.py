@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import types
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -20,15 +22,18 @@ from tspo_eval.synthetic import read_frame_number
 from tspo_eval.video import FrameReader, NvdecReader, VideoError, nvdec_unavailable, read_frames
 
 
-def fake_pynvvideocodec(opened: list, fail: bool = False, count_offset: int = 0) -> types.ModuleType:
+def fake_pynvvideocodec(opened: list, fail: str | None = None, count_offset: int = 0,
+                        gate: Callable[[], None] = lambda: None) -> types.ModuleType:
     """A PyNvVideoCodec whose SimpleDecoder decodes with PyAV and returns numpy frames (which, like
-    the real DecodedFrames, support DLPack); `fail`: no file can be opened (an unsupported codec)."""
+    the real DecodedFrames, support DLPack). `fail` "open": no file can be opened (an unsupported
+    codec); "read": every read fails. `gate` runs first in every decoder's constructor."""
     module = types.ModuleType("PyNvVideoCodec")
     module.OutputColorType = types.SimpleNamespace(NATIVE=0, RGB=1, RGBP=2)
 
     class SimpleDecoder:
         def __init__(self, path, gpu_id=0, use_device_memory=True, output_color_type=0):
-            if fail:
+            gate()
+            if fail == "open":
                 raise RuntimeError("CUVID: codec not supported")
             assert output_color_type == module.OutputColorType.RGB and use_device_memory
             self.reader = FrameReader(path, "pyav")
@@ -40,6 +45,8 @@ def fake_pynvvideocodec(opened: list, fail: bool = False, count_offset: int = 0)
 
         def get_batch_frames_by_index(self, indices):
             assert indices == sorted(set(indices)), "the real decoder drops repeats and sorts"
+            if fail == "read":
+                raise RuntimeError("CUDA_ERROR_LAUNCH_FAILED")
             self.asked.append(list(indices))
             return list(self.reader.read(indices))
 
@@ -101,36 +108,62 @@ def test_nvdec_reader_gives_the_cpu_decoders_frames(numbered_video, monkeypatch)
         NvdecReader(str(numbered_video), num_frames=300)
 
 
-@pytest.mark.parametrize("fail", [False, True])
-def test_nvdec_extraction_shares_runs_with_cpu_readers_and_falls_back(numbered_video_factory, encoder, tmp_path,
-                                                                       monkeypatch, caplog, fail):
-    """The real extraction path with backend nvdec: GPU readers claim runs beside the CPU readers,
-    the features equal the CPU-only extraction's; a video the GPU cannot open is decoded on the CPU
-    alone, said once for the run."""
+@pytest.mark.parametrize("gpu_fails", [None, "open", "read"])
+def test_nvdec_takes_whole_videos_beside_the_cpu_and_hands_back_what_it_cannot(numbered_video_factory, encoder,
+                                                                              tmp_path, monkeypatch, caplog, gpu_fails):
+    """The real extraction path with backend nvdec: the CPU loop takes the first videos, a GPU decoder
+    the last one, whole, straight into the encoder; every video's features equal the CPU decoders'.
+    A video the GPU cannot open or read is handed back to the CPU, said once for that video and never
+    counted failed. The GPU's decoder starts only once the CPU's two videos are cached, so its video
+    comes back (or in) when the CPU loop has nothing left of its own: the loop must wait for it."""
+    cache = FeatureCache(tmp_path / "nvdec")
+    cpu_done = lambda: len(list((tmp_path / "nvdec").rglob("*.safetensors"))) == 2  # noqa: E731
+    gated: list[bool] = []
+
+    def gate() -> None:
+        deadline = time.monotonic() + 60
+        while not cpu_done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gated.append(cpu_done())
+
     opened: list = []
-    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec(opened, fail=fail))
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec(opened, fail=gpu_fails, gate=gate))
     monkeypatch.setattr(extract, "nvdec_unavailable", lambda device: None)  # a CUDA machine, as far as the plan goes
     extract._said.clear()
-    videos = [numbered_video_factory(num_frames=600), numbered_video_factory(num_frames=450)]
+    videos = [numbered_video_factory(num_frames=n) for n in (600, 450, 360)]
     cfg = ExtractConfig(encode_batch=2, readers=1, decode_threads=1, backend="nvdec")
     assert decode_plan(cfg, cores=2).backend == "nvdec"
-    cache = FeatureCache(tmp_path / "nvdec")
     with caplog.at_level(logging.WARNING, logger="tspo_eval.extract"):
         report = extract_videos(videos, encoder, cache, Sampling(), cfg, progress=False)
     assert sorted(report.encoded) == sorted(map(str, videos)) and not report.failed
-    for video, frames in zip(videos, (600, 450)):
+    for video, frames in zip(videos, (600, 450, 360)):
         got = load_features(video, encoder.identity, cache, Sampling())
         wanted = np.arange(0, frames, 30)
         np.testing.assert_array_equal(got.frame_numbers, wanted)
         torch.testing.assert_close(got.features, encoder.encode_frames(read_frames(video, wanted)),
                                    atol=1e-5, rtol=1e-5)
+    assert gated == [True]  # one GPU decoder, opened after the CPU's videos were cached
     said = [r.getMessage() for r in caplog.records if "GPU decoding skipped" in r.getMessage()]
-    if fail:
-        assert not opened and len(said) == 2  # one line per video (each names its file), not per reader
-        assert all("codec not supported" in m for m in said)
+    if gpu_fails is None:
+        assert not said and len(opened) == 1 and opened[0].reader.path == str(videos[2])
+        assert sum(opened[0].asked, []) == list(range(0, 360, 30))  # the whole video, on the GPU
     else:
-        assert not said and len(opened) >= 2
-        assert sum(len(batch) for decoder in opened for batch in decoder.asked) > 0  # the GPU readers did decode
+        assert len(said) == 1 and str(videos[2]) in said[0]
+        assert ("codec not supported" if gpu_fails == "open" else "CUDA_ERROR_LAUNCH_FAILED") in said[0]
+
+
+def test_nvdec_counts_a_broken_video_it_took_as_failed(numbered_video_factory, encoder, tmp_path, monkeypatch):
+    """A GPU decoder's video that the CPU probe cannot read fails as on the CPU path, with its reason,
+    and the rest of the run goes on."""
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec([]))
+    monkeypatch.setattr(extract, "nvdec_unavailable", lambda device: None)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    videos = [numbered_video_factory(num_frames=n) for n in (600, 450)] + [broken]
+    cfg = ExtractConfig(encode_batch=2, readers=1, decode_threads=1, backend="nvdec")
+    report = extract_videos(videos, encoder, FeatureCache(tmp_path / "c"), Sampling(), cfg, progress=False)
+    assert sorted(report.encoded) == sorted(map(str, videos[:2]))
+    assert list(report.failed) == [str(broken)] and "broken.mp4" in report.failed[str(broken)]
 
 
 def test_decord_is_imported_after_pynvvideocodec_and_a_crash_order_is_refused(monkeypatch, cuda_here):

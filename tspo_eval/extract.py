@@ -12,8 +12,9 @@ With `decode_processes` each reader thread drives worker processes instead (`dec
 PyAV's per-packet Python work then runs without contention for Python's lock, and its
 skipping of unreferenced frames pays (the fastest CPU set-up on the H200, see benchmarks/HISTORY.md).
 Left at their defaults, the decoder, readers and threads are sized from the machine
-(`decode_plan`): PyAV processes on machines of 8+ cores; 2 x 2 decord threads below. The GPU's
-decoders (PyNvVideoCodec, docs/nvdec.md) join the CPU readers with `backend="nvdec"`.
+(`decode_plan`): PyAV processes on machines of 8+ cores; 2 x 2 decord threads below. With
+`backend="nvdec"` the GPU's decoders (PyNvVideoCodec, docs/nvdec.md) take whole videos, straight
+into the encoder, while the CPU readers decode the others.
 
 For a CUDA encoder the CPU readers hand over pinned batches and the encoder's batches
 are queued without waiting for the GPU (one copy back per video).  `compile` runs the
@@ -57,7 +58,8 @@ MAX_AUTO_READERS = 32  # beyond this decoding outruns the encoder (~2,900 frames
 # decoded frames one video may hold before the encoder takes them (in bytes, so 720p holds fewer
 # frames than 270p): memory flat in video length; 16 readers at 480x270 keep ~1,000 frames in flight
 DECODE_BUDGET_BYTES = 384 << 20
-NVDEC_READERS = 4  # GPU decoders per video (x prefetch_videos at once): the H200 has 7 NVDEC engines
+NVDEC_VIDEOS = 6  # videos decoded on the GPU at once, one decoder each: the H200 has 7 NVDEC engines
+NVDEC_READ_BYTES = 256 << 20  # GPU frames one decoder hands over per call (then encoded in `encode_batch`es)
 # one CPU read's frames at most: a worker's shared block and its decoded copy stay this size whatever
 # the video's length (reads sized from the runs grew with it); the worker decodes on where it stopped
 READ_BYTES = 8 << 20
@@ -86,11 +88,9 @@ def decode_plan(cfg: ExtractConfig, cores: int | None = None, device: str | torc
     """`cfg` with its decoding sized to the machine: what was left at 0 / "auto" filled in, what was
     given kept (the cache key depends on none of it).
 
-    - `backend` "nvdec" (asked for; "auto" never picks it): `NVDEC_READERS` GPU decoders per video
-      sharing its runs with the CPU readers sized below (a video the GPU cannot decode is left to
-      them); where it cannot run, the CPU plan, said once. Not automatic because it did not beat
-      the CPU plan on the H200 (docs/nvdec.md: 0.52-0.55 s per 10-min video against 0.40 for 16
-      PyAV processes; 2.3 s against 1.4 for 30-min).
+    - `backend` "nvdec" (asked for; "auto" never picks it): `NVDEC_VIDEOS` GPU decoders take whole
+      videos beside the CPU readers sized below, which decode the rest and any video the GPU cannot
+      (docs/nvdec.md); where it cannot run at all, the CPU plan, said once.
     - CPU readers, on `PROCESS_CORES`+ cores (PyAV installed), or `decode_processes`: PyAV (for
       "auto") in one worker process per core (at most `MAX_AUTO_READERS`), one decoder thread each. PyAV drops the frames
       nothing references undecoded, and its per-packet Python work needs Python's lock, so it
@@ -126,6 +126,13 @@ def _say_once(message: str) -> None:
 
 def _has_pyav() -> bool:
     return importlib.util.find_spec("av") is not None
+
+
+def _cpu_backend(cfg: ExtractConfig) -> str:
+    """The CPU decoder of a plan: under "nvdec", the one the CPU readers beside the GPU use."""
+    if cfg.backend != "nvdec":
+        return cfg.backend
+    return "pyav" if cfg.decode_processes and _has_pyav() else "auto"
 
 
 @dataclass
@@ -197,8 +204,8 @@ class _Decoder:
     """
 
     def __init__(self, path: str, sampling: Sampling, cfg: ExtractConfig, image_size: int | None = None,
-                 pin: bool = False, gpu: int = 0) -> None:
-        self.path, self.sampling, self.cfg, self.image_size, self.pin, self.gpu = path, sampling, cfg, image_size, pin, gpu
+                 pin: bool = False) -> None:
+        self.path, self.sampling, self.cfg, self.image_size, self.pin = path, sampling, cfg, image_size, pin
         return_freed_buffers()  # frame arrays come and go by the thousand: freed ones must not stay
         self.cancelled = threading.Event()
         self.head: queue.Queue = queue.Queue(maxsize=1)  # the Candidates, or the error probing raised
@@ -222,12 +229,8 @@ class _Decoder:
 
     def _start(self) -> None:
         cfg = self.cfg
-        # "nvdec": the CPU readers (the probe's backend) share the runs with NVDEC_READERS GPU decoders
-        nvdec = cfg.backend == "nvdec" and self.image_size is None
-        cpu_backend = ("pyav" if cfg.decode_processes and _has_pyav() else "auto") if cfg.backend == "nvdec" \
-            else cfg.backend
         try:
-            reader = FrameReader(self.path, cpu_backend, cfg.decode_threads)
+            reader = FrameReader(self.path, _cpu_backend(cfg), cfg.decode_threads)
         except Exception as err:  # handed to the consumer, which records it against the video
             self._put(self.head, err)
             return
@@ -238,7 +241,7 @@ class _Decoder:
             self.frame_shape = (*(size or (cands.info.height, cands.info.width)), 3)
             frame_bytes = math.prod(self.frame_shape)
             self.read_frames = max(1, min(cfg.encode_batch, READ_BYTES // frame_bytes))
-            readers = cfg.readers + (NVDEC_READERS if nvdec else 0)
+            readers = cfg.readers
             # a read in flight per reader and a group at the encoder: more only stores a long video's
             # frames ahead of a faster encoder (a budget a short video never filled: memory grew with length)
             self.room.limit = max(1, min(DECODE_BUDGET_BYTES // frame_bytes,
@@ -259,23 +262,7 @@ class _Decoder:
         for i in range(min(cfg.readers, len(self.runs))):
             opened = reader if i == 0 and size is None else None
             threading.Thread(target=self._decode, args=(opened,), daemon=True).start()
-        for _ in range(NVDEC_READERS if nvdec else 0):
-            threading.Thread(target=self._decode_on_gpu, args=(cands.info.num_frames,), daemon=True).start()
         self._put(self.head, cands)
-
-    def _decode_on_gpu(self, num_frames: int) -> None:
-        """A GPU reader: claims runs like the CPU readers. A video the GPU cannot open (codec, frame
-        count) is left to them, said once; a failure after a claim fails the video."""
-        try:
-            reader = NvdecReader(self.path, self.gpu, num_frames)
-        except VideoError as err:
-            _say_once(f"GPU decoding skipped a video, the CPU readers decode it: {err}")
-            return
-        try:
-            with reader:
-                self._read_runs(reader.read, self.cfg.encode_batch)
-        except Exception as err:
-            self._put(self.done, err)
 
     def _decode(self, opened: FrameReader | None) -> None:
         try:
@@ -374,8 +361,7 @@ class DecodeAhead:
         count = max(self.cfg.prefetch_videos, AHEAD_BYTES // DECODE_BUDGET_BYTES)
         for path in list(dict.fromkeys(str(p) for p in paths))[:count]:
             if os.path.isfile(path):  # a missing file is reported by the extraction itself
-                self.decoders[path] = _Decoder(path, self.sampling, self.cfg, None, device.type == "cuda",
-                                               device.index or 0)
+                self.decoders[path] = _Decoder(path, self.sampling, self.cfg, None, device.type == "cuda")
 
     def take(self, path: str, sampling: Sampling, cfg: ExtractConfig, image_size: int | None) -> _Decoder | None:
         """The decoder started for `path`, if it decodes what the extraction wants."""
@@ -392,20 +378,102 @@ class DecodeAhead:
         self.decoders.clear()
 
 
-def _encode(decoder: _Decoder, encoder: Encoder, fingerprint: str, identity: str) -> VideoFeatures:
+Job = tuple[str, str, str]  # (path, fingerprint, cache key)
+
+
+def _encode(decoder: _Decoder, encoder: Encoder, encoding: threading.Lock, fingerprint: str,
+            identity: str) -> VideoFeatures:
     cands = decoder.candidates()
     parts: list[tuple[int, torch.Tensor]] = []
     # features stay on the encoder's device until the video is done: one wait for the GPU per video
     for group in decoder.batches(decoder.cfg.encode_batch):
         sizes = [len(b) for _, b in group]
         frames = torch.cat([upload(b, encoder.device) for _, b in group]) if len(group) > 1 else group[0][1]
-        parts += zip((first for first, _ in group), encoder.encode_frames(frames).split(sizes))
+        with encoding:
+            features = encoder.encode_frames(frames)
+        parts += zip((first for first, _ in group), features.split(sizes))
         del group, frames  # the decoded frames die here: only then may readers decode more
         decoder.room.give(sum(sizes))
     features = torch.cat([f for _, f in sorted(parts, key=lambda part: part[0])]).cpu()
+    return _video_features(cands, features, decoder.path, identity, fingerprint)
+
+
+def _video_features(cands: Candidates, features: torch.Tensor, path: str, identity: str,
+                    fingerprint: str) -> VideoFeatures:
     return VideoFeatures(features=features, frame_numbers=cands.frame_numbers, timestamps=cands.timestamps,
                          fps=cands.info.fps, num_frames=cands.info.num_frames, encoder=identity,
-                         fingerprint=fingerprint, video=str(decoder.path))
+                         fingerprint=fingerprint, video=str(path))
+
+
+class _NvdecRefused(Exception):
+    """The GPU decoder cannot take this video (codec, frame count, a failed read): the CPU decodes it."""
+
+
+def _encode_on_gpu(path: str, sampling: Sampling, cfg: ExtractConfig, encoder: Encoder, encoding: threading.Lock,
+                   fingerprint: str, identity: str, stop: threading.Event) -> VideoFeatures | None:
+    """One whole video through one GPU decoder straight into the encoder: its frames never leave the
+    GPU, and at most `NVDEC_READ_BYTES` of them wait. The frame numbers come from a CPU reader's probe,
+    as on the CPU path. None when stopped."""
+    with FrameReader(path, _cpu_backend(cfg), 1) as probe:
+        cands = probe.candidates(sampling.fps, sampling.max_frames)
+    try:
+        reader = NvdecReader(path, encoder.device.index or 0, cands.info.num_frames)
+    except VideoError as err:
+        raise _NvdecRefused(str(err)) from err
+    step = max(cfg.encode_batch, NVDEC_READ_BYTES // (cands.info.height * cands.info.width * 3))
+    parts: list[torch.Tensor] = []
+    with reader:
+        for first in range(0, len(cands.frame_numbers), step):
+            if stop.is_set():
+                return None
+            try:
+                frames = reader.read(cands.frame_numbers[first:first + step])
+            except VideoError as err:
+                raise _NvdecRefused(str(err)) from err
+            for batch in frames.split(cfg.encode_batch):
+                with encoding:
+                    parts.append(encoder.encode_frames(batch))
+            del frames
+    return _video_features(cands, torch.cat(parts).cpu(), path, identity, fingerprint)
+
+
+class _Videos:
+    """The videos left to extract. The CPU loop takes them from the front, in order; the GPU decoders
+    from the back, never one the CPU must decode (its decoding started ahead on the CPU, or the GPU
+    handed it back, to the front, as one it cannot decode). Whichever side is faster takes more."""
+
+    def __init__(self, jobs: Sequence[Job], started: set[str]) -> None:
+        self.jobs = deque(sorted(jobs, key=lambda job: job[0] not in started))  # the started ones first
+        self.cpu_only, self.held = set(started), 0
+        self.changed = threading.Condition()
+
+    def front(self) -> Job | None:
+        with self.changed:
+            return self.jobs.popleft() if self.jobs else None
+
+    def back(self) -> Job | None:
+        """A video for a GPU decoder, which must `release` it; None when none is left for the GPU."""
+        with self.changed:
+            if not self.jobs or self.jobs[-1][0] in self.cpu_only:
+                return None
+            self.held += 1
+            return self.jobs.pop()
+
+    def release(self, handed_back: Job | None) -> None:
+        with self.changed:
+            self.held -= 1
+            if handed_back is not None:
+                self.cpu_only.add(handed_back[0])
+                self.jobs.appendleft(handed_back)
+            self.changed.notify_all()
+
+    def wait(self) -> bool:
+        """True once a video is waiting at the front; False when none is and no GPU decoder holds
+        one (none can come back: the run is over)."""
+        with self.changed:
+            while not self.jobs and self.held:
+                self.changed.wait()
+            return bool(self.jobs)
 
 
 def _prepare(encoder: Encoder, cfg: ExtractConfig) -> bool:
@@ -420,12 +488,13 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
                    progress: bool = True, ahead: DecodeAhead | None = None) -> ExtractReport:
     """Cache features of `sampling`'s candidates for every video in `paths` (skipping cached
     ones; `cfg`: how fast, never which features); never raises per video. `ahead`: decoding
-    started before the encoder was loaded, taken over here."""
+    started before the encoder was loaded, taken over here. With the "nvdec" plan, `NVDEC_VIDEOS`
+    GPU decoders take whole videos beside this loop's CPU readers (`_Videos`)."""
     start = time.perf_counter()
     sampling, cfg = sampling or Sampling(), decode_plan(cfg or ExtractConfig(), device=encoder.device)
     identity = features_identity(encoder.identity, sampling)
     report = ExtractReport()
-    todo: list[tuple[str, str, str]] = []  # (path, fingerprint, key)
+    todo: list[Job] = []
     for path in dict.fromkeys(str(p) for p in paths):
         try:
             fingerprint = video_fingerprint(path)
@@ -441,33 +510,73 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
     pin = _prepare(encoder, cfg) if todo else False
     image_size = encoder.image_size if sampling.decode_resize else None
     bar = tqdm(total=len(todo), desc="extract", unit="video", disable=not progress)
-    pending = iter(todo)
-    window: deque[tuple[tuple[str, str, str], _Decoder]] = deque()  # videos decoding ahead of the encoder
+    videos = _Videos(todo, set(ahead.decoders) if ahead is not None else set())
+    window: deque[tuple[Job, _Decoder]] = deque()  # videos decoding ahead of the encoder
+    encoding, recording, stop = threading.Lock(), threading.Lock(), threading.Event()
+
+    def record(path: str, key: str, features: VideoFeatures | None, error: Exception | None = None) -> None:
+        """Cache one video's features, or count its failure (from this loop and the GPU decoders)."""
+        if error is None:
+            try:
+                cache.put_video(key, features)
+            except OSError as err:
+                error = err
+        with recording:
+            if error is None:
+                report.encoded.append(path)
+            else:
+                report.failed[path] = str(error)
+                bar.write(f"failed: {error}")
+            bar.update(1)
 
     def refill() -> None:
-        while len(window) < cfg.prefetch_videos and (job := next(pending, None)) is not None:
+        while len(window) < cfg.prefetch_videos and (job := videos.front()) is not None:
             started = ahead.take(job[0], sampling, cfg, image_size) if ahead is not None else None
-            window.append((job, started or _Decoder(job[0], sampling, cfg, image_size, pin,
-                                                    encoder.device.index or 0)))
+            window.append((job, started or _Decoder(job[0], sampling, cfg, image_size, pin)))
 
+    def on_gpu() -> None:
+        while not stop.is_set() and (job := videos.back()) is not None:
+            path, fingerprint, key = job
+            handed_back = None
+            try:
+                features = _encode_on_gpu(path, sampling, cfg, encoder, encoding, fingerprint, identity, stop)
+                if features is not None:
+                    record(path, key, features)
+            except (VideoError, ValueError, OSError) as err:  # the CPU probe: the video itself is bad
+                record(path, key, None, err)
+            except Exception as err:  # noqa: BLE001 - NVDEC refused or failed it: the CPU decodes it
+                _say_once(f"GPU decoding skipped a video, the CPU decodes it: {err}")
+                handed_back = job
+            finally:
+                videos.release(handed_back)
+
+    gpu = cfg.backend == "nvdec" and image_size is None
+    decoders = [threading.Thread(target=on_gpu, name=f"nvdec:{i}", daemon=True) for i in range(NVDEC_VIDEOS * gpu)]
     refill()
+    for thread in decoders:
+        thread.start()
     try:
-        while window:
+        while window or videos.wait():
+            if not window:
+                refill()
+                continue
             (path, fingerprint, key), decoder = window.popleft()
             refill()
             try:
-                cache.put_video(key, _encode(decoder, encoder, fingerprint, identity))
-                report.encoded.append(path)
+                features = _encode(decoder, encoder, encoding, fingerprint, identity)
             except (VideoError, ValueError, OSError) as err:
                 decoder.cancel()
-                report.failed[path] = str(err)
-                bar.write(f"failed: {err}")
-            bar.update(1)
+                record(path, key, None, err)
+            else:
+                record(path, key, features)
     finally:
+        stop.set()
         for _, decoder in window:
             decoder.cancel()
         if ahead is not None:
             ahead.cancel()
+        for thread in decoders:
+            thread.join()
         bar.close()
     report.seconds = time.perf_counter() - start
     return report

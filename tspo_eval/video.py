@@ -593,7 +593,7 @@ class NvdecReader:
     def __init__(self, path: str, gpu: int = 0, num_frames: int | None = None) -> None:
         import PyNvVideoCodec as nvc
 
-        self.path, self.gpu = path, gpu
+        self.path, self.gpu, self._stream = path, gpu, None
         try:
             self._decoder = nvc.SimpleDecoder(path, gpu_id=gpu, use_device_memory=True,
                                               output_color_type=nvc.OutputColorType.RGB)
@@ -614,16 +614,31 @@ class NvdecReader:
             decoded = self._decoder.get_batch_frames_by_index(unique.tolist())
             if len(decoded) != len(unique):
                 raise RuntimeError(f"{len(decoded)} frames returned for {len(unique)} asked")
-            # copied out at once: the decoder may reuse its surfaces on the next call
-            batch = torch.stack([torch.from_dlpack(frame) for frame in decoded])
+            batch = self._copy(decoded)
         except Exception as err:  # noqa: BLE001
             raise VideoError(f"{self.path}: NVDEC failed on frames {unique[:3].tolist()}... ({str(err)[:200]}); "
                              "decode it on the CPU (--backend auto/pyav/decord)") from err
         if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != torch.uint8:
             raise VideoError(f"{self.path}: NVDEC returned {tuple(batch.shape)} {batch.dtype}, not RGB uint8 frames")
-        if batch.is_cuda:
-            torch.cuda.current_stream(batch.device).synchronize()
         return batch if len(unique) == len(back) else batch[torch.from_numpy(back).to(batch.device)]
+
+    def _copy(self, decoded: list) -> torch.Tensor:
+        """The frames copied out at once (the decoder reuses its surfaces on the next call), on a
+        stream of this reader's own: the copy waits for the decoder only, not for the encoder work
+        other threads queued. The caller's stream is recorded, so the memory is not handed to a later
+        copy while the encoder still reads it."""
+        import torch
+
+        on_gpu = getattr(decoded[0], "__dlpack_device__", lambda: (2, 0))()[0] == 2  # kDLCUDA
+        if not on_gpu:  # a decoder returning host memory (the tests' stand-in)
+            return torch.stack([torch.from_dlpack(frame) for frame in decoded])
+        consumer = torch.cuda.current_stream(self.gpu)
+        self._stream = self._stream or torch.cuda.Stream(self.gpu)
+        with torch.cuda.stream(self._stream):
+            batch = torch.stack([torch.from_dlpack(frame) for frame in decoded])
+        self._stream.synchronize()
+        batch.record_stream(consumer)
+        return batch
 
     def close(self) -> None:
         self._decoder = None
