@@ -201,20 +201,27 @@ def test_encoder_identity_ignores_the_head_but_not_clip():
 
 def test_random_agent_is_built_on_its_device_and_dtype(monkeypatch):
     """Parameters are created where the agent will run (a ViT-L initialised on the CPU first took
-    20 s on the H200 before moving); the default dtype is restored afterwards."""
+    20 s on the H200 before moving): made on the meta device (no memory, no init), then allocated
+    and drawn once on the target device in the target dtype; the default dtype is restored."""
     from tspo_eval import agent as agent_module
 
-    built = []
-    init = agent_module.TemporalAgent.__init__
+    built, drawn = [], []
+    init, init_weights = agent_module.TemporalAgent.__init__, agent_module.TemporalAgent.init_weights
 
-    def recording_init(self, config):
-        init(self, config)
+    def recording_init(self, config, *args):
+        init(self, config, *args)
         built.append({(p.device.type, p.dtype) for p in self.parameters()})
 
+    def recording_init_weights(self):
+        drawn.append({(p.device.type, p.dtype) for p in self.parameters()})
+        init_weights(self)
+
     monkeypatch.setattr(agent_module.TemporalAgent, "__init__", recording_init)
-    agent = agent_module.random_agent("clip-tiny", torch_dtype=torch.bfloat16, device="meta")
-    assert built == [{("meta", torch.bfloat16)}]
-    assert {(p.device.type, p.dtype) for p in agent.parameters()} == {("meta", torch.bfloat16)}
+    monkeypatch.setattr(agent_module.TemporalAgent, "init_weights", recording_init_weights)
+    agent = agent_module.random_agent("clip-tiny", torch_dtype=torch.bfloat16, device="cpu")
+    assert built == [{("meta", torch.bfloat16)}] and drawn == [{("cpu", torch.bfloat16)}]
+    assert {(p.device.type, p.dtype) for p in agent.parameters()} == {("cpu", torch.bfloat16)}
+    assert all(p.abs().sum() > 0 for name, p in agent.named_parameters() if name.endswith("weight"))
     assert torch.get_default_dtype() == torch.float32
 
 

@@ -1,7 +1,8 @@
 """The TSPO temporal agent: frozen CLIP ViT-L/14 + a 3.5M-parameter scoring head.
 
-`TemporalAgent` is a transformers `CLIPModel` with one extra submodule, `selector`, so a
-released TSPO-0.4B directory (CLIPConfig + safetensors with `selector.*` keys) loads
+`TemporalAgent` is a CLIP with transformers `CLIPModel`'s parameter names (`clip.CLIP`, plain
+PyTorch: importing CLIPModel cost seconds of start-up) and one extra submodule, `selector`,
+so a released TSPO-0.4B directory (CLIPConfig + safetensors with `selector.*` keys) loads
 unchanged and `save_pretrained` writes the same layout back.  The head reproduces the
 published forward (SPEC section 2), including its quirks: the position fed to the
 sinusoid is index / T, the attention output skips `ffn_o`, and the residual adds the
@@ -15,24 +16,25 @@ import json
 import logging
 import math
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import transformers
 from safetensors import safe_open
-from transformers import CLIPConfig, CLIPModel
+from safetensors.torch import save_file
 
+from .clip import CLIP, ClipConfig, read_config, read_weights
 from .config import model_location
-from .encoders import Frames, HFClipEncoder, write_clip_tokenizer_files
+from .encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Frames, HFClipEncoder, write_clip_tokenizer_files
 
 log = logging.getLogger(__name__)
 
 HEAD_PREFIXES = ("selector.", "multiModal_align.")
+_TOKENIZER_LOCK = threading.Lock()
 AGENT_VALUES = "a TSPO-0.4B directory, a hub id (e.g. hzf666/TSPO-0.4B) or random:<config> (e.g. random:clip-tiny)"
-_DTYPE_KW = "dtype" if tuple(int(p) for p in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
 
 
 def positional_encoding(length: int, dim: int) -> torch.Tensor:
@@ -102,40 +104,74 @@ class TemporalHead(nn.Module):
         return scores[0] if single else scores
 
 
-class TemporalAgent(CLIPModel):
-    """CLIP + `selector` head; `score` -> S, `logits` -> S / tau (tau = 0.025 at inference)."""
+class TemporalAgent(CLIP):
+    """CLIP + `selector` head; `score` -> S, `logits` -> S / tau (tau = 0.025 at inference).
 
-    def __init__(self, config: transformers.CLIPConfig) -> None:
+    Built by `from_pretrained` or `random_agent` directly on its device and dtype (modules are
+    made on the meta device, then given the checkpoint's tensors or random ones there).  The
+    tokenizer is loaded when first used: extracting frame features never needs it.
+    """
+
+    def __init__(self, config: ClipConfig, tokenizer_source: str | Path | None = None) -> None:
         super().__init__(config)
         self.selector = TemporalHead(config.projection_dim, num_heads=8, window=getattr(config, "tspo_window", 12))
         self.tau: float = getattr(config, "tspo_tau", 0.025)
-        self.tokenizer = None
-        self.post_init()
+        self._tokenizer = None
+        self._tokenizer_source = tokenizer_source
+
+    def init_weights(self) -> None:
+        """Random CLIP (see `CLIP.init_weights`) and head."""
+        super().init_weights()
+        self.selector.apply(_init_head)
+
+    @property
+    def tokenizer(self) -> Callable:
+        """The checkpoint's tokenizer (CLIP's BPE when it has none), loaded on first use."""
+        with _TOKENIZER_LOCK:  # prefetch threads encode questions at once: transformers is imported once
+            if self._tokenizer is None:
+                self._tokenizer = load_clip_tokenizer(self._tokenizer_source)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Callable | None) -> None:
+        self._tokenizer = value
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | Path, torch_dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None, **kwargs) -> "TemporalAgent":
-        """Load a released TSPO-0.4B directory (or hub id) as is; a plain CLIP gets a fresh head."""
-        if torch_dtype is not None:
-            kwargs[_DTYPE_KW] = torch_dtype
-        agent = super().from_pretrained(str(path_or_hub_id), **kwargs)
-        if device is not None:
-            agent = agent.to(device)
-        agent.tokenizer = load_clip_tokenizer(path_or_hub_id)
+                        device: str | torch.device | None = None) -> "TemporalAgent":
+        """Load a released TSPO-0.4B directory (or hub id) as is; a plain CLIP gets a fresh head.
+
+        `torch_dtype` None keeps the checkpoint's dtype (bf16 for the release), as transformers 5 does.
+        """
+        directory = _local_directory(str(path_or_hub_id))
+        state, source = read_weights(directory, device or "cpu")
+        dtype = torch_dtype or getattr(state.get("visual_projection.weight"), "dtype", torch.float32)
+        with torch.device("meta"), _default_dtype(dtype):
+            agent = cls(read_config(directory, str(path_or_hub_id)), tokenizer_source=directory)
+        agent.load_clip_weights(state, source, dtype)
+        head = {k[len("selector."):]: v.to(dtype) for k, v in state.items() if k.startswith("selector.")}
+        if head:
+            agent.selector.load_state_dict(head, assign=True)
+        else:
+            agent.selector.to_empty(device=device or "cpu").apply(_init_head)
         return agent.eval()
 
-    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        """Write the released layout: CLIPConfig, safetensors (CLIP + `selector.*`), tokenizer."""
-        self.config.tspo_window = self.selector.window
-        self.config.tspo_tau = self.tau
-        super().save_pretrained(str(save_directory), **kwargs)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(save_directory))
-        from transformers import CLIPImageProcessor  # only here: image processing imports torchvision
-
+    def save_pretrained(self, save_directory: str | Path, dtype: torch.dtype | None = None,
+                        tau: float | None = None) -> None:
+        """Write the released layout: a config.json CLIPConfig reads, model.safetensors (CLIP +
+        `selector.*`, in `dtype`, default the agent's), tokenizer and image-processor files.
+        `tau` is the temperature written (default this agent's)."""
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        dtype = dtype or self.dtype
+        config = {"architectures": ["CLIPModel"], **self.config.to_dict(), "tspo_window": self.selector.window,
+                  "tspo_tau": self.tau if tau is None else tau, "torch_dtype": str(dtype).removeprefix("torch.")}
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+        self.tokenizer.save_pretrained(str(out))
         size = self.config.vision_config.image_size
-        CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
-            str(save_directory))
+        (out / "preprocessor_config.json").write_text(json.dumps(clip_processor_config(size), indent=2) + "\n")
 
     def load_head(self, path: str | Path) -> "TemporalAgent":
         """Load only the head, from a released directory or a training checkpoint.
@@ -161,10 +197,10 @@ class TemporalAgent(CLIPModel):
     @functools.cached_property
     def encoder(self) -> HFClipEncoder:
         """This agent's CLIP as an `Encoder` for the extraction stage (built once: hashing the
-        weights for the cache identity is not free)."""
-        if self.tokenizer is None:
-            self.tokenizer = load_clip_tokenizer(None)
-        return HFClipEncoder(self, self.tokenizer, name=str(getattr(self.config, "_name_or_path", "") or "clip"))
+        weights for the cache identity is not free).  The tokenizer is looked up per call, so
+        building the encoder does not load it."""
+        return HFClipEncoder(self, lambda *args, **kwargs: self.tokenizer(*args, **kwargs),
+                             name=str(self.config._name_or_path or "clip"))
 
     def encode_frames(self, frames: Frames) -> torch.Tensor:
         """uint8 (N, H, W, 3) frames or PIL images -> (N, projection_dim) CLIP image features."""
@@ -181,6 +217,38 @@ class TemporalAgent(CLIPModel):
     def logits(self, frame_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """S / tau: the policy's logits over candidates."""
         return self.score(frame_features, text_features) / self.tau
+
+
+@torch.no_grad()
+def _init_head(module: nn.Module) -> None:
+    """A fresh head's layers as transformers 5 drew them when the agent was a CLIPModel (N(0, 1)
+    weights: CLIPConfig has no initializer_range; zero biases), which the toy runs are tuned on."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=1.0)
+        nn.init.zeros_(module.bias)
+
+
+def _local_directory(path_or_hub_id: str) -> Path:
+    """A local directory as is; a hub id downloaded (config, tokenizer, safetensors; the
+    pytorch_model.bin only when there are no safetensors)."""
+    model_location(path_or_hub_id, "agent", AGENT_VALUES)
+    if Path(path_or_hub_id).expanduser().is_dir():
+        return Path(path_or_hub_id).expanduser()
+    from huggingface_hub import snapshot_download
+
+    directory = Path(snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+    if not any(directory.glob("*.safetensors")):
+        directory = Path(snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.txt", "pytorch_model.bin"]))
+    return directory
+
+
+def clip_processor_config(size: int) -> dict:
+    """What `CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size x size).save_pretrained`
+    writes, without importing transformers' image processing (it imports torchvision)."""
+    return {"crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
+            "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": list(OPENAI_CLIP_MEAN),
+            "image_processor_type": "CLIPImageProcessor", "image_std": list(OPENAI_CLIP_STD), "resample": 3,
+            "rescale_factor": 1 / 255, "size": {"shortest_edge": size}}
 
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -200,10 +268,10 @@ def random_agent(config: str = "clip-tiny", seed: int = 0, torch_dtype: torch.dt
     spec = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
     torch.manual_seed(seed)
     # built where it will run: a ViT-L initialised on the CPU first took 20 s on the H200's cores
-    with torch.device(device), _default_dtype(torch_dtype):
-        agent = TemporalAgent(CLIPConfig(**spec))
-    agent.tokenizer = load_clip_tokenizer(None)
-    return agent.to(device=device, dtype=torch_dtype).eval()
+    with torch.device("meta"), _default_dtype(torch_dtype):
+        agent = TemporalAgent(ClipConfig.from_dict(spec))
+    agent.to_empty(device=device).init_weights()
+    return agent.eval()
 
 
 @contextlib.contextmanager
@@ -218,18 +286,26 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def load_agent(spec: str | Path, torch_dtype: torch.dtype | None = None,
-               device: str | torch.device | None = None) -> TemporalAgent:
-    """`random:<config>` builds an untrained agent; anything else is a directory or hub id."""
+               device: str | torch.device | None = None, seed: int = 0) -> TemporalAgent:
+    """`random:<config>` builds an untrained agent (weights drawn from `seed`); anything else is a
+    directory or hub id."""
     spec = str(spec)
     if spec.startswith("random:"):
-        return random_agent(spec.split(":", 1)[1], torch_dtype=torch_dtype or torch.float32, device=device or "cpu")
-    model_location(spec, "agent", AGENT_VALUES)
+        return random_agent(spec.split(":", 1)[1], seed=seed, torch_dtype=torch_dtype or torch.float32,
+                            device=device or "cpu")
     return TemporalAgent.from_pretrained(spec, torch_dtype=torch_dtype, device=device)
 
 
 def load_clip_tokenizer(path_or_hub_id: str | Path | None):
-    """The checkpoint's own tokenizer; CLIP's BPE shipped with open_clip when it has none."""
-    if path_or_hub_id is not None:
+    """The checkpoint's own tokenizer; CLIP's BPE shipped with open_clip when it has none.
+    (transformers is imported here, not at the top: its tokenizers need none of its modeling code.)"""
+    import transformers
+
+    local = path_or_hub_id is not None and Path(path_or_hub_id).is_dir()
+    if local and not any((Path(path_or_hub_id) / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+        # transformers 5 builds an empty-vocabulary tokenizer from a bare CLIP config.json instead of failing
+        log.warning("%s has no tokenizer files; using CLIP's BPE from open_clip", path_or_hub_id)
+    elif path_or_hub_id is not None:
         try:
             return transformers.AutoTokenizer.from_pretrained(str(path_or_hub_id))
         except (OSError, ValueError, TypeError) as err:

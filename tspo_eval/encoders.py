@@ -176,7 +176,8 @@ def weights_fingerprint(module: torch.nn.Module, skip_prefix: str = "selector.")
 
 
 class HFClipEncoder:
-    """transformers `CLIPModel` features: exactly the TSPO ones (projected, not normalised)."""
+    """Features of a CLIP with `CLIPModel`'s interface (the agent's `clip.CLIP`, or transformers'
+    own): exactly the TSPO ones (projected, not normalised)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Callable, name: str = "clip") -> None:
         self.model = model

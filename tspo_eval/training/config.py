@@ -237,7 +237,7 @@ class ToyConfig:
     duration: float = field(default=120.0, metadata={"help": "seconds per generated video"})
     begin: float = field(default=10.0, metadata={"help": "seconds of the first scene"})
     plot_every: int = field(default=1, metadata={"help": "score timeline + frames every N steps (0: none)"})
-    seed: int = field(default=0, metadata={"help": "seed of videos, head init and rollouts"})
+    seed: int = field(default=0, metadata={"help": "seed of the video, a random agent's weights and the rollouts"})
 
     def __post_init__(self) -> None:
         if not 0 < self.begin < self.duration:

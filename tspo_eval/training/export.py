@@ -28,12 +28,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def export_agent(agent: TemporalAgent, out: str | Path, dtype: torch.dtype = torch.bfloat16,
                  tau: float = 0.025) -> Path:
-    """Save a copy of `agent` in `dtype` in the released layout (the agent itself is untouched)."""
-    copy = TemporalAgent(agent.config)
-    copy.load_state_dict(agent.state_dict())
-    copy = copy.to(dtype)
-    copy.tau, copy.tokenizer = tau, agent.tokenizer
-    copy.save_pretrained(out)
+    """Save `agent` in `dtype`, temperature `tau`, in the released layout (the agent itself is untouched)."""
+    agent.save_pretrained(out, dtype=dtype, tau=tau)
     return Path(out)
 
 

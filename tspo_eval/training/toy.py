@@ -105,7 +105,7 @@ def run_toy(cfg: ToyConfig) -> dict:
     """Generate, train, plot, export."""
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    agent: TemporalAgent = load_agent(cfg.agent)
+    agent: TemporalAgent = load_agent(cfg.agent, seed=cfg.seed)  # a random agent is drawn from the run's seed
     shutil.rmtree(out / "run", ignore_errors=True)  # a rerun trains afresh (no appended metrics)
     samples = beginning_samples(cfg)
     builder = EpisodeBuilder(None, agent.encoder, FeatureCache(out / "feature_cache"))
