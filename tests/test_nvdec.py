@@ -128,6 +128,7 @@ def test_nvdec_takes_whole_videos_beside_the_cpu_and_hands_back_what_it_cannot(n
 
     opened: list = []
     monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec(opened, fail=gpu_fails, gate=gate))
+    monkeypatch.setattr(extract, "NVDEC_TAIL", 0)  # a run long enough that the GPU takes a video
     monkeypatch.setattr(extract, "nvdec_unavailable", lambda device: None)  # a CUDA machine, as far as the plan goes
     extract._said.clear()
     videos = [numbered_video_factory(num_frames=n) for n in (600, 450, 360)]
@@ -152,11 +153,28 @@ def test_nvdec_takes_whole_videos_beside_the_cpu_and_hands_back_what_it_cannot(n
         assert ("codec not supported" if gpu_fails == "open" else "CUDA_ERROR_LAUNCH_FAILED") in said[0]
 
 
+def test_nvdec_leaves_the_last_videos_of_a_run_to_the_cpu(numbered_video_factory, encoder, tmp_path, monkeypatch):
+    """A GPU decoder takes ~5 s per 10-min video (it decodes every frame): the last `NVDEC_TAIL`
+    videos go to the CPU, so a short run is the CPU plan's and a long one's GPU videos start early."""
+    opened: list = []
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec(opened))
+    monkeypatch.setattr(extract, "nvdec_unavailable", lambda device: None)
+    videos = [numbered_video_factory(num_frames=n) for n in (600, 450, 360, 300)]
+    cfg = ExtractConfig(encode_batch=2, readers=1, decode_threads=1, backend="nvdec", prefetch_videos=1)
+    monkeypatch.setattr(extract, "NVDEC_TAIL", 4)  # as many as the run: all on the CPU
+    report = extract_videos(videos, encoder, FeatureCache(tmp_path / "a"), Sampling(), cfg, progress=False)
+    assert len(report.encoded) == 4 and not opened
+    monkeypatch.setattr(extract, "NVDEC_TAIL", 2)  # the CPU takes 1 first; the GPU then the last ones down to 2 left
+    report = extract_videos(videos, encoder, FeatureCache(tmp_path / "b"), Sampling(), cfg, progress=False)
+    assert len(report.encoded) == 4 and [d.reader.path for d in opened] == [str(videos[3])]
+
+
 def test_nvdec_counts_a_broken_video_it_took_as_failed(numbered_video_factory, encoder, tmp_path, monkeypatch):
     """A GPU decoder's video that the CPU probe cannot read fails as on the CPU path, with its reason,
     and the rest of the run goes on."""
     monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec([]))
     monkeypatch.setattr(extract, "nvdec_unavailable", lambda device: None)
+    monkeypatch.setattr(extract, "NVDEC_TAIL", 0)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 100)
     videos = [numbered_video_factory(num_frames=n) for n in (600, 450)] + [broken]

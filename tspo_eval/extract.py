@@ -59,6 +59,10 @@ MAX_AUTO_READERS = 32  # beyond this decoding outruns the encoder (~2,900 frames
 # frames than 270p): memory flat in video length; 16 readers at 480x270 keep ~1,000 frames in flight
 DECODE_BUDGET_BYTES = 384 << 20
 NVDEC_VIDEOS = 6  # videos decoded on the GPU at once, one decoder each: the H200 has 7 NVDEC engines
+# the last videos of a run are left to the CPU: a GPU decoder decodes every frame (~3,400 frames/s, ~5 s
+# a 10-min video on the H200) where PyAV skips the unreferenced ones, so a GPU video started near the
+# end would finish long after the CPU's (benchmarks/HISTORY.md, 2026-12-04 session 8)
+NVDEC_TAIL = 24
 NVDEC_READ_BYTES = 256 << 20  # GPU frames one decoder hands over per call (then encoded in `encode_batch`es)
 # one CPU read's frames at most: a worker's shared block and its decoded copy stay this size whatever
 # the video's length (reads sized from the runs grew with it); the worker decodes on where it stopped
@@ -439,8 +443,8 @@ def _encode_on_gpu(path: str, sampling: Sampling, cfg: ExtractConfig, encoder: E
 
 class _Videos:
     """The videos left to extract. The CPU loop takes them from the front, in order; the GPU decoders
-    from the back, never one the CPU must decode (its decoding started ahead on the CPU, or the GPU
-    handed it back, to the front, as one it cannot decode). Whichever side is faster takes more."""
+    from the back while more than `NVDEC_TAIL` are left, never one the CPU must decode (its decoding
+    started ahead on the CPU, or the GPU handed it back, to the front, as one it cannot decode)."""
 
     def __init__(self, jobs: Sequence[Job], started: set[str]) -> None:
         self.jobs = deque(sorted(jobs, key=lambda job: job[0] not in started))  # the started ones first
@@ -454,7 +458,7 @@ class _Videos:
     def back(self) -> Job | None:
         """A video for a GPU decoder, which must `release` it; None when none is left for the GPU."""
         with self.changed:
-            if not self.jobs or self.jobs[-1][0] in self.cpu_only:
+            if len(self.jobs) <= NVDEC_TAIL or self.jobs[-1][0] in self.cpu_only:
                 return None
             self.held += 1
             return self.jobs.pop()
@@ -534,8 +538,9 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
             started = ahead.take(job[0], sampling, cfg, image_size) if ahead is not None else None
             window.append((job, started or _Decoder(job[0], sampling, cfg, image_size, pin)))
 
-    def on_gpu() -> None:
-        while not stop.is_set() and (job := videos.back()) is not None:
+    def on_gpu(job: Job | None) -> None:
+        """One GPU decoder: `job` (claimed before the CPU loop runs on), then videos from the back."""
+        while job is not None and not stop.is_set():
             path, fingerprint, key = job
             handed_back = None
             try:
@@ -549,10 +554,13 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
                 handed_back = job
             finally:
                 videos.release(handed_back)
+            job = videos.back()
 
     gpu = cfg.backend == "nvdec" and image_size is None
-    decoders = [threading.Thread(target=on_gpu, name=f"nvdec:{i}", daemon=True) for i in range(NVDEC_VIDEOS * gpu)]
     refill()
+    firsts = [job for _ in range(NVDEC_VIDEOS * gpu) if (job := videos.back()) is not None]
+    decoders = [threading.Thread(target=on_gpu, args=(job,), name=f"nvdec:{i}", daemon=True)
+                for i, job in enumerate(firsts)]
     for thread in decoders:
         thread.start()
     try:
