@@ -117,8 +117,8 @@ def test_our_directory_loads_in_clipmodel_and_back(frames, tmp_path):
     assert info["unexpected_keys"] and all(k.startswith("selector.") for k in info["unexpected_keys"])
     pixels = clip_preprocess(torch.from_numpy(frames), 224)
     with torch.no_grad():
-        torch.testing.assert_close(agent.get_image_features(pixels), pooled(clip.get_image_features(pixel_values=pixels)),
-                                   atol=1e-5, rtol=1e-5)
+        want = pooled(clip.get_image_features(pixel_values=pixels))
+        torch.testing.assert_close(agent.get_image_features(pixels), want, atol=1e-5, rtol=1e-5)
         tokens = agent.tokenizer(QUESTIONS, padding=True, truncation=True, max_length=77, return_tensors="pt")
         torch.testing.assert_close(agent.get_text_features(**tokens), pooled(clip.get_text_features(**tokens)),
                                    atol=1e-5, rtol=1e-5)
@@ -175,10 +175,14 @@ def test_sharded_and_pytorch_bin_checkpoints_load(tmp_path):
         assert all(torch.equal(v, agent.state_dict()[k]) for k, v in clip.state_dict().items()), name
 
 
-def test_agent_extract_and_select_never_import_transformers_modeling():
+def test_agent_extract_and_select_never_import_transformers_modeling(tmp_path):
+    """Start-up: the frame path (random or loaded agent) imports no transformers modeling code, nor
+    torch._dynamo / sympy (nn.Embedding's init and to_empty on the meta device would)."""
     code = ("import sys, numpy as np; import tspo_eval.agent, tspo_eval.extract, tspo_eval.selection, "
             "tspo_eval.selection.stage; from tspo_eval.agent import load_agent; "
-            "agent = load_agent('random:clip-tiny'); agent.encode_frames(np.zeros((1, 40, 60, 3), np.uint8)); "
-            "print(sorted(m for m in sys.modules if m.startswith('transformers.model')))")
+            "frame = np.zeros((1, 40, 60, 3), np.uint8); agent = load_agent('random:clip-tiny'); "
+            f"agent.encode_frames(frame); load_agent({str(tmp_path / 'saved')!r}).encode_frames(frame); "
+            "print(sorted(m for m in sys.modules if m.startswith(('transformers.model', 'torch._dynamo', 'sympy'))))")
+    random_agent("clip-tiny").save_pretrained(tmp_path / "saved")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -153,7 +153,7 @@ class TemporalAgent(CLIP):
         if head:
             agent.selector.load_state_dict(head, assign=True)
         else:
-            agent.selector.to_empty(device=device or "cpu").apply(_init_head)
+            _allocate(agent.selector, device or "cpu").apply(_init_head)
         return agent.eval()
 
     def save_pretrained(self, save_directory: str | Path, dtype: torch.dtype | None = None,
@@ -228,6 +228,12 @@ def _init_head(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _allocate(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """`module.to_empty(device=device)` without `empty_like` on the meta device, which imports sympy
+    (start-up time)."""
+    return module._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
+
+
 def _local_directory(path_or_hub_id: str) -> Path:
     """A local directory as is; a hub id downloaded (config, tokenizer, safetensors; the
     pytorch_model.bin only when there are no safetensors)."""
@@ -270,7 +276,7 @@ def random_agent(config: str = "clip-tiny", seed: int = 0, torch_dtype: torch.dt
     # built where it will run: a ViT-L initialised on the CPU first took 20 s on the H200's cores
     with torch.device("meta"), _default_dtype(torch_dtype):
         agent = TemporalAgent(ClipConfig.from_dict(spec))
-    agent.to_empty(device=device).init_weights()
+    _allocate(agent, device).init_weights()
     return agent.eval()
 
 

@@ -98,6 +98,12 @@ class EncoderLayer(nn.Module):
         return x + self.mlp.fc2(self.act(self.mlp.fc1(self.layer_norm2(x))))
 
 
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """A table left uninitialised (loaded or drawn afterwards): nn.Embedding's own normal_ init on
+    the meta device imports torch._dynamo, ~0.9 s of start-up."""
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+
+
 def _tower(cfg: ClipConfig) -> nn.Module:
     """The modules both towers share, named as in CLIPModel (`embeddings`, `encoder.layers.N`)."""
     tower = nn.Module()
@@ -115,14 +121,14 @@ class CLIP(nn.Module):
         self.config = config
         t, v = config.text_config, config.vision_config
         self.text_model = _tower(t)
-        self.text_model.embeddings.token_embedding = nn.Embedding(t.vocab_size, t.hidden_size)
-        self.text_model.embeddings.position_embedding = nn.Embedding(t.max_position_embeddings, t.hidden_size)
+        self.text_model.embeddings.token_embedding = _embedding(t.vocab_size, t.hidden_size)
+        self.text_model.embeddings.position_embedding = _embedding(t.max_position_embeddings, t.hidden_size)
         self.text_model.final_layer_norm = nn.LayerNorm(t.hidden_size, eps=t.layer_norm_eps)
         self.vision_model = _tower(v)
         emb = self.vision_model.embeddings
         emb.class_embedding = nn.Parameter(torch.empty(v.hidden_size))
         emb.patch_embedding = nn.Conv2d(v.num_channels, v.hidden_size, v.patch_size, v.patch_size, bias=False)
-        emb.position_embedding = nn.Embedding((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
+        emb.position_embedding = _embedding((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
         self.vision_model.pre_layrnorm = nn.LayerNorm(v.hidden_size, eps=v.layer_norm_eps)  # sic, CLIPModel's name
         self.vision_model.post_layernorm = nn.LayerNorm(v.hidden_size, eps=v.layer_norm_eps)
         self.visual_projection = nn.Linear(v.hidden_size, config.projection_dim, bias=False)
