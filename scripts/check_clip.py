@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from tspo_eval.agent import TemporalAgent, random_agent
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tspo_eval.agent import TemporalAgent, random_agent  # noqa: E402
 
 
 def pooled(out) -> torch.Tensor:
@@ -30,9 +34,10 @@ def pooled(out) -> torch.Tensor:
 
 
 def import_seconds(code: str) -> float:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     runs = [float(subprocess.run([sys.executable, "-c", f"import time; t = time.perf_counter(); {code}; "
                                   "print(time.perf_counter() - t)"], capture_output=True, text=True,
-                                 check=True).stdout) for _ in range(3)]
+                                 check=True, env=env).stdout) for _ in range(3)]
     return round(statistics.median(runs), 2)
 
 
@@ -40,6 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--clip", default="clip-vit-l-14", help="agent config (tspo_eval/configs/*.json)")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON)")
     a = p.parse_args()
     from transformers import CLIPModel
 
@@ -67,6 +73,8 @@ def main() -> None:
                  "import transformers; from transformers import CLIPModel"):
         out[f"import_s: {code}"] = import_seconds(code)
     print(json.dumps(out, indent=1))
+    if a.out is not None:
+        a.out.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
