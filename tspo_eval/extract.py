@@ -245,14 +245,13 @@ class _Decoder:
             self.frame_shape = (*(size or (cands.info.height, cands.info.width)), 3)
             frame_bytes = math.prod(self.frame_shape)
             self.read_frames = max(1, min(cfg.encode_batch, READ_BYTES // frame_bytes))
-            readers = cfg.readers
             # a read in flight per reader and a group at the encoder: more only stores a long video's
             # frames ahead of a faster encoder (a budget a short video never filled: memory grew with length)
             self.room.limit = max(1, min(DECODE_BUDGET_BYTES // frame_bytes,
-                                         readers * self.read_frames + cfg.encode_batch))
+                                         cfg.readers * self.read_frames + cfg.encode_batch))
             # about four runs per reader, each short enough that every reader holds one within the budget
-            run = max(1, min(cfg.encode_batch, self.room.limit // readers,
-                             math.ceil(len(cands.frame_numbers) / (4 * readers))))
+            run = max(1, min(cfg.encode_batch, self.room.limit // cfg.readers,
+                             math.ceil(len(cands.frame_numbers) / (4 * cfg.readers))))
             self.runs = decode_runs(cands.frame_numbers, reader.keyframes, run)
         except Exception as err:
             reader.close()
