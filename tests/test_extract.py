@@ -201,6 +201,52 @@ def test_decoding_errors_in_a_worker_come_back_as_video_errors(numbered_video, t
         assert read_frame_number(worker.read(str(numbered_video), args, np.array([7]), (48, 64, 3))[0]) == 7
 
 
+def test_a_probe_in_a_worker_finds_what_a_probe_here_finds(numbered_video_factory, tmp_path):
+    """Candidates, keyframes, packet index and decoder from a worker equal this process's; the worker
+    keeps the file open, so the next read needs no index; a bad file's error names it."""
+    from tspo_eval.decode_workers import POOL
+    from tspo_eval.video import Probe
+
+    video = numbered_video_factory(num_frames=300, gop_size=45)
+    with FrameReader(video, "pyav", 1) as reader:
+        here = Probe.of(reader, 1.0, 7)
+    args = {"backend": "pyav", "num_threads": 1, "size": None, "index": None}
+    with POOL.lend(1) as worker:
+        there = worker.probe(str(video), args, 1.0, 7)
+        assert there.backend == here.backend == "pyav"
+        np.testing.assert_array_equal(there.candidates.frame_numbers, here.candidates.frame_numbers)
+        np.testing.assert_array_equal(there.candidates.frame_numbers, np.round(np.linspace(0, 299, 7)))
+        assert there.candidates.info == here.candidates.info
+        np.testing.assert_array_equal(there.keyframes, here.keyframes)
+        assert len(here.keyframes) >= 300 // 45 and here.keyframes[0] == 0
+        for mine, theirs in zip(here.index, there.index):
+            np.testing.assert_array_equal(mine, theirs)
+        assert worker.opened == (str(video), "pyav", 1, None)  # a read of this file now sends no index
+        assert read_frame_number(worker.read(str(video), {**args, "index": here.index}, np.array([90]),
+                                             (48, 64, 3))[0]) == 90
+        broken = tmp_path / "broken.mp4"
+        broken.write_bytes(video.read_bytes()[:1500])
+        with pytest.raises(VideoError, match="broken.mp4"):
+            worker.probe(str(broken), args, 1.0, None)
+
+
+def test_worker_decoding_never_opens_a_video_in_this_process(videos, encoder, tmp_path, monkeypatch):
+    """With decode_processes the probe runs in a worker too: demuxing a file is a Python loop per packet
+    that here would hold Python's lock against the thread launching the encoder (issue 17)."""
+    from tspo_eval import extract
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a video was opened in the parent")
+
+    monkeypatch.setattr(extract, "FrameReader", refused)
+    good_a, good_b, corrupt, _ = videos
+    cfg = ExtractConfig(encode_batch=4, readers=2, decode_processes=True)
+    report = extract_videos([good_a, corrupt, good_b], encoder, FeatureCache(tmp_path / "c"), Sampling(), cfg,
+                            progress=False)
+    assert sorted(report.encoded) == sorted([str(good_a), str(good_b)])
+    assert list(report.failed) == [str(corrupt)] and str(corrupt) in report.failed[str(corrupt)]
+
+
 def test_a_decoding_process_that_hangs_is_stopped(numbered_video):
     """A worker that stops answering (here: SIGSTOP) is killed after its timeout; the read
     names the file, and the next lend starts a fresh worker."""
@@ -214,7 +260,7 @@ def test_a_decoding_process_that_hangs_is_stopped(numbered_video):
         worker.read(str(numbered_video), args, np.array([0]), (48, 64, 3))  # started and answering
         os.kill(worker.process.pid, signal.SIGSTOP)
         worker.reply_timeout_s = 0.5
-        with pytest.raises(VideoError, match="gave no frames in 0.5 s") as err:
+        with pytest.raises(VideoError, match="gave no answer in 0.5 s") as err:
             worker.read(str(numbered_video), args, np.array([30]), (48, 64, 3))
         assert str(numbered_video) in str(err.value) and worker.process.poll() is not None
     with POOL.lend(1) as fresh:

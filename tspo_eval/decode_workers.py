@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import FrameReader, VideoError
+from .video import FrameReader, Probe, VideoError
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,20 @@ class DecodeWorker:
             self._replace_block(nbytes)
         key = _reader_key(path, reader_args)
         args = {**reader_args, "index": None} if key == self.opened else reader_args
+        shape = self._ask(path, key, ("read", path, args, np.asarray(frame_numbers), self.block.path, self.block.size))
+        return self.block.array[:int(np.prod(shape))].reshape(shape)
+
+    def probe(self, path: str, reader_args: dict, fps: float, max_frames: int | None) -> Probe:
+        """`path` opened and probed here (its candidates, keyframes and packet index), the file left open
+        for reads with these `reader_args`: demuxing a whole file is a Python loop per packet, which in
+        the parent would hold Python's lock against the thread launching the encoder's kernels
+        (measured on the H200: the parent's wait for probes was half the extraction loop)."""
+        return self._ask(path, _reader_key(path, reader_args), ("probe", path, reader_args, fps, max_frames))
+
+    def _ask(self, path: str, key: tuple, request: tuple) -> object:
+        """Send `request`, wait for its answer; the worker then has `key`'s reader open."""
         try:
-            self.conn.send((path, args, np.asarray(frame_numbers), self.block.path, self.block.size))
+            self.conn.send(request)
             # the process's sentinel as well as the pipe: a death is seen at once even where the
             # pipe's other end outlives the worker (e.g. inherited by a forked process)
             ready = wait([self.conn] + ([self.sentinel] if self.sentinel is not None else []),
@@ -198,13 +210,13 @@ class DecodeWorker:
                              "the decoder: re-encode it, or try the other --backend") from err
         if not answered:
             self.close(kill=True)
-            raise VideoError(f"{path}: the decoding process gave no frames in {self.reply_timeout_s:g} s and was "
+            raise VideoError(f"{path}: the decoding process gave no answer in {self.reply_timeout_s:g} s and was "
                              "stopped; the file may hang the decoder: re-encode it, or try the other --backend")
         if status == "error":
             self.opened = None
             raise payload
         self.opened = key
-        return self.block.array[:int(np.prod(payload))].reshape(payload)
+        return payload
 
     def _replace_block(self, nbytes: int) -> None:
         self._drop_block()
@@ -301,29 +313,34 @@ def _reader_key(path: str, reader_args: dict) -> tuple:
 
 
 def _serve(conn: Connection) -> None:
-    """Worker loop: (path, reader args, frame numbers, block path, block size) in, ("ok", shape)
-    or ("error", exception) out, until the parent closes the pipe."""
+    """Worker loop until the parent closes the pipe: ("read", path, reader args, frame numbers, block
+    path, block size) -> ("ok", shape), the frames in the block; ("probe", path, reader args, fps,
+    max frames) -> ("ok", Probe); a failure -> ("error", exception)."""
     readers: dict[tuple, FrameReader] = {}
     block, block_path = None, None
     while True:
         try:
-            path, reader_args, frame_numbers, wanted_path, size = conn.recv()
+            kind, path, reader_args, *rest = conn.recv()
         except (EOFError, OSError):
             break
         key = _reader_key(path, reader_args)
         try:
-            if wanted_path != block_path:
-                block, block_path = np.memmap(wanted_path, np.uint8, "r+", shape=(size,)), wanted_path
             if key not in readers:
                 if len(readers) >= 4:  # videos decoded at once (prefetch), with room to spare
                     readers.pop(next(iter(readers))).close()
                 readers[key] = FrameReader(path, **reader_args)
-            frames = readers[key].read(frame_numbers)
-            if frames.nbytes > size:
-                raise VideoError(f"{path}: decoded frames are {frames.shape[1:]}, larger than the probe "
-                                 "reported; re-encode the file")
-            block[:frames.nbytes] = frames.reshape(-1)
-            reply = ("ok", frames.shape)
+            if kind == "probe":
+                reply = ("ok", Probe.of(readers[key], *rest))
+            else:
+                frame_numbers, wanted_path, size = rest
+                if wanted_path != block_path:
+                    block, block_path = np.memmap(wanted_path, np.uint8, "r+", shape=(size,)), wanted_path
+                frames = readers[key].read(frame_numbers)
+                if frames.nbytes > size:
+                    raise VideoError(f"{path}: decoded frames are {frames.shape[1:]}, larger than the probe "
+                                     "reported; re-encode the file")
+                block[:frames.nbytes] = frames.reshape(-1)
+                reply = ("ok", frames.shape)
         except Exception as err:  # noqa: BLE001 - any failure goes back to the parent, which records it
             stale = readers.pop(key, None)
             if stale is not None:

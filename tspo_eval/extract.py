@@ -48,7 +48,7 @@ from .cache import FeatureCache, VideoFeatures, features_identity, video_fingerp
 from .decode_workers import POOL, return_freed_buffers
 from .encoders import Encoder, Frames, clip_resize_shape, upload
 from .policy import ExtractConfig, Sampling
-from .video import Candidates, FrameReader, NvdecReader, VideoError, decode_runs, nvdec_unavailable
+from .video import Candidates, FrameReader, NvdecReader, Probe, VideoError, decode_runs, nvdec_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +232,17 @@ class _Decoder:
                 continue
 
     def _start(self) -> None:
-        cfg = self.cfg
+        cfg, sampling = self.cfg, self.sampling
+        reader = None
         try:
-            reader = FrameReader(self.path, _cpu_backend(cfg), cfg.decode_threads)
-        except Exception as err:  # handed to the consumer, which records it against the video
-            self._put(self.head, err)
-            return
-        try:
-            cands = reader.candidates(self.sampling.fps, self.sampling.max_frames)
+            if cfg.decode_processes:  # probed in a worker: its demuxing then holds that process's lock, not ours
+                args = {"backend": _cpu_backend(cfg), "num_threads": cfg.decode_threads, "size": None, "index": None}
+                with POOL.lend(cfg.readers) as worker:
+                    probe = worker.probe(self.path, args, sampling.fps, sampling.max_frames)
+            else:
+                reader = FrameReader(self.path, _cpu_backend(cfg), cfg.decode_threads)
+                probe = Probe.of(reader, sampling.fps, sampling.max_frames)
+            cands = probe.candidates
             size = None if self.image_size is None else clip_resize_shape(
                 cands.info.height, cands.info.width, self.image_size)
             self.frame_shape = (*(size or (cands.info.height, cands.info.width)), 3)
@@ -252,30 +255,29 @@ class _Decoder:
             # about four runs per reader, each short enough that every reader holds one within the budget
             run = max(1, min(cfg.encode_batch, self.room.limit // cfg.readers,
                              math.ceil(len(cands.frame_numbers) / (4 * cfg.readers))))
-            self.runs = decode_runs(cands.frame_numbers, reader.keyframes, run)
-        except Exception as err:
-            reader.close()
+            self.runs = decode_runs(cands.frame_numbers, probe.keyframes, run)
+        except Exception as err:  # handed to the consumer, which records it against the video
+            if reader is not None:
+                reader.close()
             self._put(self.head, err)
             return
         self.frame_numbers = cands.frame_numbers
-        self.reader_args = {"backend": reader.backend, "num_threads": cfg.decode_threads, "size": size,
-                            "index": reader.index}
-        if size is not None:  # the probing reader decodes at the stored size
+        self.reader_args = {"backend": probe.backend, "num_threads": cfg.decode_threads, "size": size,
+                            "index": probe.index}
+        if reader is not None and size is not None:  # the probing reader decodes at the stored size
             reader.close()
+            reader = None
         for i in range(min(cfg.readers, len(self.runs))):
-            opened = reader if i == 0 and size is None else None
-            threading.Thread(target=self._decode, args=(opened,), daemon=True).start()
+            threading.Thread(target=self._decode, args=(reader if i == 0 else None,), daemon=True).start()
         self._put(self.head, cands)
 
     def _decode(self, opened: FrameReader | None) -> None:
         try:
-            if not self.cfg.decode_processes:
+            if self.cfg.decode_processes:
+                self._read_runs(self._read_in_worker(), self.read_frames)
+            else:
                 with opened or FrameReader(self.path, **self.reader_args) as reader:
                     self._read_runs(lambda frames: self._own(reader.read(frames), shared=False), self.read_frames)
-                return
-            if opened is not None:
-                opened.close()
-            self._read_runs(self._read_in_worker(), self.read_frames)
         except Exception as err:
             self._put(self.done, err)
 

@@ -88,6 +88,21 @@ class Candidates:
     info: VideoInfo
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What readers of one video need before they decode: its candidates, its keyframes (where runs
+    may start) and the decoder's packet index (`FrameReader.index`, None for decord), found once."""
+
+    candidates: Candidates
+    keyframes: np.ndarray
+    index: tuple[np.ndarray, np.ndarray] | None
+    backend: str
+
+    @classmethod
+    def of(cls, reader: FrameReader, fps: float = 1.0, max_frames: int | None = None) -> Probe:
+        return cls(reader.candidates(fps, max_frames), reader.keyframes, reader.index, reader.backend)
+
+
 def candidate_frame_numbers(num_frames: int, avg_fps: float, fps: float = 1.0,
                             max_frames: int | None = None) -> np.ndarray:
     """Frame numbers sampled at `fps`: every round(avg_fps / fps)-th frame from frame 0.

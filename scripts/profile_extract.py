@@ -1,0 +1,247 @@
+"""Where the extraction loop's time goes: `tspo-eval extract` run in-process with its stages timed (issue 17).
+
+`bench_cli.py` says how fast the command is; this says why. The real command (`tspo_eval.cli.main`,
+default flags unless given) runs with wrappers around each stage, and the JSON gets, per set:
+
+  main thread   waiting for a probe, waiting for decoded batches, uploading, launching the encoder,
+                the per-video wait for the GPU (the rest of `_encode`), writing the cache
+  reader threads  waiting for room in the video's frame budget, waiting for a worker process,
+                the worker's round trip (its decoding), pinning; summed over threads
+  processes     CPU seconds of the parent and of the decoding workers during the loop (from /proc),
+                as a share of the cores; GPU utilisation sampled through NVML
+
+Runs after the first reuse the warm process (workers, CUDA, compiled kernels): compare runs with
+each other, the command's own figure with `bench_cli.py`. Videos as bench_cli makes them.
+
+    python3 scripts/profile_extract.py --device cuda --sets 10min 30min --out profile.json \
+        --runs defaults prefetch-videos=3
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_cli  # noqa: E402  (videos, questions and flags made the same way)
+
+EVENTS: list[tuple[str, str, float, float]] = []  # (thread, stage, start, end)
+_lock = threading.Lock()
+
+
+def _note(stage: str, start: float) -> None:
+    with _lock:
+        EVENTS.append((threading.current_thread().name, stage, start, time.perf_counter()))
+
+
+def timed(owner: object, name: str, stage: str) -> None:
+    """Replace `owner.name` by a wrapper that records each call's span as `stage`."""
+    fn = getattr(owner, name)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _note(stage, start)
+
+    setattr(owner, name, wrapper)
+
+
+def instrument() -> None:
+    from tspo_eval import cache, decode_workers, extract
+
+    timed(extract._Decoder, "candidates", "main:wait_probe")
+    timed(extract, "upload", "main:upload")
+    timed(extract, "_encode", "main:video")
+    timed(cache.FeatureCache, "put_video", "main:cache_write")
+    timed(extract._FrameBudget, "take", "reader:budget_wait")
+    timed(decode_workers.DecodeWorker, "read", "reader:worker_round_trip")
+    timed(extract._Decoder, "_own", "reader:pin_or_copy")
+
+    batches = extract._Decoder.batches
+
+    def timed_batches(self, limit):
+        source = batches(self, limit)
+        while True:
+            start = time.perf_counter()
+            try:
+                group = next(source)
+            except StopIteration:
+                return
+            finally:
+                _note("main:wait_decoded", start)
+            yield group
+
+    extract._Decoder.batches = timed_batches
+    lend = decode_workers._Pool.lend
+
+    @contextlib.contextmanager
+    def timed_lend(self, limit, prefer=None):
+        start = time.perf_counter()
+        with lend(self, limit, prefer) as worker:
+            _note("reader:worker_wait", start)
+            yield worker
+
+    decode_workers._Pool.lend = timed_lend
+
+
+def encoder_timing() -> None:
+    """Wrap whichever encoder class the agent builds (found on first use)."""
+    from tspo_eval import extract
+
+    original = extract._encode
+
+    def first_call(decoder, encoder, *args):
+        cls = type(encoder)
+        if not getattr(cls, "_profiled", False):
+            timed(cls, "encode_frames", "main:encode_launch")
+            cls._profiled = True
+        return original(decoder, encoder, *args)
+
+    extract._encode = first_call
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workers_cpu() -> dict[int, float]:
+    from tspo_eval.decode_workers import POOL
+
+    out = {}
+    for worker in list(POOL.started):
+        with contextlib.suppress(OSError, IndexError):
+            out[worker.process.pid] = cpu_seconds(worker.process.pid)
+    return out
+
+
+def watched_extract(gpu_samples: list) -> None:
+    """Wrap extract_videos: CPU seconds of parent and workers, and GPU utilisation, over the loop."""
+    from tspo_eval import extract
+
+    original = extract.extract_videos
+
+    def wrapper(*args, **kwargs):
+        import torch
+
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.02):
+                with contextlib.suppress(Exception):
+                    gpu_samples.append(torch.cuda.utilization())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if torch.cuda.is_available():
+            sampler.start()
+        before, parent_before, t0 = workers_cpu(), cpu_seconds(os.getpid()), time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            after = workers_cpu()
+            wrapper.last = {"loop_s": time.perf_counter() - t0,
+                            "parent_cpu_s": cpu_seconds(os.getpid()) - parent_before,
+                            "workers": len(after),
+                            "workers_cpu_s": sum(v - before.get(pid, 0.0) for pid, v in after.items())}
+            done.set()
+
+    extract.extract_videos = wrapper
+    return wrapper
+
+
+def split_run(run: str) -> tuple[list[str], dict[str, int]]:
+    """'prefetch-videos=3,READ_BYTES=16777216' -> (CLI flags, tspo_eval.extract constants to set)."""
+    items = [item for item in run.split(",") if item]
+    constants = {k: int(v) for k, _, v in (i.partition("=") for i in items if i.split("=")[0].isupper())}
+    flags = bench_cli.cli_flags(",".join(i for i in items if not i.split("=")[0].isupper()))
+    return flags, constants
+
+
+def summarize(events: list, loop_s: float, readers: int) -> dict:
+    totals, counts = defaultdict(float), defaultdict(int)
+    for _, stage, start, end in events:
+        totals[stage] += end - start
+        counts[stage] += 1
+    out = {}
+    for stage in sorted(totals):
+        share = totals[stage] / loop_s if stage.startswith("main:") else totals[stage] / (loop_s * readers)
+        out[stage] = {"calls": counts[stage], "seconds": round(totals[stage], 3), "share": round(share, 3)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--clip", default="clip-vit-l-14")
+    p.add_argument("--copies", type=int, default=8)
+    p.add_argument("--sets", nargs="+", default=["10min", "30min"], choices=list(bench_cli.SETS))
+    p.add_argument("--runs", nargs="+", default=["defaults"], help="flag sets as bench_cli's --alt-configs")
+    p.add_argument("--videos", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_cli")
+    p.add_argument("--tiny", action="store_true", help="a CPU check: short videos, clip-tiny, 2 copies")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    sets = {n: bench_cli.TINY_SETS[n] if args.tiny else bench_cli.SETS[n] for n in args.sets}
+    if args.tiny:
+        args.clip, args.copies = "clip-tiny", 2
+    _, bases, _ = bench_cli.make_videos(args.videos, sets, 0.05 if args.tiny else bench_cli.BASE_MINUTES)
+
+    instrument()
+    encoder_timing()
+    gpu: list = []
+    watch = watched_extract(gpu)
+    from tspo_eval.cli import main as cli_main
+    from tspo_eval import extract
+
+    results: dict = {"command": " ".join(sys.argv), "runs": []}
+    for run in args.runs:
+        for name in sets:
+            videos = bench_cli.distinct_copies(bases[name], args.copies,
+                                               Path(tempfile.mkdtemp(prefix="tspo_profile_")) / name)
+            root = Path(tempfile.mkdtemp(prefix="tspo_profile_run_"))
+            bench_cli.write_questions(videos, root / "q.tsv")
+            EVENTS.clear()
+            gpu.clear()
+            flags, constants = split_run(run)
+            saved = {k: getattr(extract, k) for k in constants}
+            for key, value in constants.items():
+                setattr(extract, key, value)
+            code = cli_main(["extract", "--benchmark", "lvbench", "--annotations", str(root / "q.tsv"),
+                             "--videos", str(videos[0].parent), "--agent", f"random:{args.clip}",
+                             "--device", args.device, "--cache", str(root / "cache"), *flags])
+            for key, value in saved.items():
+                setattr(extract, key, value)
+            report = json.loads((root / "cache" / "reports" / "lvbench" / "extract.json").read_text())
+            stats = dict(watch.last)
+            readers = len({thread for thread, stage, *_ in EVENTS if stage.startswith("reader:")})
+            cores = os.cpu_count() or 1
+            row = {"set": name, "run": run, "exit": code, "encoded": len(report["encoded"]),
+                   "failed": len(report["failed"]), "extraction_s": report["seconds"],
+                   "per_video_s": report["seconds"] / args.copies, **stats,
+                   "workers_busy": stats["workers_cpu_s"] / (stats["loop_s"] * max(1, stats["workers"])),
+                   "cores_busy": (stats["workers_cpu_s"] + stats["parent_cpu_s"]) / (stats["loop_s"] * cores),
+                   "gpu_util_mean": sum(gpu) / len(gpu) if gpu else None,
+                   "stages": summarize(list(EVENTS), stats["loop_s"], readers)}
+            results["runs"].append(row)
+            print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, indent=1),
+                  flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
