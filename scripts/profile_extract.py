@@ -61,12 +61,14 @@ def timed(owner: object, name: str, stage: str) -> None:
 
 
 def instrument() -> None:
-    from tspo_eval import cache, decode_workers, extract
+    from tspo_eval import cache, decode_workers, encoders, extract
 
     timed(extract._Decoder, "candidates", "main:wait_probe")
     timed(extract, "upload", "main:upload")
     timed(extract, "_encode", "main:video")
     timed(cache.FeatureCache, "put_video", "main:cache_write")
+    timed(encoders, "clip_preprocess", "main:encode_preprocess")  # the launch's two halves
+    timed(encoders.HFClipEncoder, "_project_images", "main:encode_model")
     timed(extract._FrameBudget, "take", "reader:budget_wait")
     timed(decode_workers.DecodeWorker, "read", "reader:worker_round_trip")
     timed(extract._Decoder, "_own", "reader:pin_or_copy")

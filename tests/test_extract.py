@@ -103,6 +103,47 @@ def test_runs_finishing_out_of_order_come_back_in_time_order(numbered_video, enc
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("processes", [False, True])
+def test_the_encoder_gets_full_groups_however_slowly_frames_arrive(numbered_video, encoder, tmp_path, monkeypatch,
+                                                                   processes):
+    """Frames trickling in one by one are still encoded `encode_batch` at a time (the video's last group
+    excepted): an encoder call costs the same launching whatever its size (issue 17)."""
+    from tspo_eval import decode_workers
+
+    owner, name = (decode_workers.DecodeWorker, "read") if processes else (FrameReader, "read")
+    real_read = getattr(owner, name)
+
+    def slow(self, *args):
+        time.sleep(0.03)
+        return real_read(self, *args)
+
+    monkeypatch.setattr(owner, name, slow)
+    counting = CountingEncoder(encoder)
+    got = video_features(numbered_video, counting, FeatureCache(tmp_path), Sampling(),
+                         ExtractConfig(encode_batch=4, readers=3, backend="pyav", decode_processes=processes))
+    assert counting.batches == [4, 4, 2]
+    np.testing.assert_array_equal(got.frame_numbers, np.arange(0, 300, 30))
+
+
+def test_a_budget_smaller_than_a_group_never_stalls_the_encoder(numbered_video, encoder, tmp_path, monkeypatch):
+    """Room for 5 frames, reads of 3, groups of 8: a group waiting to fill must leave room for a read
+    (filling to 5 would hold 3, and the next read of 3 would wait for room forever)."""
+    from tspo_eval import extract
+
+    frame = 48 * 64 * 3
+    monkeypatch.setattr(extract, "DECODE_BUDGET_BYTES", 5 * frame)
+    monkeypatch.setattr(extract, "READ_BYTES", 3 * frame)
+    counting = CountingEncoder(encoder)
+    result: list = []
+    run = threading.Thread(target=lambda: result.append(video_features(
+        numbered_video, counting, FeatureCache(tmp_path), Sampling(), ExtractConfig(encode_batch=8, readers=1))),
+        daemon=True)
+    run.start()
+    run.join(60)
+    assert result, "the extraction stalled"
+    assert sum(counting.batches) == 10 and max(counting.batches) <= 5
+
+
 def test_second_run_resumes_from_the_cache(videos, encoder, tmp_path):
     good_a, good_b, *_ = videos
     cache = FeatureCache(tmp_path / "cache")
