@@ -216,6 +216,7 @@ def test_a_decoding_process_that_dies_costs_one_read_not_the_pool(numbered_video
     a fresh worker for the next read. No more than `limit` workers ever exist."""
     from tspo_eval.decode_workers import POOL
 
+    POOL.close()  # workers left idle by earlier tests would count too
     args = {"backend": "pyav", "num_threads": 1, "size": None, "index": None}
     with POOL.lend(1) as worker:
         first = worker.read(str(numbered_video), args, np.array([0, 30]), (48, 64, 3))
