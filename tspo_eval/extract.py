@@ -8,8 +8,9 @@ in video length; a broken video is recorded as failed while the run goes on. Fin
 in the cache, so an interrupted run resumes where it stopped. A command that knows its videos
 before its model is loaded starts decoding them at once (`DecodeAhead`).
 
-With `decode_processes` each reader thread drives worker processes instead (`decode_workers`):
-PyAV's per-packet Python work then runs without contention for Python's lock, and its
+With `decode_processes` each reader thread drives worker processes instead (`decode_workers`), and
+each video is probed in one: PyAV's per-packet Python work then runs without contention for Python's
+lock (nor holds it against the thread launching the encoder's kernels), and its
 skipping of unreferenced frames pays (the fastest CPU set-up on the H200, see benchmarks/HISTORY.md).
 Left at their defaults, the decoder, readers and threads are sized from the machine
 (`decode_plan`): PyAV processes on machines of 8+ cores; 2 x 2 decord threads below. With
@@ -194,6 +195,22 @@ class _FrameBudget:
             self.changed.notify_all()
 
 
+def _probe(path: str, sampling: Sampling, cfg: ExtractConfig) -> tuple[Probe, FrameReader | None]:
+    """`path` probed, in a decoding worker under `decode_processes` (demuxing a file is a Python loop
+    per packet, which here holds Python's lock against the thread launching the encoder: on the H200
+    the loop waited for probes half its time), else here, the reader left open for the caller."""
+    if cfg.decode_processes:
+        args = {"backend": _cpu_backend(cfg), "num_threads": cfg.decode_threads, "size": None, "index": None}
+        with POOL.lend(cfg.readers) as worker:
+            return worker.probe(path, args, sampling.fps, sampling.max_frames), None
+    reader = FrameReader(path, _cpu_backend(cfg), cfg.decode_threads)
+    try:
+        return Probe.of(reader, sampling.fps, sampling.max_frames), reader
+    except BaseException:
+        reader.close()
+        raise
+
+
 class _Decoder:
     """Decodes one video's candidates on `readers` threads, handing batches over as they are done.
 
@@ -232,16 +249,9 @@ class _Decoder:
                 continue
 
     def _start(self) -> None:
-        cfg, sampling = self.cfg, self.sampling
-        reader = None
+        cfg, reader = self.cfg, None
         try:
-            if cfg.decode_processes:  # probed in a worker: its demuxing then holds that process's lock, not ours
-                args = {"backend": _cpu_backend(cfg), "num_threads": cfg.decode_threads, "size": None, "index": None}
-                with POOL.lend(cfg.readers) as worker:
-                    probe = worker.probe(self.path, args, sampling.fps, sampling.max_frames)
-            else:
-                reader = FrameReader(self.path, _cpu_backend(cfg), cfg.decode_threads)
-                probe = Probe.of(reader, sampling.fps, sampling.max_frames)
+            probe, reader = _probe(self.path, self.sampling, cfg)
             cands = probe.candidates
             size = None if self.image_size is None else clip_resize_shape(
                 cands.info.height, cands.info.width, self.image_size)
@@ -426,8 +436,10 @@ def _encode_on_gpu(path: str, sampling: Sampling, cfg: ExtractConfig, encoder: E
     """One whole video through one GPU decoder straight into the encoder: its frames never leave the
     GPU, and at most `NVDEC_READ_BYTES` of them wait. The frame numbers come from a CPU reader's probe,
     as on the CPU path. None when stopped."""
-    with FrameReader(path, _cpu_backend(cfg), 1) as probe:
-        cands = probe.candidates(sampling.fps, sampling.max_frames)
+    probe, opened = _probe(path, sampling, cfg)
+    if opened is not None:
+        opened.close()
+    cands = probe.candidates
     try:
         reader = NvdecReader(path, encoder.device.index or 0, cands.info.num_frames)
     except VideoError as err:
