@@ -272,6 +272,31 @@ def test_a_probe_in_a_worker_finds_what_a_probe_here_finds(numbered_video_factor
             worker.probe(str(broken), args, 1.0, None)
 
 
+def test_a_probe_whose_decoder_dies_costs_that_video_only(videos, encoder, tmp_path, monkeypatch):
+    """A file that crashes the decoder while it is probed (here: the worker is killed mid-probe) is
+    counted failed, naming the file; the parent (which probed in its own threads before) lives on and
+    the other videos are encoded."""
+    import os
+    import signal
+
+    from tspo_eval import decode_workers
+
+    good_a, good_b, _, _ = videos
+    real_probe = decode_workers.DecodeWorker.probe
+
+    def crashing(self, path, *args):
+        if path == str(good_b):
+            os.kill(self.process.pid, signal.SIGKILL)
+        return real_probe(self, path, *args)
+
+    monkeypatch.setattr(decode_workers.DecodeWorker, "probe", crashing)
+    report = extract_videos([good_a, good_b], encoder, FeatureCache(tmp_path / "c"), Sampling(),
+                            ExtractConfig(encode_batch=4, readers=2, decode_processes=True), progress=False)
+    assert report.encoded == [str(good_a)]
+    assert list(report.failed) == [str(good_b)]
+    assert "decoding process died" in report.failed[str(good_b)] and str(good_b) in report.failed[str(good_b)]
+
+
 def test_worker_decoding_never_opens_a_video_in_this_process(videos, encoder, tmp_path, monkeypatch):
     """With decode_processes the probe runs in a worker too: demuxing a file is a Python loop per packet
     that here would hold Python's lock against the thread launching the encoder (issue 17)."""
