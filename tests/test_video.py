@@ -203,6 +203,22 @@ def test_pyav_skipping_unreferenced_frames_is_exact(numbered_video: Path) -> Non
         np.testing.assert_array_equal(got, every[picks])
 
 
+def test_pyav_really_skips_unreferenced_frames_reading_on(numbered_video: Path) -> None:
+    """Reading every 30th frame decodes straight through (no seeks) and leaves the unreferenced
+    B-frames undecoded: far fewer than 300 frames come out of the decoder."""
+    with FrameReader(numbered_video, "pyav", num_threads=1) as reader:
+        decode, decoded = reader._pyav._decode_packets, []
+
+        def counted():
+            for frame in decode():
+                decoded.append(frame.pts)
+                yield frame
+
+        reader._pyav._decode_packets = counted
+        assert numbers_of(reader.read(np.arange(0, 300, 30))) == list(range(0, 300, 30))
+    assert len(decoded) <= 300 - 50 and max(decoded) >= reader._pyav._pts[270]
+
+
 def test_both_backends_report_the_same_keyframes(numbered_video_factory: Callable[..., Path]) -> None:
     path = numbered_video_factory(num_frames=200, gop_size=45)
     keys = {}

@@ -466,8 +466,8 @@ class _PyAVReader:
         # decoding state carried from one `frames` call to the next
         self._decoded: Iterator[av.VideoFrame] | None = None
         self._current, self._image = -1, None  # number and pixels of the last decoded frame
-        self._wanted: set[int] = set()
-        self._last_wanted = -1
+        self._wanted_pts: set[int] = set()  # presentation times of this read's frames
+        self._last_pts = -1  # and of its last frame
 
     @property
     def index(self) -> tuple[np.ndarray, np.ndarray]:
@@ -507,13 +507,16 @@ class _PyAVReader:
         A frame past this read's last wanted one is never dropped: the decoder may take its
         packet early (B-frame reordering) and the next read may want it.
         """
-        codec = self._stream.codec_context
+        codec, mode = self._stream.codec_context, None
         for packet in self._container.demux(self._stream):
             if packet.size == 0 and packet.dts is None:  # end of stream: flush the decoder
                 yield from codec.decode(None)
                 return
-            number = self._number_of(packet.pts, self._last_wanted)
-            codec.skip_frame = "NONREF" if number < self._last_wanted and number not in self._wanted else "DEFAULT"
+            # times, not frame numbers: no index lookup per packet (a worker's main cost beside decoding)
+            pts = packet.pts
+            skip = "NONREF" if pts is not None and pts < self._last_pts and pts not in self._wanted_pts else "DEFAULT"
+            if skip != mode:
+                codec.skip_frame = mode = skip
             yield from codec.decode(packet)
 
     def _index(self) -> tuple[np.ndarray, np.ndarray]:
@@ -548,7 +551,7 @@ class _PyAVReader:
         the seek skips more than _SEEK_GAP frames. A decoded frame's number is looked up
         from its timestamp, so seeking never shifts the numbering.
         """
-        self._wanted, self._last_wanted = set(wanted.tolist()), int(wanted[-1])
+        self._wanted_pts, self._last_pts = set(self._pts[wanted].tolist()), int(self._pts[wanted[-1]])
         try:
             for target in wanted.tolist():
                 if target == self._current:
