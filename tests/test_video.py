@@ -188,6 +188,22 @@ def test_frame_reader_reads_on_and_back(numbered_video: Path, backend: str) -> N
             reader.read([])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reading_into_a_given_array_gives_the_same_frames(numbered_video: Path, backend: str) -> None:
+    """`out=` (how a decoding process fills its shared block) holds what a plain read returns; a
+    frame of another size is refused naming the file, not written past or broadcast."""
+    picks = [3, 30, 31, 200]
+    with FrameReader(numbered_video, backend) as reader:
+        plain = reader.read(picks)
+        out = np.zeros((4, 48, 64, 3), np.uint8)
+        assert reader.read(picks, out=out) is out
+        np.testing.assert_array_equal(out, plain)
+        with pytest.raises(VideoError, match=r"numbered.mp4: decoded frames are \(48, 64, 3\), not the \(48, 32, 3\)"):
+            reader.read(picks, out=np.zeros((4, 48, 32, 3), np.uint8))
+        with pytest.raises(ValueError, match="out holds 3 frames, 4 asked"):
+            reader.read(picks, out=np.zeros((3, 48, 64, 3), np.uint8))
+
+
 def test_pyav_skipping_unreferenced_frames_is_exact(numbered_video: Path) -> None:
     """PyAV drops frames no read asks for when nothing references them (this video has 80
     B-frames, 65 unreferenced): what it returns is bit-identical to decoding every frame,

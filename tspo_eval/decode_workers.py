@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import fcntl
 import logging
+import math
 import os
 import platform
 import re
@@ -181,8 +182,9 @@ class DecodeWorker:
             self._replace_block(nbytes)
         key = _reader_key(path, reader_args)
         args = {**reader_args, "index": None} if key == self.opened else reader_args
-        shape = self._ask(path, key, ("read", path, args, np.asarray(frame_numbers), self.block.path, self.block.size))
-        return self.block.array[:int(np.prod(shape))].reshape(shape)
+        shape = (len(frame_numbers), *frame_shape)
+        self._ask(path, key, ("read", path, args, np.asarray(frame_numbers), self.block.path, self.block.size, shape))
+        return self.block.array[:nbytes].reshape(shape)
 
     def probe(self, path: str, reader_args: dict, fps: float, max_frames: int | None) -> Probe:
         """`path` opened and probed here (its candidates, keyframes and packet index), the file left open
@@ -314,7 +316,7 @@ def _reader_key(path: str, reader_args: dict) -> tuple:
 
 def _serve(conn: Connection) -> None:
     """Worker loop until the parent closes the pipe: ("read", path, reader args, frame numbers, block
-    path, block size) -> ("ok", shape), the frames in the block; ("probe", path, reader args, fps,
+    path, block size, frames' shape) -> ("ok", None), the frames decoded straight into the block; ("probe", path, reader args, fps,
     max frames) -> ("ok", Probe); a failure -> ("error", exception)."""
     readers: dict[tuple, FrameReader] = {}
     block, block_path = None, None
@@ -332,15 +334,11 @@ def _serve(conn: Connection) -> None:
             if kind == "probe":
                 reply = ("ok", Probe.of(readers[key], *rest))
             else:
-                frame_numbers, wanted_path, size = rest
+                frame_numbers, wanted_path, size, shape = rest
                 if wanted_path != block_path:
                     block, block_path = np.memmap(wanted_path, np.uint8, "r+", shape=(size,)), wanted_path
-                frames = readers[key].read(frame_numbers)
-                if frames.nbytes > size:
-                    raise VideoError(f"{path}: decoded frames are {frames.shape[1:]}, larger than the probe "
-                                     "reported; re-encode the file")
-                block[:frames.nbytes] = frames.reshape(-1)
-                reply = ("ok", frames.shape)
+                readers[key].read(frame_numbers, out=block[:math.prod(shape)].reshape(shape))
+                reply = ("ok", None)
         except Exception as err:  # noqa: BLE001 - any failure goes back to the parent, which records it
             stale = readers.pop(key, None)
             if stale is not None:

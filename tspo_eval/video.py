@@ -257,16 +257,30 @@ class FrameReader:
         frames = candidate_frame_numbers(info.num_frames, info.fps, fps, max_frames)
         return Candidates(frame_numbers=frames, timestamps=frames / info.fps, info=info)
 
-    def read(self, frame_numbers: Sequence[int] | np.ndarray) -> np.ndarray:
-        """The requested frames (ascending, repeats allowed) as RGB uint8 (K, H, W, 3)."""
+    def read(self, frame_numbers: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The requested frames (ascending, repeats allowed) as RGB uint8 (K, H, W, 3), written into
+        `out` (and `out` returned) when given: a decoding process then puts PyAV's frames straight into
+        its shared block, with no stacked copy between. VideoError when a frame's size is not `out`'s."""
         wanted = _checked_frame_numbers(frame_numbers, self.num_frames, self.path)
         if len(wanted) == 0:
             raise ValueError(f"{self.path}: no frame numbers given; pass at least one")
+        if out is not None and out.shape[0] != len(wanted):
+            raise ValueError(f"{self.path}: out holds {out.shape[0]} frames, {len(wanted)} asked")
         if self._nvdec is not None:
-            return self._nvdec.read(wanted).cpu().numpy()
-        if self._decord is not None:
-            return _decord_batch(self._decord, wanted.tolist(), self.path)
-        return np.stack(list(self._pyav.frames(wanted)))
+            frames = self._nvdec.read(wanted).cpu().numpy()
+        elif self._decord is not None:
+            frames = _decord_batch(self._decord, wanted.tolist(), self.path)
+        elif out is None:
+            return np.stack(list(self._pyav.frames(wanted)))
+        else:
+            for i, frame in enumerate(self._pyav.frames(wanted)):
+                _put_frame(out, i, frame, self.path)
+            return out
+        if out is None:
+            return frames
+        for i, frame in enumerate(frames):
+            _put_frame(out, i, frame, self.path)
+        return out
 
     def close(self) -> None:
         if self._pyav is not None:
@@ -281,6 +295,13 @@ class FrameReader:
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def _put_frame(out: np.ndarray, i: int, frame: np.ndarray, path: str) -> None:
+    if frame.shape != out.shape[1:]:
+        raise VideoError(f"{path}: decoded frames are {frame.shape}, not the {out.shape[1:]} its first frame had "
+                         "(the size changes mid-stream); re-encode the file at one size")
+    out[i] = frame
 
 
 def _existing(path: str | os.PathLike, backend: str) -> str:
