@@ -316,8 +316,8 @@ def _reader_key(path: str, reader_args: dict) -> tuple:
 
 def _serve(conn: Connection) -> None:
     """Worker loop until the parent closes the pipe: ("read", path, reader args, frame numbers, block
-    path, block size, frames' shape) -> ("ok", None), the frames decoded straight into the block; ("probe", path, reader args, fps,
-    max frames) -> ("ok", Probe); a failure -> ("error", exception)."""
+    path, block size, frames' shape) -> ("ok", None), the frames decoded straight into the block;
+    ("probe", path, reader args, fps, max frames) -> ("ok", Probe); a failure -> ("error", exception)."""
     readers: dict[tuple, FrameReader] = {}
     block, block_path = None, None
     while True:

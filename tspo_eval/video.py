@@ -270,16 +270,17 @@ class FrameReader:
             frames = self._nvdec.read(wanted).cpu().numpy()
         elif self._decord is not None:
             frames = _decord_batch(self._decord, wanted.tolist(), self.path)
-        elif out is None:
-            return np.stack(list(self._pyav.frames(wanted)))
-        else:
-            for i, frame in enumerate(self._pyav.frames(wanted)):
-                _put_frame(out, i, frame, self.path)
-            return out
+        else:  # PyAV decodes frame by frame
+            frames = self._pyav.frames(wanted)
+            if out is None:
+                return np.stack(list(frames))
         if out is None:
             return frames
         for i, frame in enumerate(frames):
-            _put_frame(out, i, frame, self.path)
+            if frame.shape != out.shape[1:]:
+                raise VideoError(f"{self.path}: decoded frames are {frame.shape}, not the {out.shape[1:]} of its "
+                                 "first frame (the size changes mid-stream); re-encode the file at one size")
+            out[i] = frame
         return out
 
     def close(self) -> None:
@@ -295,13 +296,6 @@ class FrameReader:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _put_frame(out: np.ndarray, i: int, frame: np.ndarray, path: str) -> None:
-    if frame.shape != out.shape[1:]:
-        raise VideoError(f"{path}: decoded frames are {frame.shape}, not the {out.shape[1:]} its first frame had "
-                         "(the size changes mid-stream); re-encode the file at one size")
-    out[i] = frame
 
 
 def _existing(path: str | os.PathLike, backend: str) -> str:
@@ -533,7 +527,7 @@ class _PyAVReader:
             if packet.size == 0 and packet.dts is None:  # end of stream: flush the decoder
                 yield from codec.decode(None)
                 return
-            # times, not frame numbers: no index lookup per packet (a worker's main cost beside decoding)
+            # times, not frame numbers: no search of the index per packet
             pts = packet.pts
             skip = "NONREF" if pts is not None and pts < self._last_pts and pts not in self._wanted_pts else "DEFAULT"
             if skip != mode:
