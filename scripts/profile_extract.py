@@ -15,6 +15,7 @@ each other, the command's own figure with `bench_cli.py`. Videos as bench_cli ma
 
     python3 scripts/profile_extract.py --device cuda --sets 10min 30min --out profile.json \
         --runs defaults prefetch-videos=3
+    python3 scripts/profile_extract.py --out profile.json --plot-only     # the picture of an earlier run
 """
 from __future__ import annotations
 
@@ -186,6 +187,38 @@ def summarize(events: list, loop_s: float, readers: int) -> dict:
     return out
 
 
+MAIN_STAGES = {"wait_probe": "waiting for a probe", "wait_decoded": "waiting for decoded frames",
+               "upload": "uploading", "encode_launch": "launching the encoder", "cache_write": "writing the cache"}
+
+
+def plot(results: dict, path: Path) -> None:
+    """One bar per run: the share of the loop the main thread spent in each stage (the rest: other
+    work in `_encode`, and between videos), with s/video, workers and GPU busy beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["runs"]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.6))
+    for y, row in enumerate(rows):
+        left = 0.0
+        for (stage, label), colour in zip(MAIN_STAGES.items(), plt.cm.tab10.colors):
+            share = row["stages"].get(f"main:{stage}", {}).get("share", 0.0)
+            ax.barh(y, share, left=left, color=colour, label=label if y == 0 else None)
+            left += share
+        gpu = "" if row["gpu_util_mean"] is None else f", GPU {row['gpu_util_mean']:.0f}%"
+        ax.text(1.01, y, f"{row['per_video_s']:.2f} s/video, workers {100 * row['workers_busy']:.0f}%{gpu}",
+                va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{r['set']} {r['run']}" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the extraction loop (main thread)")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
@@ -195,8 +228,11 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", default=["defaults"], help="flag sets as bench_cli's --alt-configs")
     p.add_argument("--videos", type=Path, default=Path(tempfile.gettempdir()) / "tspo_bench_cli")
     p.add_argument("--tiny", action="store_true", help="a CPU check: short videos, clip-tiny, 2 copies")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the JSON written; a picture beside it (.png)")
+    p.add_argument("--plot-only", action="store_true", help="draw the picture of an existing --out JSON and stop")
     args = p.parse_args()
+    if args.plot_only:
+        return plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
     sets = {n: bench_cli.TINY_SETS[n] if args.tiny else bench_cli.SETS[n] for n in args.sets}
     if args.tiny:
         args.clip, args.copies = "clip-tiny", 2
@@ -243,6 +279,7 @@ def main() -> None:
                   flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
+            plot(results, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
