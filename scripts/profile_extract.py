@@ -3,15 +3,17 @@
 `bench_cli.py` says how fast the command is; this says why. The real command (`tspo_eval.cli.main`,
 default flags unless given) runs with wrappers around each stage, and the JSON gets, per set:
 
-  main thread   waiting for a probe, waiting for decoded batches, uploading, launching the encoder,
-                the per-video wait for the GPU (the rest of `_encode`), writing the cache
+  main thread   waiting for a probe, waiting for decoded batches, uploading, launching the encoder
+                (its preprocessing and model halves apart), all of `_encode`, writing the cache
   reader threads  waiting for room in the video's frame budget, waiting for a worker process,
                 the worker's round trip (its decoding), pinning; summed over threads
   processes     CPU seconds of the parent and of the decoding workers during the loop (from /proc),
                 as a share of the cores; GPU utilisation sampled through NVML
 
 Runs after the first reuse the warm process (workers, CUDA, compiled kernels): compare runs with
-each other, the command's own figure with `bench_cli.py`. Videos as bench_cli makes them.
+each other, the command's own figure with `bench_cli.py`. Videos as bench_cli makes them. A run is
+flags as bench_cli's --alt-configs; items in capitals set `tspo_eval.extract` constants for that run
+(`READ_BYTES=16777216`). A picture of the main thread's time by stage is written beside the JSON.
 
     python3 scripts/profile_extract.py --device cuda --sets 10min 30min --out profile.json \
         --runs defaults prefetch-videos=3
