@@ -248,3 +248,21 @@ def test_freed_frame_arrays_go_back_to_the_system():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert int(out) >= 8 << 20
+
+
+def test_a_worker_runs_the_parents_code_whatever_the_working_directory_holds(numbered_video, tmp_path,
+                                                                              monkeypatch):
+    """`python -c` puts the working directory first on the path: a clone of another version of the
+    package there (here: a decoy that cannot be imported) must not become the worker's code."""
+    decoy = tmp_path / "tspo_eval"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "decode_workers.py").write_text("raise ImportError('the decoy in the working directory was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    worker = DecodeWorker()
+    try:
+        args = {"backend": "pyav", "num_threads": 1, "size": None, "index": None}
+        frames = worker.read(str(numbered_video), args, np.array([30, 60]), (48, 64, 3))
+        assert [read_frame_number(f) for f in frames] == [30, 60]
+    finally:
+        worker.close()

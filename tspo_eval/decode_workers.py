@@ -150,22 +150,34 @@ def pid_running(pid: int) -> bool:
     return True
 
 
+def _worker_program(fd: int) -> str:
+    """A worker's `python -c` program: this package loaded from these files (not from whatever the
+    path finds first), then the serving loop on the socket `fd`."""
+    package = Path(__file__).resolve().parent
+    return ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location({__package__!r}, {str(package / '__init__.py')!r}, "
+            f"submodule_search_locations=[{str(package)!r}]); "
+            "sys.modules[spec.name] = package = importlib.util.module_from_spec(spec); "
+            "spec.loader.exec_module(package); "
+            f"from {__name__} import _worker_main; _worker_main({fd})")
+
+
 class DecodeWorker:
     """One worker process and the memory-mapped block it decodes into.
 
     The worker is a fresh interpreter that imports only this module, not the parent's main
     module as multiprocessing's spawn does (for `tspo-eval` that is torch and transformers:
-    seconds and hundreds of MB per worker). This package's folder goes last on its path, so a
-    checkout that is not installed works and nothing else is shadowed."""
+    seconds and hundreds of MB per worker). It loads this package from the parent's own files
+    (`_worker_program`), whatever its path holds: `python -c` puts the working directory first, and a
+    clone of another version there would otherwise answer the parent in another protocol."""
 
     reply_timeout_s = 300.0  # a read of one run far exceeding this means the decoder hangs
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
-        code = (f"import sys; sys.path.append({str(Path(__file__).resolve().parents[1])!r}); "
-                f"from {__name__} import _worker_main; _worker_main({theirs.fileno()})")
         try:
-            self.process = subprocess.Popen([_python, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen([_python, "-c", _worker_program(theirs.fileno())],
+                                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
