@@ -199,8 +199,8 @@ class DecodeWorker:
         return self.block.array[:nbytes].reshape(shape)
 
     def probe(self, path: str, reader_args: dict, fps: float, max_frames: int | None) -> Probe:
-        """`path` opened and probed here (its candidates, keyframes and packet index), the file left open
-        for reads with these `reader_args`: demuxing a whole file is a Python loop per packet, which in
+        """`path` opened and probed in the worker (its candidates, keyframes and packet index), the file
+        left open there for reads with these `reader_args`: demuxing a whole file is a Python loop per packet, which in
         the parent would hold Python's lock against the thread launching the encoder's kernels
         (measured on the H200: the parent's wait for probes was half the extraction loop)."""
         return self._ask(path, _reader_key(path, reader_args), ("probe", path, reader_args, fps, max_frames))
