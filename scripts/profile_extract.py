@@ -6,7 +6,7 @@ default flags unless given) runs with wrappers around each stage, and the JSON g
   main thread   waiting for a probe, waiting for decoded batches, uploading, launching the encoder
                 (its preprocessing and model halves apart), all of `_encode`, writing the cache
   reader threads  waiting for room in the video's frame budget, waiting for a worker process,
-                the worker's round trip (its decoding), pinning; summed over threads
+                the worker's round trip (its decoding), pinning; summed over threads, ms a call
   processes     CPU seconds of the parent and of the decoding workers during the loop (from /proc),
                 as a share of the cores; GPU utilisation sampled through NVML
 
@@ -32,6 +32,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -135,7 +136,7 @@ def workers_cpu() -> dict[int, float]:
     return out
 
 
-def watched_extract(gpu_samples: list) -> None:
+def watched_extract(gpu_samples: list) -> Callable:
     """Wrap extract_videos: CPU seconds of parent and workers, and GPU utilisation, over the loop."""
     from tspo_eval import extract
 
@@ -177,15 +178,19 @@ def split_run(run: str) -> tuple[list[str], dict[str, int]]:
     return flags, constants
 
 
-def summarize(events: list, loop_s: float, readers: int) -> dict:
+def summarize(events: list, loop_s: float) -> dict:
+    """Per stage: calls, seconds and ms a call; for the main thread's stages also their share of the
+    loop (reader threads come and go with their videos, so theirs would have no fixed denominator)."""
     totals, counts = defaultdict(float), defaultdict(int)
     for _, stage, start, end in events:
         totals[stage] += end - start
         counts[stage] += 1
     out = {}
     for stage in sorted(totals):
-        share = totals[stage] / loop_s if stage.startswith("main:") else totals[stage] / (loop_s * readers)
-        out[stage] = {"calls": counts[stage], "seconds": round(totals[stage], 3), "share": round(share, 3)}
+        out[stage] = {"calls": counts[stage], "seconds": round(totals[stage], 3),
+                      "ms_per_call": round(1000 * totals[stage] / counts[stage], 2)}
+        if stage.startswith("main:"):
+            out[stage]["share"] = round(totals[stage] / loop_s, 3)
     return out
 
 
@@ -267,7 +272,6 @@ def main() -> None:
                 setattr(extract, key, value)
             report = json.loads((root / "cache" / "reports" / "lvbench" / "extract.json").read_text())
             stats = dict(watch.last)
-            readers = len({thread for thread, stage, *_ in EVENTS if stage.startswith("reader:")})
             cores = os.cpu_count() or 1
             row = {"set": name, "run": run, "exit": code, "encoded": len(report["encoded"]),
                    "failed": len(report["failed"]), "extraction_s": report["seconds"],
@@ -275,7 +279,7 @@ def main() -> None:
                    "workers_busy": stats["workers_cpu_s"] / (stats["loop_s"] * max(1, stats["workers"])),
                    "cores_busy": (stats["workers_cpu_s"] + stats["parent_cpu_s"]) / (stats["loop_s"] * cores),
                    "gpu_util_mean": sum(gpu) / len(gpu) if gpu else None,
-                   "stages": summarize(list(EVENTS), stats["loop_s"], readers)}
+                   "stages": summarize(list(EVENTS), stats["loop_s"])}
             results["runs"].append(row)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, indent=1),
                   flush=True)
