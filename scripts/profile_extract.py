@@ -71,6 +71,7 @@ def instrument() -> None:
     timed(extract, "upload", "main:upload")
     timed(extract, "_encode", "main:video")
     timed(cache.FeatureCache, "put_video", "main:cache_write")
+    timed(encoders.HFClipEncoder, "encode_frames", "main:encode_launch")  # the agent's encoder
     timed(encoders, "clip_preprocess", "main:encode_preprocess")  # the launch's two halves
     timed(encoders.HFClipEncoder, "_project_images", "main:encode_model")
     timed(extract._FrameBudget, "take", "reader:budget_wait")
@@ -102,22 +103,6 @@ def instrument() -> None:
             yield worker
 
     decode_workers._Pool.lend = timed_lend
-
-
-def encoder_timing() -> None:
-    """Wrap whichever encoder class the agent builds (found on first use)."""
-    from tspo_eval import extract
-
-    original = extract._encode
-
-    def first_call(decoder, encoder, *args):
-        cls = type(encoder)
-        if not getattr(cls, "_profiled", False):
-            timed(cls, "encode_frames", "main:encode_launch")
-            cls._profiled = True
-        return original(decoder, encoder, *args)
-
-    extract._encode = first_call
 
 
 def cpu_seconds(pid: int) -> float:
@@ -246,7 +231,6 @@ def main() -> None:
     _, bases, _ = bench_cli.make_videos(args.videos, sets, 0.05 if args.tiny else bench_cli.BASE_MINUTES)
 
     instrument()
-    encoder_timing()
     gpu: list = []
     watch = watched_extract(gpu)
     from tspo_eval.cli import main as cli_main
