@@ -122,6 +122,9 @@ def test_installed_wheel_runs_lmms_eval_outside_the_checkout(mini_benchmarks, tm
     rows = [json.loads(line) for line in record.read_text().splitlines()]
     assert len(rows) == 4 and all(r["error"] is None and len(r["frame_numbers"]) == 4 for r in rows)
 
+    # a folder named like our package where the user stands must not be what lmms-eval's child imports
+    (elsewhere / "tspo_eval").mkdir()
+    (elsewhere / "tspo_eval" / "__init__.py").write_text("raise ImportError('the decoy in the working folder')\n")
     done = run(tspo_eval_cmd, "evaluate", "--benchmark", "lvbench", "--annotations", annotations, "--videos", videos,
                "--pretrained", ckpt, "--agent", "random:clip-tiny", "--k", "4", "--out", "runs",
                "--model-args", "dtype=float32")

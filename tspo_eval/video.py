@@ -199,7 +199,8 @@ class FrameReader:
 
     Consecutive reads continue decoding where the previous one stopped instead of seeking,
     so a file read run after run costs what one pass costs. Not thread-safe: open one per
-    thread. "auto" uses decord and falls back to PyAV when decord cannot open the file.
+    thread. "auto" uses decord, and PyAV for a file decord cannot open or would return other
+    frames of than asked (MPEG-TS / MPEG-PS, HEVC: `_DECORD_MISNUMBERED_FORMATS`).
     `size` = (H, W) scales frames while decoding (see `iter_frames`); `index` is another
     PyAV reader's `index` of the same file.
     """
@@ -360,11 +361,15 @@ def _checked_frame_numbers(frame_numbers: Sequence[int] | np.ndarray, num_frames
 
 def _decord_for(path: str, backend: str, num_threads: int,
                 size: tuple[int, int] | None = None) -> decord.VideoReader | None:
-    """The decord reader to use, or None to use PyAV ("pyav", or "auto" when decord fails)."""
+    """The decord reader to use, or None to use PyAV ("pyav"; for "auto", a file decord fails to
+    open or would misnumber)."""
     if backend == "pyav":
         return None
+    header = _header(path)
+    if backend == "auto" and header.decord_misnumbers:
+        return None
     try:
-        return _open_decord(path, num_threads, size)
+        return _open_decord(path, num_threads, size, header.frames)
     except VideoError:
         if backend == "decord":
             raise
@@ -387,9 +392,10 @@ def import_decord():
     return decord
 
 
-def _open_decord(path: str, num_threads: int, size: tuple[int, int] | None = None) -> decord.VideoReader:
+def _open_decord(path: str, num_threads: int, size: tuple[int, int] | None,
+                 header_frames: int) -> decord.VideoReader:
     """A decord reader on the CPU (scaling to `size` = (H, W) when given), or VideoError when
-    decord is missing or fails."""
+    decord is missing, fails, or finds fewer frames than the header's `header_frames`."""
     try:
         decord = import_decord()
     except ImportError as err:
@@ -401,23 +407,39 @@ def _open_decord(path: str, num_threads: int, size: tuple[int, int] | None = Non
     except (RuntimeError, decord.DECORDError) as err:
         raise VideoError(f"{path}: decord cannot open it ({str(err).strip()[:200]}); the file is "
                          "corrupt, truncated or not a video: re-download or re-encode it") from err
-    _check_complete(path, _header_frame_count(path), len(vr))
+    _check_complete(path, header_frames, len(vr))
     return vr
 
 
-def _header_frame_count(path: str) -> int:
-    """Frames the container header promises (0 where it keeps no count, e.g. mkv); VideoError when
-    the header's time scale is unusable (`_check_time_scale`)."""
-    if av is None:  # without PyAV the header is not read: decord's own count stands
-        return 0
+@dataclass(frozen=True)
+class _Header:
+    frames: int = 0  # frames the container header promises (0 where it keeps no count, e.g. mkv)
+    decord_misnumbers: bool = False  # decord returns other frames than the numbers asked for
+
+
+# Measured (tests/test_video.py, numbered frames): decord seeks MPEG-TS / MPEG-PS files and
+# open-GOP HEVC (x265's default) to the wrong frames, off by up to a GOP; PyAV numbers every
+# decoded frame by its presentation time, so it is exact on them.
+_DECORD_MISNUMBERED_FORMATS = {"mpegts", "mpeg"}
+_DECORD_MISNUMBERED_CODECS = {"hevc"}
+
+
+def _header(path: str) -> _Header:
+    """What PyAV reads from the header (nothing without PyAV: decord's own count stands); VideoError
+    when the header's time scale is unusable (`_check_time_scale`)."""
+    if av is None:
+        return _Header()
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                return 0
-            _check_time_scale(path, container.streams.video[0].time_base)
-            return container.streams.video[0].frames
+                return _Header()
+            stream = container.streams.video[0]
+            _check_time_scale(path, stream.time_base)
+            formats = set(container.format.name.split(","))
+            return _Header(stream.frames, bool(formats & _DECORD_MISNUMBERED_FORMATS)
+                           or stream.codec_context.name in _DECORD_MISNUMBERED_CODECS)
     except av.FFmpegError:
-        return 0
+        return _Header()
 
 
 def _check_time_scale(path: str, time_base: Fraction | None) -> None:
@@ -462,18 +484,10 @@ class _PyAVReader:
             "format": "rgb24", "height": size[0], "width": size[1], "interpolation": "BILINEAR"}
         if av is None:
             raise VideoError(f"{path}: PyAV is not installed (pip install av); use backend='decord'")
+        self._num_threads = num_threads
+        self._open()
         try:
-            self._container = av.open(path)
-        except av.FFmpegError as err:
-            raise VideoError(f"{path}: PyAV cannot open it ({err}); the file is corrupt, "
-                             "truncated or not a video: re-download or re-encode it") from err
-        try:
-            if not self._container.streams.video:
-                raise VideoError(f"{path}: the file has no video stream; check that it is a video")
-            self._stream = self._container.streams.video[0]
             _check_time_scale(path, self._stream.time_base)
-            self._stream.thread_type = "AUTO"
-            self._stream.codec_context.thread_count = num_threads
             self._pts, self.keyframes = index or self._index()
         except BaseException:
             self._container.close()
@@ -484,6 +498,20 @@ class _PyAVReader:
         self._wanted_pts: set[int] = set()  # presentation times of this read's frames
         self._last_pts = -1  # and of its last frame
 
+    def _open(self) -> None:
+        """Open the file at its start (again: the last resort of `_seek`)."""
+        try:
+            self._container = av.open(self.path)
+        except av.FFmpegError as err:
+            raise VideoError(f"{self.path}: PyAV cannot open it ({err}); the file is corrupt, "
+                             "truncated or not a video: re-download or re-encode it") from err
+        if not self._container.streams.video:
+            self._container.close()
+            raise VideoError(f"{self.path}: the file has no video stream; check that it is a video")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self._stream.codec_context.thread_count = self._num_threads
+
     @property
     def index(self) -> tuple[np.ndarray, np.ndarray]:
         """(presentation times in frame order, keyframe numbers): pass to another reader."""
@@ -493,14 +521,19 @@ class _PyAVReader:
     def num_frames(self) -> int:
         return len(self._pts)
 
-    def _number_of(self, pts: int | None, default: int) -> int:
-        """The frame number of presentation time `pts` (`default` when no packet has it). A binary
-        search of the sorted index, not a dict: a worker keeps no per-frame Python objects, so
-        its memory does not grow with the video's length."""
+    def _number_of(self, pts: int | None, previous: int) -> int:
+        """The frame number of presentation time `pts`, decoded after frame `previous` (its next
+        frame when no packet has that time). A binary search of the sorted index, not a dict: a
+        worker keeps no per-frame Python objects, so its memory does not grow with the video's
+        length. A time several frames share (some muxers write them) numbers them in turn."""
         if pts is None:
-            return default
+            return previous + 1
         n = int(np.searchsorted(self._pts, pts))
-        return n if n < len(self._pts) and self._pts[n] == pts else default
+        if n >= len(self._pts) or self._pts[n] != pts:
+            return previous + 1
+        if n <= previous < len(self._pts) - 1 and self._pts[previous + 1] == pts:
+            return previous + 1
+        return n
 
     @property
     def fps(self) -> float:
@@ -572,25 +605,48 @@ class _PyAVReader:
                 if target == self._current:
                     yield self._image
                     continue
-                key = int(self.keyframes[np.searchsorted(self.keyframes, target, "right") - 1])
-                if self._decoded is None or target < self._current or key - self._current > _SEEK_GAP:
-                    self._container.seek(int(self._pts[key]), stream=self._stream, backward=True)
-                    self._decoded = self._decode_packets()
+                key = int(np.searchsorted(self.keyframes, target, "right")) - 1
+                if (self._decoded is None or target < self._current
+                        or self.keyframes[key] - self._current > _SEEK_GAP):
+                    self._seek(key, target)
                 for frame in self._decoded:
-                    self._current = self._number_of(frame.pts, self._current + 1)
+                    self._current = self._number_of(frame.pts, self._current)
                     if self._current >= target:
                         break
                 if self._current != target:
                     self._decoded = None
                     raise VideoError(f"{self.path}: frame {target} of {self.num_frames} was not "
                                      f"decoded (got frame {self._current}); the file is corrupt: "
-                                     "re-encode it, or try backend='decord'")
+                                     "re-encode it, or decode it with decord (--backend decord)")
                 self._image = frame.to_ndarray(**self._rgb)
                 yield self._image
         except av.FFmpegError as err:
             self._decoded = None
             raise VideoError(f"{self.path}: decoding failed ({err}); the file is corrupt or "
                              "truncated: re-download or re-encode it") from err
+
+    def _seek(self, key: int, target: int) -> None:
+        """Decode from keyframe `self.keyframes[key]` on, so that frame `target` comes.
+
+        Some demuxers land past the keyframe asked for (MPEG-TS / -PS seek by other timestamps
+        than the presentation times: to the next keyframe, beyond `target`): then an earlier
+        keyframe is asked for, and in the end the file is opened again at its start.
+        """
+        for k in range(key, -2, -1):
+            if k >= 0:
+                self._container.seek(int(self._pts[self.keyframes[k]]), stream=self._stream, backward=True)
+            else:
+                self._container.close()
+                self._open()
+            self._current = -1  # nothing decoded since the seek
+            self._decoded = self._decode_packets()
+            first = next(self._decoded, None)
+            if first is not None and self._number_of(first.pts, -1) <= target:
+                self._decoded = itertools.chain([first], self._decoded)
+                return
+        self._decoded = None
+        raise VideoError(f"{self.path}: no seek reaches frame {target} of {self.num_frames}; the file is "
+                         "corrupt: re-encode it, or decode it with decord (--backend decord)")
 
 
 # --------------------------------------------------------------------------- NVDEC

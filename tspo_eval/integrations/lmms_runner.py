@@ -155,12 +155,16 @@ def lmms_eval_command(cfg: EvaluateConfig, policy: FramePolicy, extract: Extract
 
 
 def task_environment(cfg: EvaluateConfig) -> dict[str, str]:
-    """The variables the task configs read: where the annotations and videos are."""
+    """The variables the task configs read: where the annotations and videos are. PYTHONSAFEPATH
+    keeps `python -m lmms_eval` (and accelerate's children) from putting the working folder first
+    on sys.path, where a checkout or a folder named like a package would be imported instead of
+    the installed one (Python 3.11+)."""
     from ..benchmarks.docs import STRICT_VAR, env_names
 
     annotations_var, videos_var = env_names(cfg.benchmark)
     return {**os.environ, annotations_var: str(Path(cfg.annotations).resolve()),
-            videos_var: str(Path(cfg.videos).resolve()), STRICT_VAR: "1" if cfg.strict else "0"}
+            videos_var: str(Path(cfg.videos).resolve()), STRICT_VAR: "1" if cfg.strict else "0",
+            "PYTHONSAFEPATH": "1"}
 
 
 class LmmsEvalError(RuntimeError):
