@@ -130,7 +130,8 @@ class ExtractConfig:
     encode_batch: int = field(default=64, metadata={"help": "frames per encoder batch"})
     backend: Literal["auto", "decord", "pyav", "nvdec"] = field(default="auto", metadata={
         "help": "video decoder (auto: PyAV worker processes or decord threads, sized from the cores, see "
-                "extract.decode_plan, and PyAV for files decord misnumbers: MPEG-TS/PS, HEVC; nvdec: the GPU's decoders also take whole videos, docs/nvdec.md)"})
+                "extract.decode_plan, and PyAV for files decord misnumbers: MPEG-TS/PS, HEVC, repeated times; "
+                "nvdec: the GPU's decoders also take whole videos, docs/nvdec.md)"})
     decode_threads: int = field(default=0, metadata={"help": "decoder threads per reader (0: sized from the cores)"})
     readers: int = field(default=0, metadata={
         "help": "decoding readers per video, each taking runs of candidates that start at a keyframe "

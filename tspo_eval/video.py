@@ -200,7 +200,7 @@ class FrameReader:
     Consecutive reads continue decoding where the previous one stopped instead of seeking,
     so a file read run after run costs what one pass costs. Not thread-safe: open one per
     thread. "auto" uses decord, and PyAV for a file decord cannot open or would return other
-    frames of than asked (MPEG-TS / MPEG-PS, HEVC: `_DECORD_MISNUMBERED_FORMATS`).
+    frames than asked for (MPEG-TS / MPEG-PS, HEVC, frames sharing a time: `_decord_for`).
     `size` = (H, W) scales frames while decoding (see `iter_frames`); `index` is another
     PyAV reader's `index` of the same file.
     """
@@ -369,11 +369,21 @@ def _decord_for(path: str, backend: str, num_threads: int,
     if backend == "auto" and header.decord_misnumbers:
         return None
     try:
-        return _open_decord(path, num_threads, size, header.frames)
+        reader = _open_decord(path, num_threads, size, header.frames)
     except VideoError:
         if backend == "decord":
             raise
         return None
+    if backend == "auto" and _repeats_times(reader):
+        return None
+    return reader
+
+
+def _repeats_times(reader: decord.VideoReader) -> bool:
+    """Whether frames share a presentation time (some muxers write such files): decord then numbers
+    every later frame one off (measured, tests/test_video.py). A C call over decord's own index."""
+    starts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
+    return len(np.unique(starts)) < len(starts)
 
 
 def import_decord():
