@@ -229,6 +229,31 @@ def test_select_with_every_question_failed_exits_non_zero_with_reasons(bench, tm
     assert "cannot read" in group or "no such" in group.lower()
 
 
+def test_a_checkpoint_cut_short_is_named_with_what_to_do(bench, tmp_path, capsys):
+    """A model.safetensors whose download stopped half-way: the command exits 2 naming the file and
+    the remedy (safetensors alone says "incomplete metadata, file not fully covered")."""
+    import torch
+
+    from tspo_eval.agent import load_agent
+    from tspo_eval.backbones.llava_video import from_pretrained, random_llava_video
+    from tspo_eval.config import CheckpointError
+
+    videos, jsonl, tsv = bench
+    agent = tmp_path / "agent"
+    load_agent("random:clip-tiny", torch_dtype=torch.float32).save_pretrained(agent)
+    weights = agent / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code = cli.main(["extract", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
+                     "--agent", str(agent), "--cache", str(tmp_path / "cache")])
+    assert code == 2 and f"{weights}: not a readable safetensors file" in capsys.readouterr().err
+    llava = tmp_path / "llava"
+    random_llava_video("tiny", dtype="float32", device="cpu").save_pretrained(llava)
+    (shard,) = llava.glob("*.safetensors")
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"{shard}: .* cut short"):
+        from_pretrained(llava, dtype="float32", device="cpu")
+
+
 def test_header_only_tsv_says_there_is_nothing_to_do(bench, tmp_path, capsys):
     videos, jsonl, tsv = bench
     header_only = tmp_path / "LVBench.tsv"

@@ -23,11 +23,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .clip import CLIP, ClipConfig, read_config, read_weights
-from .config import model_location
+from .config import model_location, safetensors_file
 from .encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Frames, HFClipEncoder, write_clip_tokenizer_files
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,7 @@ class TemporalAgent(CLIP):
         files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
         state: dict[str, torch.Tensor] = {}
         for file in files:
-            with safe_open(str(file), framework="pt", device="cpu") as fh:
+            with safetensors_file(file) as fh:
                 for key in fh.keys():
                     for prefix in HEAD_PREFIXES:
                         if prefix in key:

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
+
+from .config import read_safetensors
 
 # CLIPConfig's defaults (openai/clip-vit-base-patch32), filled in for fields a config.json leaves out.
 CONFIG_DEFAULTS = {"model_type": "clip", "projection_dim": 512, "logit_scale_init_value": 2.6592,
@@ -236,6 +237,5 @@ def read_weights(directory: Path, device: str | torch.device = "cpu") -> tuple[d
         raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
     state = {}
     for file in files:
-        with safe_open(str(file), framework="pt", device=str(device)) as fh:
-            state.update({k: fh.get_tensor(k) for k in fh.keys() if not k.endswith("position_ids")})
+        state.update({k: v for k, v in read_safetensors(file, str(device)).items() if not k.endswith("position_ids")})
     return state, str(files[0]) if len(files) == 1 else f"{directory} ({len(files)} shards)"

@@ -10,12 +10,13 @@ decoded or weights load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,31 @@ def model_location(value: str, what: str, valid: str) -> str:
     if not path.exists() and looks_like_path(value):
         raise FileNotFoundError(f"{what} {value}: no such directory; give {valid}")
     return value
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or whose tensors do not match its config.json."""
+
+
+@contextlib.contextmanager
+def safetensors_file(path: str | Path, device: str = "cpu") -> Iterator[Any]:
+    """`safetensors.safe_open(path)`; a damaged file (usually a download cut short) is a
+    CheckpointError naming it and what to do, not safetensors' bare header message."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt", device=device)
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); it was probably cut short "
+                              "while downloading or saving: fetch or save it again") from err
+    with handle as fh:
+        yield fh
+
+
+def read_safetensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """Every tensor of a safetensors file, {name: tensor} (see `safetensors_file`)."""
+    with safetensors_file(path, device) as fh:
+        return {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open is no dict)
 
 
 # ----------------------------------------------------------------------------- renamed settings

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from ..config import CheckpointError, safetensors_file
 from ..encoders import as_uint8_batch
 from .base import (
     Backbone,
@@ -80,10 +81,6 @@ KNOWN_TOWERS: dict[str, dict[str, Any]] = {
         "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "num_channels": 3,
     },
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint's tensors do not match the architecture its config.json describes."""
 
 
 # --------------------------------------------------------------------------- network
@@ -206,14 +203,12 @@ def _safetensors_files(directory: Path) -> list[Path]:
 
 def _load_weights(net: nn.Module, directory: Path, device: torch.device, dtype: torch.dtype) -> None:
     """Strictly load the original-layout safetensors (sharded or not) straight onto `device`."""
-    from safetensors import safe_open
-
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     files = _safetensors_files(directory)
     where = "cpu" if device.type == "cpu" else f"{device.type}:{device.index or 0}"
     found: dict[str, Path] = {}
     for path in files:
-        with safe_open(str(path), framework="pt", device=where) as fh:
+        with safetensors_file(path, where) as fh:
             found.update((key, path) for key in fh.keys())  # noqa: SIM118 (safe_open is no dict)
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
@@ -221,7 +216,7 @@ def _load_weights(net: nn.Module, directory: Path, device: torch.device, dtype: 
             f"{directory}: tensors do not match the LLaVA-Video layout its config.json describes; "
             f"missing ({len(missing)}): {missing[:20]}; unexpected ({len(unexpected)}): {unexpected[:20]}")
     for path in files:
-        with safe_open(str(path), framework="pt", device=where) as fh:
+        with safetensors_file(path, where) as fh:
             for key in fh.keys():  # noqa: SIM118
                 tensor = fh.get_tensor(key)
                 if tuple(tensor.shape) != expected[key]:

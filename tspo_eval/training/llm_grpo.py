@@ -34,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..backbones import load_backbone
 from ..backbones.base import PhaseTimer
+from ..config import read_safetensors
 from .config import LLMTrainConfig
 from .data import Sample, read_samples, video_path
 from .grpo import group_advantages
@@ -316,10 +317,10 @@ def load_trainable(backbone: TrainableBackbone, checkpoint: str | Path) -> None:
     if (path / "adapter_model.safetensors").is_file():
         from peft import set_peft_model_state_dict
 
-        state = load_file(str(path / "adapter_model.safetensors"))
+        state = read_safetensors(path / "adapter_model.safetensors")
         set_peft_model_state_dict(backbone.net, {k.removeprefix("base_model.model."): v for k, v in state.items()})
     else:
-        backbone.net.load_state_dict(load_file(str(path / "trainable.safetensors")), strict=False)
+        backbone.net.load_state_dict(read_safetensors(path / "trainable.safetensors"), strict=False)
 
 
 def run_llm_training(cfg: LLMTrainConfig) -> list[dict[str, float]]:

@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .. import distributed
 from ..agent import TemporalAgent, TemporalHead
+from ..config import read_safetensors
 from ..prefetch import prefetched
 from .config import TrainConfig
 from .data import Episode, EpisodeBuilder, Sample
@@ -279,7 +280,7 @@ class Trainer:
 
     @staticmethod
     def _load_head(head: TemporalHead, path: Path) -> None:
-        head.load_state_dict({k.removeprefix("selector."): v for k, v in load_file(str(path)).items()})
+        head.load_state_dict({k.removeprefix("selector."): v for k, v in read_safetensors(path).items()})
 
     def load_latest(self) -> None:
         """Restore head, optimiser, schedule and step from the newest checkpoint, if any."""
