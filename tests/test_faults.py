@@ -4,12 +4,16 @@ docs/reliability.md maps every fault to its test (here or in the stage's own tes
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -511,6 +515,47 @@ def test_kill_9_mid_extraction_loses_only_the_video_in_progress(bench, tmp_path)
     assert report.cached == videos[:1] and report.encoded == videos[1:] and not report.failed
     again = extract_videos(videos, encoder, FeatureCache(cache_root), cfg=cfg, progress=False)
     assert again.cached == videos and not list(cache_root.rglob("*.tmp"))
+
+
+def test_ctrl_c_mid_extraction_exits_130_with_a_line_and_leaves_nothing_running(tmp_path):
+    """SIGINT (Ctrl-C) to the real command while its decoding processes work: one line saying how
+    to go on instead of a traceback, exit 130, no decoding process or shared block left behind,
+    and the same command then finishes the job."""
+    from tspo_eval.synthetic import number_frame, write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    lines = ["index\ttask_name\tvideo_name\tquestion_id\tquestion\tanswer_number\tcandidates\tanswer"]
+    for i in range(3):  # 1,800 candidates each at --fps 30: seconds of encoding per video on a CPU
+        write_video(videos / f"v{i}.mp4", (number_frame(i * 2000 + n, 48, 64) for n in range(1800)), 30)
+        lines.append(f"q{i}\tbench\tv{i}.mp4\tq{i}\twhat happens?\t0\t['a', 'b', 'c', 'd']\ta")
+    (tmp_path / "q.tsv").write_text("\n".join(lines) + "\n")
+    cmd = [sys.executable, "-m", "tspo_eval.cli", "extract", "--benchmark", "lvbench", "--annotations",
+           str(tmp_path / "q.tsv"), "--videos", str(videos), *AGENT, "--device", "cpu", "--cache",
+           str(tmp_path / "cache"), "--fps", "30", "--decode-processes", "--readers", "2"]
+    # a shell's background job ignores SIGINT; the command must get it as from a terminal
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def children() -> list[int]:
+        found = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
+
+    deadline = time.time() + 120
+    while len(workers := children()) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # both decoding processes started: the videos are being read
+    assert proc.poll() is None and len(workers) == 2, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: what was finished is kept" in err and "Traceback" not in err
+    deadline = time.time() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not glob.glob(f"/dev/shm/tspo-decode-{proc.pid}-*") + glob.glob(f"{tempfile.gettempdir()}/tspo-decode-{proc.pid}-*")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "3 videos:" in done.stdout and "0 failed" in done.stdout, done.stderr[-2000:]
 
 
 def test_a_pickle_in_the_cache_is_never_unpickled(tmp_path):

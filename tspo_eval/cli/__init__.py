@@ -58,3 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LmmsEvalError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a user's Ctrl-C: a line, not a traceback from wherever the main thread was
+        print("interrupted: what was finished is kept (the feature cache, training checkpoints); the same "
+              "command picks up from it (train / train-llm: add --resume)", file=sys.stderr)
+        return 130
