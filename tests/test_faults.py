@@ -517,10 +517,13 @@ def test_kill_9_mid_extraction_loses_only_the_video_in_progress(bench, tmp_path)
     assert again.cached == videos and not list(cache_root.rglob("*.tmp"))
 
 
-def test_ctrl_c_mid_extraction_exits_130_with_a_line_and_leaves_nothing_running(tmp_path):
-    """SIGINT (Ctrl-C) to the real command while its decoding processes work: one line saying how
-    to go on instead of a traceback, exit 130, no decoding process or shared block left behind,
-    and the same command then finishes the job."""
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_mid_extraction_exits_with_a_line_and_leaves_nothing_running(tmp_path, signum, code, said):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler, `timeout`) to the real command while its decoding
+    processes work: one line saying how to go on instead of a traceback (SIGTERM used to kill it on
+    the spot, leaving its shared blocks), exit 128 + the signal, no decoding process or shared
+    block left behind, and the same command then finishes the job."""
     from tspo_eval.synthetic import number_frame, write_video
 
     videos = tmp_path / "videos"
@@ -545,10 +548,10 @@ def test_ctrl_c_mid_extraction_exits_130_with_a_line_and_leaves_nothing_running(
     while len(workers := children()) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # both decoding processes started: the videos are being read
     assert proc.poll() is None and len(workers) == 2, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted: what was finished is kept" in err and "Traceback" not in err
+    assert proc.returncode == code, err[-2000:]
+    assert f"{said}: what was finished is kept" in err and "Traceback" not in err
     deadline = time.time() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.time() < deadline:
         time.sleep(0.05)

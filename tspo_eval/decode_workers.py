@@ -60,25 +60,50 @@ class _Block:
 
     def __init__(self, size: int) -> None:
         global _swept
-        if not _swept:
-            _swept = True
-            sweep_stale_blocks()
-        self.fd, self.path = tempfile.mkstemp(prefix=f"tspo-decode-{os.getpid()}-", dir=_block_folder(size))
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_SH)  # in use: see sweep_stale_blocks
-            os.ftruncate(self.fd, size)
-            self.size = size
-            self.array = np.memmap(self.path, np.uint8, "r+", shape=(size,))
-        except BaseException:
-            os.close(self.fd)
-            os.unlink(self.path)
-            raise
+        with _blocks_lock:  # made and registered at once, or not at all once the clean-up at exit began
+            if _blocks is None:
+                raise VideoError("extraction is stopping: no new decoding block")
+            if not _swept:
+                _swept = True
+                sweep_stale_blocks()
+            self.fd, self.path = tempfile.mkstemp(prefix=f"tspo-decode-{os.getpid()}-", dir=_block_folder(size))
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_SH)  # in use: see sweep_stale_blocks
+                os.ftruncate(self.fd, size)
+                self.size = size
+                self.array = np.memmap(self.path, np.uint8, "r+", shape=(size,))
+            except BaseException:
+                os.close(self.fd)
+                os.unlink(self.path)
+                raise
+            _blocks.add(self)
 
     def close(self) -> None:
-        with contextlib.suppress(BufferError):  # a view still alive: its mapping goes with it
-            self.array._mmap.close()  # release the mapping now, not at garbage collection
-        os.unlink(self.path)
-        os.close(self.fd)
+        with _blocks_lock:
+            if self.fd < 0:  # closed already (by its worker, or by the clean-up at exit)
+                return
+            with contextlib.suppress(BufferError):  # a view still alive: its mapping goes with it
+                self.array._mmap.close()  # release the mapping now, not at garbage collection
+            os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = -1
+            if _blocks is not None:
+                _blocks.discard(self)
+
+
+# Every block alive in this process. At exit (Ctrl-C, SIGTERM included) the workers are closed with
+# their blocks, but a reader thread may be making a block for its worker at that moment: the
+# registry makes sure that one goes too (None: the clean-up began, no block is made any more).
+_blocks: set[_Block] | None = set()
+_blocks_lock = threading.RLock()
+
+
+def _close_blocks() -> None:
+    global _blocks
+    with _blocks_lock:
+        left, _blocks = _blocks or set(), None
+    for block in left:
+        block.close()
 
 
 def _block_folder(size: int) -> str:
@@ -318,6 +343,7 @@ class _Pool:
 
 
 POOL = _Pool()
+atexit.register(_close_blocks)  # runs after POOL.close (atexit runs last registered first)
 atexit.register(POOL.close)
 
 

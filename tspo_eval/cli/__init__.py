@@ -13,7 +13,9 @@ command runs.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from ..integrations.lmms_runner import LmmsEvalError
@@ -46,10 +48,21 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `docker stop`) taken as Ctrl-C: the clean-up runs (decoding
+    processes stopped, their shared blocks deleted) instead of Python dying on the spot."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     ns = build_parser([command] if command else []).parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         return ns.run(ns)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
@@ -58,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LmmsEvalError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a user's Ctrl-C: a line, not a traceback from wherever the main thread was
-        print("interrupted: what was finished is kept (the feature cache, training checkpoints); the same "
+    except KeyboardInterrupt as err:  # Ctrl-C: a line, not a traceback from wherever the main thread was
+        how = "terminated (SIGTERM)" if isinstance(err, _Terminated) else "interrupted"
+        print(f"{how}: what was finished is kept (the feature cache, training checkpoints); the same "
               "command picks up from it (train / train-llm: add --resume)", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(err, _Terminated) else signal.SIGINT)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -192,9 +192,13 @@ def run_logged(cmd: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
     lines = []
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="replace") as proc:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            lines.append(line)
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                lines.append(line)
+        except BaseException:  # SIGTERM / Ctrl-C here: never leave lmms-eval running on its own
+            proc.terminate()
+            raise
     return proc.returncode, lines
 
 
