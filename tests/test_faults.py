@@ -561,6 +561,37 @@ def test_ctrl_c_or_sigterm_mid_extraction_exits_with_a_line_and_leaves_nothing_r
     assert done.returncode == 0 and "3 videos:" in done.stdout and "0 failed" in done.stdout, done.stderr[-2000:]
 
 
+def test_a_full_disk_stops_the_run_with_what_to_do_and_keeps_what_was_cached(bench, tmp_path, capsys, monkeypatch):
+    """The second cache write fails as on a full disk (safetensors' own error): the command stops
+    there (every later video would fail the same way), says where and what to do, exits 1, and
+    keeps the first video's entry whole; after that the same command finishes the job."""
+    from safetensors import SafetensorError
+
+    videos, jsonl, tsv = bench
+    writes = []
+    real_save = cache_module.save_file
+
+    def full_after_one(tensors, path, metadata=None):
+        writes.append(path)
+        if len(writes) > 1:
+            Path(path).write_bytes(b"half")  # what a failed write leaves: must not stay behind
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(cache_module, "save_file", full_after_one)
+    common = ["extract", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos), *AGENT,
+              "--cache", str(tmp_path / "cache"), "--prefetch-videos", "1"]
+    assert cli.main(common) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'cache'}: cannot write to the feature cache" in err and "No space left on device" in err
+    assert "give another --cache" in err and len(writes) == 2  # stopped: the third video was not written
+    entries = list((tmp_path / "cache" / "videos").rglob("*"))
+    assert [p.suffix for p in entries if p.is_file()] == [".safetensors"]  # the first, no temporary file
+    monkeypatch.setattr(cache_module, "save_file", real_save)
+    assert cli.main(common) == 0
+    assert "3 videos: 2 encoded, 1 already cached, 0 failed" in capsys.readouterr().out
+
+
 def test_a_pickle_in_the_cache_is_never_unpickled(tmp_path):
     """A cache entry replaced by a pickle that runs code when loaded: treated as damaged, never executed."""
     cache = FeatureCache(tmp_path)

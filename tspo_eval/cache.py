@@ -156,6 +156,11 @@ def scores_key(fingerprint: str, sampling: Sampling, scorer: str, text: str) -> 
                   "text": hashlib.sha256(text.encode()).hexdigest()})
 
 
+class CacheWriteError(OSError):
+    """The cache cannot be written (a full disk, a folder it may not write): a fault of the cache, not
+    of the video or question at hand, so the run stops instead of failing every later one the same way."""
+
+
 class FeatureCache:
     """Per-video frame features and per-text question features under one root."""
 
@@ -302,13 +307,17 @@ class FeatureCache:
             self._swept = True
             self.remove_stale_tmp()
         meta = {**meta, "checksum": tensor_checksum(tensors)}
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(tmp), metadata=meta)
             with tmp.open("rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+        except (OSError, SafetensorError) as err:
+            raise CacheWriteError(f"{self.root}: cannot write to the feature cache ({err}); free space there or "
+                                  "give another --cache, then run the same command again (entries written so "
+                                  "far are kept)") from err
         finally:
             tmp.unlink(missing_ok=True)
         return path

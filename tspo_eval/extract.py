@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cache import FeatureCache, VideoFeatures, features_identity, video_fingerprint, video_key
+from .cache import CacheWriteError, FeatureCache, VideoFeatures, features_identity, video_fingerprint, video_key
 from .decode_workers import POOL, return_freed_buffers
 from .encoders import Encoder, Frames, clip_resize_shape, upload
 from .policy import ExtractConfig, Sampling
@@ -537,14 +537,13 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
     videos = _Videos(todo, set(ahead.decoders) if ahead is not None else set())
     window: deque[tuple[Job, _Decoder]] = deque()  # videos decoding ahead of the encoder
     encoding, recording, stop = threading.Lock(), threading.Lock(), threading.Event()
+    unwritable: list[CacheWriteError] = []  # a GPU decoder's video could not be cached: the run stops
 
     def record(path: str, key: str, features: VideoFeatures | None, error: Exception | None = None) -> None:
-        """Cache one video's features, or count its failure (from this loop and the GPU decoders)."""
+        """Cache one video's features (CacheWriteError stops the run), or count its failure (from this
+        loop and the GPU decoders)."""
         if error is None:
-            try:
-                cache.put_video(key, features)
-            except OSError as err:
-                error = err
+            cache.put_video(key, features)
         with recording:
             if error is None:
                 report.encoded.append(path)
@@ -567,6 +566,10 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
                 features = _encode_on_gpu(path, sampling, cfg, encoder, encoding, fingerprint, identity, stop)
                 if features is not None:
                     record(path, key, features)
+            except CacheWriteError as err:  # the cache, not the video: the run stops
+                unwritable.append(err)
+                stop.set()
+                return
             except (VideoError, ValueError, OSError) as err:  # the CPU probe: the video itself is bad
                 record(path, key, None, err)
             except Exception as err:  # noqa: BLE001 - NVDEC refused or failed it: the CPU decodes it
@@ -584,7 +587,7 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
     for thread in decoders:
         thread.start()
     try:
-        while window or videos.wait():
+        while (window or videos.wait()) and not unwritable:
             if not window:
                 refill()
                 continue
@@ -606,6 +609,8 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
         for thread in decoders:
             thread.join()
         bar.close()
+    if unwritable:
+        raise unwritable[0]
     report.seconds = time.perf_counter() - start
     return report
 

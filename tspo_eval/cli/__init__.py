@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except LmmsEvalError as err:
+    except (LmmsEvalError, OSError) as err:  # OSError: a full disk, a folder it may not write, ...
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C: a line, not a traceback from wherever the main thread was
