@@ -233,9 +233,12 @@ def test_select_with_every_question_failed_exits_non_zero_with_reasons(bench, tm
     assert "cannot read" in group or "no such" in group.lower()
 
 
-def test_a_checkpoint_cut_short_is_named_with_what_to_do(bench, tmp_path, capsys):
-    """A model.safetensors whose download stopped half-way: the command exits 2 naming the file and
-    the remedy (safetensors alone says "incomplete metadata, file not fully covered")."""
+def test_a_damaged_checkpoint_is_named_with_what_to_do(bench, tmp_path, capsys):
+    """A model.safetensors whose download stopped half-way, or whose head does not fit TSPO's: the
+    command exits 2 naming the file and the remedy (safetensors alone says "incomplete metadata,
+    file not fully covered"; torch raised a RuntimeError traceback for the head)."""
+    from safetensors.torch import load_file, save_file
+
     import torch
 
     from tspo_eval.agent import load_agent
@@ -246,10 +249,15 @@ def test_a_checkpoint_cut_short_is_named_with_what_to_do(bench, tmp_path, capsys
     agent = tmp_path / "agent"
     load_agent("random:clip-tiny", torch_dtype=torch.float32).save_pretrained(agent)
     weights = agent / "model.safetensors"
+    state = load_file(weights)
+    extract = ["extract", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
+               "--agent", str(agent), "--cache", str(tmp_path / "cache")]
+    save_file({**state, "selector.mlp.0.bias": torch.zeros(state["selector.mlp.0.bias"].numel() + 1)}, weights)
+    assert cli.main(extract) == 2
+    assert f"{weights}: its temporal head does not fit TSPO's (" in capsys.readouterr().err
+    save_file(state, weights)
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    code = cli.main(["extract", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos),
-                     "--agent", str(agent), "--cache", str(tmp_path / "cache")])
-    assert code == 2 and f"{weights}: not a readable safetensors file" in capsys.readouterr().err
+    assert cli.main(extract) == 2 and f"{weights}: not a readable safetensors file" in capsys.readouterr().err
     llava = tmp_path / "llava"
     random_llava_video("tiny", dtype="float32", device="cpu").save_pretrained(llava)
     (shard,) = llava.glob("*.safetensors")

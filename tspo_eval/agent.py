@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from .clip import CLIP, ClipConfig, read_config, read_weights
-from .config import model_location, safetensors_file
+from .config import CheckpointError, model_location, safetensors_file
 from .encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Frames, HFClipEncoder, write_clip_tokenizer_files
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,15 @@ class TemporalHead(nn.Module):
         scores = event_cos + clip_cos  # (B, T)
         return scores[0] if single else scores
 
+    def load_checkpoint(self, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+        """`load_state_dict`, where tensors that do not fit are the checkpoint's fault: a CheckpointError
+        naming `source`, not torch's RuntimeError."""
+        try:
+            self.load_state_dict(state, assign=assign)
+        except RuntimeError as err:
+            raise CheckpointError(f"{source}: its temporal head does not fit TSPO's ({' '.join(str(err).split())}); "
+                                  "give a TSPO-0.4B directory or a head saved by tspo-eval") from err
+
 
 class TemporalAgent(CLIP):
     """CLIP + `selector` head; `score` -> S, `logits` -> S / tau (tau = 0.025 at inference).
@@ -150,7 +159,7 @@ class TemporalAgent(CLIP):
         agent.load_clip_weights(state, source, dtype)
         head = {k[len("selector."):]: v.to(dtype) for k, v in state.items() if k.startswith("selector.")}
         if head:
-            agent.selector.load_state_dict(head, assign=True)
+            agent.selector.load_checkpoint(head, source, assign=True)
         else:
             _allocate(agent.selector, device or "cpu").apply(_init_head)
         return agent.eval()
@@ -190,7 +199,7 @@ class TemporalAgent(CLIP):
         if not state:
             raise ValueError(f"{path}: no keys with a {' or '.join(HEAD_PREFIXES)} prefix; "
                              "pass a TSPO-0.4B directory or a training checkpoint that holds the head")
-        self.selector.load_state_dict(state)
+        self.selector.load_checkpoint(state, str(path))
         return self
 
     @functools.cached_property

@@ -280,7 +280,7 @@ class Trainer:
 
     @staticmethod
     def _load_head(head: TemporalHead, path: Path) -> None:
-        head.load_state_dict({k.removeprefix("selector."): v for k, v in read_safetensors(path).items()})
+        head.load_checkpoint({k.removeprefix("selector."): v for k, v in read_safetensors(path).items()}, str(path))
 
     def load_latest(self) -> None:
         """Restore head, optimiser, schedule and step from the newest checkpoint, if any."""
