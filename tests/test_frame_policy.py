@@ -103,7 +103,10 @@ def test_every_setting_round_trips_through_the_one_parser():
     ({"loader": "decord"}, "loader='decord' is not one of"),
     ({"method": "aks", "params": "presett=tspo"}, "has no parameter"),
     ({"method": "aks", "params": "preset=tsp"}, "unknown aks preset"),
-    ({"method": "uniform", "params": "convention=decord"}, "lmms-eval, vlmevalkit"),
+    ({"method": "uniform", "params": "convention=decord"}, "convention='decord' is not one of lmms-eval, vlmevalkit"),
+    ({"method": "dpp", "params": "lam=abc"}, r"method 'dpp': lam='abc' is not a number"),  # was a TypeError
+    ({"method": "aks", "params": "depth=2.5"}, r"depth=2.5 is not a whole number"),
+    ({"method": "bolt", "params": "repeats=x"}, r"repeats='x' is not one of spread, drop"),
     ({"fps": "0"}, "fps must be > 0"),
 ])
 def test_a_typo_fails_when_the_policy_is_built(raw, message):

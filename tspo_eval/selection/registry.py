@@ -12,7 +12,10 @@ registered when `tspo_eval.selection` is imported (`methods`, `dpp`, `focus`).
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import types
+import typing
 from typing import Any, Callable
 
 import numpy as np
@@ -95,6 +98,45 @@ def _check_params(method: str, fn: Selector, params: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"method {method!r} has no parameter(s) {', '.join(unknown)}; "
                          f"valid: {', '.join(valid) or '(none)'}")
+    hints = _hints(fn)
+    for name in set(params) & set(valid) & set(hints):
+        wanted = _fits(hints[name], params[name])
+        if wanted:
+            raise ValueError(f"method {method!r}: {name}={params[name]!r} is not {wanted}")
+
+
+@functools.cache
+def _hints(fn: Selector) -> dict[str, Any]:
+    """`fn`'s parameter types (none where they cannot be resolved: a plugin's names we cannot see)."""
+    try:
+        return typing.get_type_hints(fn)
+    except (NameError, TypeError):
+        return {}
+
+
+def _fits(hint: Any, value: Any) -> str | None:
+    """What a parameter typed `hint` must be, when `value` is not that (None when it is): numbers,
+    Literal choices and Optional, which is what selectors declare."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+    if value is None and union and len(options) < len(typing.get_args(hint)):
+        return None
+    names = []
+    for option in options:
+        if typing.get_origin(option) is typing.Literal:
+            if value in typing.get_args(option):
+                return None
+            names.append(f"one of {', '.join(map(str, typing.get_args(option)))}")
+        elif option in (int, float):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                    option is float or float(value).is_integer()):
+                return None
+            names.append("a whole number" if option is int else "a number")
+        elif not isinstance(option, type) or isinstance(value, option):
+            return None
+        else:
+            names.append(option.__name__)
+    return " or ".join(names)
 
 
 class FrameScorer:
