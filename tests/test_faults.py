@@ -266,6 +266,22 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(bench, tmp_path, capsys):
         from_pretrained(llava, dtype="float32", device="cpu")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU this machine does not have")
+def test_a_gpu_this_machine_lacks_is_named_before_any_work(bench, tmp_path, capsys):
+    """`--device cuda` on a machine without CUDA (and cuda:N past its GPUs): one line saying so and
+    what to use, exit 2, instead of torch's driver traceback at the first tensor."""
+    from tspo_eval.distributed import device_for
+
+    videos, jsonl, tsv = bench
+    code = cli.main(["extract", "--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos), *AGENT,
+                     "--device", "cuda", "--cache", str(tmp_path / "cache")])
+    assert code == 2 and "device 'cuda': CUDA is not available here" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(ValueError, match="give cuda, cuda:N or cpu"):
+        device_for("gpu0")
+    assert device_for("cpu") == torch.device("cpu") and device_for(None) == torch.device("cpu")
+
+
 def test_header_only_tsv_says_there_is_nothing_to_do(bench, tmp_path, capsys):
     videos, jsonl, tsv = bench
     header_only = tmp_path / "LVBench.tsv"

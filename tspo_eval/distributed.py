@@ -34,6 +34,25 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
+def device_for(device: str | torch.device | None = None) -> torch.device:
+    """`device` as given, checked here (a GPU this machine does not have is a ValueError saying so, not
+    torch's driver error at the first tensor), or, for None, this process's own (`local_device`)."""
+    if device is None:
+        return local_device()
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r}: {err}; give cuda, cuda:N or cpu") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available here (no GPU driver, or a CPU-only "
+                             "torch); use the CPU (cpu)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine shows {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return resolved
+
+
 def shard(items: Sequence[T], rank_: int | None = None, world: int | None = None) -> list[T]:
     """This rank's share: every world-th item from position rank (disjoint, covering all)."""
     r = rank() if rank_ is None else rank_

@@ -97,11 +97,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return resolved
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The given device, else CUDA when present, else the CPU."""
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def default_attention(requested: str | None, device: torch.device, dtype: torch.dtype) -> str:
     """The requested implementation, else flash_attention_2 where flash_attn is installed and usable
     (CUDA, 16-bit), else PyTorch sdpa."""

@@ -40,11 +40,11 @@ from torch import nn
 
 from ..config import CheckpointError, safetensors_file
 from ..encoders import as_uint8_batch
+from ..distributed import device_for
 from .base import (
     Backbone,
     VideoQuery,
     default_attention,
-    resolve_device,
     resolve_dtype,
     without_cudnn_attention,
 )
@@ -580,7 +580,7 @@ def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "b
     config = json.loads((directory / "config.json").read_text())
     if "mm_vision_tower" not in config:
         raise ValueError(f"{directory}/config.json has no mm_vision_tower: not a LLaVA checkpoint")
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = device_for(device), resolve_dtype(dtype)
     tower = siglip_tower_config(config["mm_vision_tower"], directory)
     layout = VisualLayout.from_config(config, int(tower["image_size"]) // int(tower["patch_size"]))
     net = _build_net(config, tower, layout, default_attention(attn_implementation, device, dtype))
@@ -604,7 +604,7 @@ def random_llava_video(size: Literal["tiny", "7b"] = "tiny", seed: int = 0, dtyp
     preset = json.loads((CONFIG_DIR / f"llava-video-{size}.json").read_text())
     config = preset["config"]
     tower = preset.get("vision_tower") or siglip_tower_config(config["mm_vision_tower"])
-    device = resolve_device(device)
+    device = device_for(device)
     dtype = resolve_dtype(dtype if dtype is not None else ("float32" if size == "tiny" else "bfloat16"))
     layout = VisualLayout.from_config(config, int(tower["image_size"]) // int(tower["patch_size"]))
     net = _build_net(config, tower, layout, default_attention(attn_implementation, device, dtype))

@@ -66,11 +66,11 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
+from ..distributed import device_for
 from .base import (
     Backbone,
     VideoQuery,
     default_attention,
-    resolve_device,
     resolve_dtype,
     without_cudnn_attention,
 )
@@ -445,7 +445,7 @@ def from_pretrained(path_or_hub_id: str | Path, *, dtype: str | torch.dtype = "b
     """
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    where, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    where, torch_dtype = device_for(device), resolve_dtype(dtype)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(path_or_hub_id), dtype=torch_dtype,
         attn_implementation=default_attention(attn_implementation, where, torch_dtype),
@@ -480,7 +480,7 @@ def random_qwen_vl(size: Literal["tiny", "7b"] = "tiny", seed: int = 0, dtype: s
                                                         "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
                                                         "<|video_pad|>"])))
     config = Qwen2_5_VLConfig(**{"vocab_size": len(tokenizer), **copy.deepcopy(ARCHITECTURES[size]), **special})
-    where = resolve_device(device)
+    where = device_for(device)
     torch_dtype = resolve_dtype(dtype or ("float32" if size == "tiny" else "bfloat16"))
     torch.manual_seed(seed)
     with torch.device(where):

@@ -67,10 +67,10 @@ def _models(ns: argparse.Namespace):
     import torch
 
     from ..agent import load_agent
-    from ..distributed import local_device
+    from ..distributed import device_for
     from ..encoders import OpenClipEncoder
 
-    device = torch.device(ns.device) if ns.device else local_device()
+    device = device_for(ns.device)
     dtype = torch_dtype(ns.dtype) if ns.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     agent = load_agent(ns.agent, torch_dtype=dtype, device=device) if ns.agent else None
     if ns.encoder:

@@ -307,7 +307,7 @@ def run_training(cfg: TrainConfig) -> list[dict[str, float]]:
 
     if not cfg.data:
         raise ValueError("--data is required: a TSPO-10K or Temporal-RLT jsonl file")
-    device = torch.device(cfg.device) if cfg.device else distributed.local_device()
+    device = distributed.device_for(cfg.device or None)
     init_distributed(device)
     samples = read_samples(cfg.data)
     torch.manual_seed(cfg.seed)  # a fresh head (plain CLIP directory) starts the same on every run
