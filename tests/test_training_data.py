@@ -52,6 +52,12 @@ def test_read_samples_names_a_bad_row(tmp_path):
     path.write_text(json.dumps(TSPO_ROW) + "\n" + json.dumps({"video": "x", "problem_type": "grounding"}) + "\n")
     with pytest.raises(ValueError, match="row 1"):
         read_samples(path)
+    path.write_text(json.dumps(TSPO_ROW) + "\n\n{cut short\n")  # was json's "Expecting ..." with no file
+    with pytest.raises(ValueError, match=rf"{path}, line 3: not JSON \(Expecting property name"):
+        read_samples(path)
+    path.write_text("[\n" + json.dumps(TSPO_ROW) + ",\n{cut short\n]")
+    with pytest.raises(ValueError, match=rf"{path}, line 3: not JSON"):
+        read_samples(path)
 
 
 class CountingEncoder:

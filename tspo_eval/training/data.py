@@ -154,7 +154,15 @@ def sample_from_question(question: Question, video_path: str | Path) -> Sample:
 def read_samples(path: str | Path) -> list[Sample]:
     """All rows of a jsonl file (or a JSON list) as `Sample`s; a bad row raises with its line."""
     text = Path(path).read_text()
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    whole = text.lstrip().startswith("[")
+    numbered = [(1, text)] if whole else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    rows = []
+    for number, chunk in numbered:
+        try:
+            rows += json.loads(chunk) if whole else [json.loads(chunk)]
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number + err.lineno - 1}: not JSON ({err.msg}, column {err.colno}); "
+                             "fix or remove it") from err
     samples = []
     for n, row in enumerate(rows):
         try:
