@@ -77,6 +77,29 @@ def test_extract_caches_the_candidates_features_and_records_failures(videos, enc
     np.testing.assert_array_equal(b.frame_numbers, [0, 25, 50, 75])
 
 
+@pytest.mark.parametrize("processes", [False, True])
+def test_files_decord_misnumbers_are_extracted_from_the_right_frames(numbered_video_factory, encoder, tmp_path,
+                                                                    processes):
+    """MPEG-TS and open-GOP HEVC through the extraction loop (threads, and decoding processes whose probe
+    picks the decoder): the cached features are those of the frames a plain front-to-back decode gives
+    at the candidate numbers (no seek, no decoder choice of ours in the truth)."""
+    import av
+
+    paths = [numbered_video_factory(suffix=".ts", codec="libx264"),
+             numbered_video_factory(suffix=".mp4", codec="libx265")]
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = ExtractConfig(encode_batch=4, readers=2, decode_processes=processes)
+    report = extract_videos(paths, encoder, cache, Sampling(), cfg, progress=False)
+    assert sorted(report.encoded) == sorted(map(str, paths)) and not report.failed
+    for path in paths:
+        with av.open(str(path)) as container:
+            every = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+        cached = load_features(path, encoder.identity, cache, Sampling())
+        np.testing.assert_array_equal(cached.frame_numbers, np.arange(0, 300, 30))
+        torch.testing.assert_close(cached.features, encoder.encode_frames(every[cached.frame_numbers]),
+                                   atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_runs_finishing_out_of_order_come_back_in_time_order(numbered_video, encoder, tmp_path, monkeypatch,
                                                              backend):

@@ -580,7 +580,8 @@ def test_ctrl_c_or_sigterm_mid_extraction_exits_with_a_line_and_leaves_nothing_r
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.time() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
-    assert not glob.glob(f"/dev/shm/tspo-decode-{proc.pid}-*") + glob.glob(f"{tempfile.gettempdir()}/tspo-decode-{proc.pid}-*")
+    assert not [path for folder in ("/dev/shm", tempfile.gettempdir())
+                for path in glob.glob(f"{folder}/tspo-decode-{proc.pid}-*")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "3 videos:" in done.stdout and "0 failed" in done.stdout, done.stderr[-2000:]
 
