@@ -4,6 +4,7 @@ docs/reliability.md maps every fault to its test (here or in the stage's own tes
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -393,6 +394,37 @@ def test_boolean_options_accept_true_false_1_0_and_nothing_else():
     assert parser.parse_args([*base, "--compile-vision", "1"]).compile_vision is True
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--compile-vision", "no"])
+
+
+def test_every_boolean_flag_reads_alike_at_every_command(tmp_path, capsys):
+    """One form for every boolean flag (policy, extraction, training, benchmark rows): `--flag` alone
+    is true, `--flag false` says false (train's `--decode-resize false` was "unrecognized
+    arguments", the same setting as select's), and a config file's `true` can be turned off."""
+    import dataclasses
+
+    parser = cli.build_parser()
+    bools = []
+    for command in cli._commands():
+        full = cli.build_parser([command])._subparsers._group_actions[0].choices[command]
+        for action in full._actions:
+            if action.metavar == "BOOL" or isinstance(action, argparse._StoreTrueAction):
+                bools.append((command, action))
+    assert len(bools) > 15 and not [(c, a.option_strings) for c, a in bools if a.metavar != "BOOL"]
+    for command, action in bools:
+        assert action.nargs == "?" and action.const is True, (command, action.option_strings)
+        assert action.type("false") is False and action.type("1") is True
+
+    train = ["train", "--data", "d.jsonl", "--environment", "synthetic"]
+    assert parser.parse_args([*train, "--decode-resize"]).decode_resize is True
+    assert parser.parse_args([*train, "--decode-resize", "false", "--resume", "0"]).resume is False
+    config = tmp_path / "run.yaml"
+    config.write_text("resume: true\ndecode_resize: true\n")
+    from tspo_eval.config import config_with_file
+    from tspo_eval.training.config import TrainConfig
+
+    ns = cli.build_parser(["train"]).parse_args([*train, "--config", str(config), "--resume", "false"])
+    cfg = config_with_file(TrainConfig, ns)
+    assert cfg.resume is False and cfg.decode_resize is True and dataclasses.is_dataclass(cfg)
 
 
 class FakeDataset:

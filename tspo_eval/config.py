@@ -28,9 +28,9 @@ from .policy import (
     EXTRACT_KEYS,
     ExtractConfig,
     FramePolicy,
+    add_bool_flag,
     add_extract_args,
     extract_from_args,
-    parse_bool,
     parse_extract,
     parse_params,
 )
@@ -176,7 +176,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: Sequenc
             base = str if choices else hint
             parser.add_argument(flag, required=True, type=base, choices=choices or None, help=help_)
         elif hint is bool:
-            parser.add_argument(flag, action="store_true", help=help_)
+            add_bool_flag(parser, flag, f"{help_} (default {default})", default)
         elif typing.get_origin(hint) is dict:
             parser.add_argument(flag, metavar="KEY=VALUE", action="append", default=[], help=help_)
         elif typing.get_origin(hint) is tuple:
@@ -185,8 +185,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: Sequenc
             parser.add_argument(flag, choices=choices, default=default, help=f"{help_} (default {default})")
         else:
             base = next((a for a in args if a is not type(None)), hint) if _is_union(hint) else hint
-            if base is bool:  # bool(str) is True for "false": accept true/false/1/0 only
-                base = parse_bool
+            if base is bool:  # Optional[bool]: None (unset) unless given
+                add_bool_flag(parser, flag, f"{help_} (default {default})", default)
+                continue
             parser.add_argument(flag, type=base, default=default, help=f"{help_} (default {default})")
             if "renamed_from" in f.metadata:
                 parser.add_argument("--" + f.metadata["renamed_from"].replace("_", "-"), dest=f.name, type=base,

@@ -341,6 +341,20 @@ def parse_bool(value: Any) -> bool:
     raise ValueError(f"{value!r} is not a boolean: use true, false, 1 or 0")
 
 
+def add_bool_flag(parser: argparse.ArgumentParser, flag: str, help_: str, default: Any = None) -> None:
+    """A boolean flag, the same at every command: `--flag` alone is true, `--flag true|false|1|0` says it."""
+    parser.add_argument(flag, nargs="?", const=True, type=_bool_argument, default=default, metavar="BOOL",
+                        help=help_)
+
+
+def _bool_argument(value: str) -> bool:
+    """`parse_bool` as an argparse type: its message, not "invalid parse_bool value"."""
+    try:
+        return parse_bool(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def coerce_fields(cls: type, raw: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """`raw`'s values as the field hints of the dataclass `cls` require (typed, or strings from a
     command line / model arguments); ValueError naming the key (and `where`)."""
@@ -388,7 +402,7 @@ def _add_flags(parser: argparse.ArgumentParser, fields: list, defaults: dict[str
         help_ = f"{f.metadata.get('help', '')} (default {_render(defaults[f.name])})".replace("%", "%%")
         flag = "--" + f.name.replace("_", "-")
         if hint is bool:
-            parser.add_argument(flag, nargs="?", const="true", default=_UNSET, metavar="BOOL", help=help_)
+            add_bool_flag(parser, flag, help_, _UNSET)
         elif f.name == "params":
             parser.add_argument(flag, action="append", default=_UNSET, metavar="KEY=VALUE", help=help_)
         else:

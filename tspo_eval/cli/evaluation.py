@@ -25,7 +25,7 @@ from ..config import (
     torch_dtype,
 )
 from ..integrations.lmms_runner import EvaluateConfig
-from ..policy import FramePolicy, add_extract_args, add_policy_args, extract_from_args, policy_from_args
+from ..policy import FramePolicy, add_bool_flag, add_extract_args, add_policy_args, extract_from_args, policy_from_args
 
 BENCHMARK_NAMES = "longvideobench | mlvu | videomme | lvbench (or registered)"
 
@@ -48,8 +48,8 @@ def _add_benchmark_args(p: argparse.ArgumentParser, videos: bool = True) -> None
     if videos:
         p.add_argument("--videos", "--video-root", type=Path, required=True, action=_Once, metavar="DIR",
                        help="folder holding the benchmark's videos (<DIR>/<video_name>)")
-    p.add_argument("--strict", action="store_true", help="refuse the whole file when a row is bad (default: refuse "
-                                                         "that question alone, recorded as failed)")
+    add_bool_flag(p, "--strict", "refuse the whole file when a row is bad (default: refuse that question alone, "
+                                 "recorded as failed)", default=False)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
