@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tspo_eval import extract
+from tspo_eval import video as video_module
 from tspo_eval.agent import random_agent
 from tspo_eval.cache import FeatureCache
 from tspo_eval.extract import decode_plan, extract_videos, load_features
@@ -80,7 +81,7 @@ def test_nvdec_is_used_when_asked_and_auto_keeps_the_cpu_plan(monkeypatch, cuda_
     assert nvdec_unavailable("cpu") is not None and nvdec_unavailable("cuda:0") is None
 
     monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)  # not installed: import fails
-    extract._said.clear()
+    video_module._said.clear()
     with caplog.at_level(logging.WARNING, logger="tspo_eval.extract"):
         auto = decode_plan(ExtractConfig(), cores=16, device="cuda")
         asked = decode_plan(ExtractConfig(backend="nvdec"), cores=16, device="cuda")
@@ -130,7 +131,7 @@ def test_nvdec_takes_whole_videos_beside_the_cpu_and_hands_back_what_it_cannot(n
     monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec(opened, fail=gpu_fails, gate=gate))
     monkeypatch.setattr(extract, "NVDEC_TAIL", 0)  # a run long enough that the GPU takes a video
     monkeypatch.setattr(extract, "nvdec_unavailable", lambda device: None)  # a CUDA machine, as far as the plan goes
-    extract._said.clear()
+    video_module._said.clear()
     videos = [numbered_video_factory(num_frames=n) for n in (600, 450, 360)]
     cfg = ExtractConfig(encode_batch=2, readers=1, decode_threads=1, backend="nvdec")
     assert decode_plan(cfg, cores=2).backend == "nvdec"

@@ -49,7 +49,8 @@ from .cache import CacheWriteError, FeatureCache, VideoFeatures, features_identi
 from .decode_workers import POOL, return_freed_buffers
 from .encoders import Encoder, Frames, clip_resize_shape, upload
 from .policy import ExtractConfig, Sampling
-from .video import Candidates, FrameReader, NvdecReader, Probe, VideoError, decode_runs, nvdec_unavailable
+from .video import (Candidates, FrameReader, NvdecReader, Probe, VideoError, decode_runs, nvdec_unavailable,
+                    say_once)
 
 log = logging.getLogger(__name__)
 
@@ -110,23 +111,13 @@ def decode_plan(cfg: ExtractConfig, cores: int | None = None, device: str | torc
         why = nvdec_unavailable(device)
         gpu = why is None
         if not gpu:
-            _say_once(f"--backend nvdec: GPU decoding is unavailable ({why}); decoding on the CPU")
+            say_once(f"--backend nvdec: GPU decoding is unavailable ({why}); decoding on the CPU", log)
     cpu = "auto" if cfg.backend == "nvdec" else cfg.backend
     processes = cfg.decode_processes or (cpu == "auto" and cores >= PROCESS_CORES and _has_pyav())
     backend = "nvdec" if gpu else "pyav" if processes and cpu == "auto" else cpu
     readers = cfg.readers or (min(cores, MAX_AUTO_READERS) if processes else 2)
     threads = cfg.decode_threads or (1 if processes else 2)
     return replace(cfg, backend=backend, readers=readers, decode_threads=threads, decode_processes=processes)
-
-
-_said: set[str] = set()
-
-
-def _say_once(message: str) -> None:
-    """A fallback is worth one line per process, not one per video."""
-    if message not in _said:
-        _said.add(message)
-        log.warning(message)
 
 
 def _has_pyav() -> bool:
@@ -573,7 +564,7 @@ def extract_videos(paths: Sequence[str | Path], encoder: Encoder, cache: Feature
             except (VideoError, ValueError, OSError) as err:  # the CPU probe: the video itself is bad
                 record(path, key, None, err)
             except Exception as err:  # noqa: BLE001 - NVDEC refused or failed it: the CPU decodes it
-                _say_once(f"GPU decoding skipped a video, the CPU decodes it: {err}")
+                say_once(f"GPU decoding skipped a video, the CPU decodes it: {err}", log)
                 handed_back = job
             finally:
                 videos.release(handed_back)

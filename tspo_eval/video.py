@@ -362,7 +362,7 @@ def _checked_frame_numbers(frame_numbers: Sequence[int] | np.ndarray, num_frames
 def _decord_for(path: str, backend: str, num_threads: int,
                 size: tuple[int, int] | None = None) -> decord.VideoReader | None:
     """The decord reader to use, or None to use PyAV ("pyav"; for "auto", a file decord fails to
-    open or would misnumber)."""
+    open or would misnumber; "decord" asked for on such a file reads it, with a warning)."""
     if backend == "pyav":
         return None
     header = _header(path)
@@ -374,9 +374,24 @@ def _decord_for(path: str, backend: str, num_threads: int,
         if backend == "decord":
             raise
         return None
-    if backend == "auto" and _repeats_times(reader):
-        return None
+    if header.decord_misnumbers or _repeats_times(reader):
+        if backend == "auto":
+            return None
+        say_once(f"{path}: decord returns other frames than asked for of MPEG-TS / MPEG-PS, HEVC and files whose "
+                 "frames share a time (said for the first such file only); --backend auto reads them with PyAV",
+                 log, key="decord misnumbers")
     return reader
+
+
+_said: set[str] = set()
+
+
+def say_once(message: str, logger: logging.Logger, key: str | None = None) -> None:
+    """A fallback or a caveat is worth one line per process (per `key`, default the message), not one
+    per video."""
+    if (key or message) not in _said:
+        _said.add(key or message)
+        logger.warning(message)
 
 
 def _repeats_times(reader: decord.VideoReader) -> bool:
