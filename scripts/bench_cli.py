@@ -130,7 +130,7 @@ def make_videos(folder: Path, sets: dict, base_minutes: float) -> tuple[str, dic
     out = {name: folder / f"{name}_{minutes:g}min_{h}x{w}.mp4" for name, (minutes, (h, w)) in sets.items()}
     warmup = folder / f"warmup_{base_minutes:g}min.mp4"
     made_by = folder / "made_by.txt"
-    if all(p.exists() for p in [*out.values(), warmup, made_by]):
+    if all(p.exists() for p in [*out.values(), warmup, made_by, *numbered_videos(folder)]):
         return made_by.read_text().strip() + " (found made)", out, warmup
     if importlib.util.find_spec("av") is None:
         raise SystemExit(f"{folder}: the videos are missing and PyAV is not installed to make them (an H200 has no "
@@ -144,9 +144,25 @@ def make_videos(folder: Path, sets: dict, base_minutes: float) -> tuple[str, dic
         shutil.copy(bases[min(sizes)], warmup)
     for base in bases.values():
         base.unlink()
+    from tspo_eval.synthetic import number_frame, write_video
+
+    for path, codec in numbered_videos(folder).items():
+        path.parent.mkdir(exist_ok=True)
+        if not path.exists():
+            write_video(path, (number_frame(n, 48, 64) for n in range(NUMBERED_FRAMES)), 30, codec=codec, gop_size=30)
     how = f"libx264 crf 23 (PyAV {importlib.import_module('av').__version__}), a {base_minutes:g}-min base per size concatenated"
     made_by.write_text(how)
     return how, out, warmup
+
+
+NUMBERED_FRAMES = 300
+
+
+def numbered_videos(folder: Path) -> dict[Path, str]:
+    """{path: codec} of small videos whose frame n shows n, in the containers and codecs decord
+    misnumbers (tests/test_video.py): the NVDEC check reads them back by number."""
+    return {folder / "numbered" / name: codec for name, codec in (
+        ("h264.ts", "libx264"), ("mpeg2.ts", "mpeg2video"), ("hevc_open_gop.mp4", "libx265"))}
 
 
 def distinct_copies(source: Path, count: int, folder: Path) -> list[Path]:
@@ -210,10 +226,11 @@ def published_question(agent, processor, path: Path, cache_dir: Path, index: int
                 "sampled_idx": torch.arange(len(frames))}, cache_dir / f"{index}.pth")
 
 
-def nvdec_check(encoder, videos: dict[str, Path], picks: int = 16) -> dict:
+def nvdec_check(encoder, videos: dict[str, Path], numbered: list[Path], picks: int = 16) -> dict:
     """The GPU decoder's frames against the CPU decoder's at the same frame numbers: pixel
     differences, which CPU frame each GPU frame matches best (offset 0 = same numbering; the
-    texture moves 2 px a frame, so neighbours differ), and the CLIP features' cosine."""
+    texture moves 2 px a frame, so neighbours differ), and the CLIP features' cosine; and on the
+    `numbered` videos (`numbered_videos`), how many frames read by number show another number."""
     import torch
 
     from tspo_eval.video import FrameReader, NvdecReader, nvdec_unavailable
@@ -255,6 +272,17 @@ def nvdec_check(encoder, videos: dict[str, Path], picks: int = 16) -> dict:
         except Exception as err:  # noqa: BLE001 - a figure this machine cannot give is a result too
             out[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
         print("nvdec", name, out[name], flush=True)
+    from tspo_eval.synthetic import read_frame_number
+
+    asked = np.arange(0, NUMBERED_FRAMES, 7)
+    for path in numbered:
+        try:  # the numbers come from the frames themselves: no CPU decoder is the reference
+            with NvdecReader(str(path), encoder.device.index or 0, NUMBERED_FRAMES) as gpu:
+                shown = [read_frame_number(f) for f in gpu.read(asked).cpu().numpy()]
+            out[f"numbered/{path.name}"] = {"asked": len(asked), "wrong": int(np.sum(np.array(shown) != asked))}
+        except Exception as err:  # noqa: BLE001 - e.g. a codec this NVDEC lacks
+            out[f"numbered/{path.name}"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        print("nvdec", path.name, out[f"numbered/{path.name}"], flush=True)
     return out
 
 
@@ -305,7 +333,8 @@ def child(args: argparse.Namespace) -> None:
         encoder.encode_text([QUESTION])
         out["text_per_question_s"] = statistics.median(clock(lambda: encoder.encode_text([QUESTION]))
                                                        for _ in range(10))
-    out["nvdec"] = nvdec_check(encoder, {Path(v).parent.name: Path(v) for v in args.nvdec_videos})
+    out["nvdec"] = nvdec_check(encoder, {Path(v).parent.name: Path(v) for v in args.nvdec_videos},
+                               list(numbered_videos(Path(args.warmup).parent)))
     args.out.write_text(json.dumps(out))
 
 
