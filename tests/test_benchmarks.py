@@ -369,3 +369,17 @@ def test_resolve_video(restore_registry):
     for name in ["../x.mp4", "a/../../x.mp4", "/etc/passwd", "C:\\x.mp4", ""]:
         with pytest.raises(ValueError, match=re.escape(f"video_name {name!r}")):
             resolve_video("/data", name, "mlvu")
+
+
+def test_a_video_stored_with_another_extension_is_found(tmp_path):
+    """The TSV names `<id>.mp4`; a copy fetched as .mkv / .webm / .MP4 is used (lmms-eval's VideoMME task
+    looks for .MP4 and .mkv too); the named file wins when it exists; nothing found: the named path."""
+    (tmp_path / "a.mkv").write_bytes(b"")
+    (tmp_path / "b.MP4").write_bytes(b"")
+    (tmp_path / "c.mp4").write_bytes(b"")
+    (tmp_path / "c.webm").write_bytes(b"")
+    assert resolve_video(tmp_path, "a.mp4", "lvbench") == tmp_path / "a.mkv"
+    assert resolve_video(tmp_path, "b.mp4", "lvbench") == tmp_path / "b.MP4"
+    assert resolve_video(tmp_path, "c.mp4", "lvbench") == tmp_path / "c.mp4"
+    assert resolve_video(tmp_path, "c.mkv", "lvbench") == tmp_path / "c.mp4"  # the first of VIDEO_SUFFIXES
+    assert resolve_video(tmp_path, "d.mp4", "lvbench") == tmp_path / "d.mp4"

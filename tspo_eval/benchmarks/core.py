@@ -332,8 +332,15 @@ def unsafe_relative_path(name: str) -> str | None:
     return None
 
 
+# where `<video_name>` is missing, the same name with these extensions is looked for (in this order):
+# copies fetched with other tools (yt-dlp: .mkv / .webm), as lmms-eval's VideoMME task looks for .MP4 / .mkv
+VIDEO_SUFFIXES = (".mp4", ".MP4", ".mkv", ".webm", ".mov", ".avi")
+
+
 def resolve_video(root: str | Path, video_name: str, benchmark: str) -> Path:
-    """Path of a benchmark video: `<root>/<spec.video_subdir>/<video_name>`.
+    """Path of a benchmark video: `<root>/<spec.video_subdir>/<video_name>`, or, where that file is
+    missing, the same name with another extension of `VIDEO_SUFFIXES` that exists there (else the
+    named path, which then fails as missing).
 
     Raises ValueError when `video_name` would escape the root (absolute, or with '..').
     """
@@ -341,4 +348,7 @@ def resolve_video(root: str | Path, video_name: str, benchmark: str) -> Path:
     if problem := unsafe_relative_path(video_name):
         raise ValueError(f"video_name {video_name!r} of benchmark {spec.name!r} {problem}; "
                          f"it must be a path relative to the video root {root}")
-    return Path(root) / spec.video_subdir / video_name
+    path = Path(root) / spec.video_subdir / video_name
+    if path.exists():
+        return path
+    return next((other for suffix in VIDEO_SUFFIXES if (other := path.with_suffix(suffix)).exists()), path)

@@ -47,7 +47,8 @@ def _add_benchmark_args(p: argparse.ArgumentParser, videos: bool = True) -> None
                         "(video_info.meta.jsonl, lvb_val.json, mlvu.json, videomme.json; gives time references)")
     if videos:
         p.add_argument("--videos", "--video-root", type=Path, required=True, action=_Once, metavar="DIR",
-                       help="folder holding the benchmark's videos (<DIR>/<video_name>)")
+                       help="folder holding the benchmark's videos (<DIR>/<video_name>, or the same name as "
+                            ".MP4 / .mkv / .webm / .mov / .avi)")
     add_bool_flag(p, "--strict", "refuse the whole file when a row is bad (default: refuse that question alone, "
                                  "recorded as failed)", default=False)
 
