@@ -127,6 +127,28 @@ def test_resume_continues_exactly_where_the_run_stopped(bench, tmp_path):
     assert all(torch.equal(final[k], expected[k]) for k in final)
 
 
+def test_ctrl_c_between_steps_checkpoints_the_last_one_and_resume_is_exact(bench, tmp_path):
+    """Ctrl-C (or SIGTERM, taken as it) after step 3 of 4 with checkpoints every 2: step 3 is not lost
+    (it used to be): it is checkpointed on the way out, and --resume goes on from it exactly."""
+    straight = make_trainer(bench, tmp_path / "a", max_steps=4, save_every=2)
+    full = straight.train()
+
+    def ctrl_c_after_three(step, groups, metrics):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    first = make_trainer(bench, tmp_path / "b", max_steps=4, save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        first.train(ctrl_c_after_three)
+    assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    resumed = make_trainer(bench, tmp_path / "b", max_steps=4, save_every=2, resume=True)
+    rest = resumed.train()
+    assert resumed.start_step == 3 and [m["step"] for m in rest] == [4]
+    assert [m["reward"] for m in rest] == [m["reward"] for m in full[3:]]
+    final, expected = head_state(resumed), head_state(straight)
+    assert all(torch.equal(final[k], expected[k]) for k in final)
+
+
 class PixelReadingEnvironment(SyntheticEnvironment):
     """The synthetic rule, reading each rollout's pixels as a backbone does; notes where they came from."""
 

@@ -200,24 +200,41 @@ class Trainer:
         bar = tqdm(range(self.start_step, self.steps), desc="train", unit="step", disable=self.rank != 0,
                    initial=self.start_step, total=self.steps)
         episodes = self.episodes(self.start_step)
-        for step in bar:
-            tau = tau_at(step, self.steps, self.cfg.tau_start, self.cfg.tau_end)
-            lr = self.scheduler.get_last_lr()[0]
-            groups = [self.rollout_group(epoch, index, tau, next(episodes))
-                      for epoch, index in step_samples(self.cfg, step, len(self.samples), self.rank, self.world)]
-            metrics = self.reduce({**self.group_metrics(groups), **self.update(groups, tau)})
-            metrics.update(step=step + 1, tau=tau, lr=lr)
-            self.history.append(metrics)
-            if self.rank == 0:
-                bar.set_postfix(reward=f"{metrics['reward']:.3f}", tau=f"{tau:.4f}")
-                if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.steps:
-                    self._log(writer, metrics)
-            if callback is not None:
-                callback(step, groups, metrics)
-            if (step + 1) % self.cfg.save_every == 0 or step + 1 == self.steps:
-                self.save(step + 1)
-        if writer is not None:
-            writer.close()
+        done = saved = self.start_step  # steps finished, and checkpointed
+        updating = False
+        try:
+            for step in bar:
+                tau = tau_at(step, self.steps, self.cfg.tau_start, self.cfg.tau_end)
+                lr = self.scheduler.get_last_lr()[0]
+                groups = [self.rollout_group(epoch, index, tau, next(episodes))
+                          for epoch, index in step_samples(self.cfg, step, len(self.samples), self.rank, self.world)]
+                rollout_metrics = self.group_metrics(groups)
+                updating = True
+                update_metrics = self.update(groups, tau)
+                updating, done = False, step + 1
+                metrics = self.reduce({**rollout_metrics, **update_metrics})
+                metrics.update(step=step + 1, tau=tau, lr=lr)
+                self.history.append(metrics)
+                if self.rank == 0:
+                    bar.set_postfix(reward=f"{metrics['reward']:.3f}", tau=f"{tau:.4f}")
+                    if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.steps:
+                        self._log(writer, metrics)
+                if callback is not None:
+                    callback(step, groups, metrics)
+                if (step + 1) % self.cfg.save_every == 0 or step + 1 == self.steps:
+                    self.save(step + 1)
+                    saved = step + 1
+        except KeyboardInterrupt:
+            # Ctrl-C / SIGTERM: one process between updates holds exactly the state after step `done`,
+            # so it is checkpointed (--resume goes on from there). Mid-update, or with several
+            # processes (the others may be elsewhere), the last checkpoint stands.
+            if self.world == 1 and not updating and done > saved:
+                log.warning("interrupted: checkpointing step %d", done)
+                self.save(done)
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
         return self.history
 
     # ------------------------------------------------------------------ metrics
