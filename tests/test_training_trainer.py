@@ -140,7 +140,8 @@ def test_ctrl_c_between_steps_checkpoints_the_last_one_and_resume_is_exact(bench
     first = make_trainer(bench, tmp_path / "b", max_steps=4, save_every=2)
     with pytest.raises(KeyboardInterrupt):
         first.train(ctrl_c_after_three)
-    assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    checkpoints = sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000002", "step-000003"]
     resumed = make_trainer(bench, tmp_path / "b", max_steps=4, save_every=2, resume=True)
     rest = resumed.train()
     assert resumed.start_step == 3 and [m["step"] for m in rest] == [4]
