@@ -654,10 +654,10 @@ class _PyAVReader:
         """Decode from keyframe `self.keyframes[key]` on, so that frame `target` comes.
 
         Some demuxers land past the keyframe asked for (MPEG-TS / -PS seek by other timestamps
-        than the presentation times: to the next keyframe, beyond `target`): then an earlier
-        keyframe is asked for, and in the end the file is opened again at its start.
+        than the presentation times: to the next keyframe, beyond `target`): then earlier keyframes
+        are asked for (1, 2, 4, ... back), and in the end the file is opened again at its start.
         """
-        for k in range(key, -2, -1):
+        for k in [key, *(key - 2 ** i for i in range(key.bit_length()) if key - 2 ** i >= 0), -1]:
             if k >= 0:
                 self._container.seek(int(self._pts[self.keyframes[k]]), stream=self._stream, backward=True)
             else:
