@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from ..config import CheckpointError, safetensors_file
-from ..encoders import as_uint8_batch
 from ..distributed import device_for
+from ..encoders import as_uint8_batch
 from .base import (
     Backbone,
     VideoQuery,
