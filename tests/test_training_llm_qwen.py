@@ -150,6 +150,27 @@ def test_a_resumed_run_continues_bit_identically(samples, tmp_path):
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
+def test_ctrl_c_between_steps_checkpoints_the_last_one_and_resume_is_bit_identical(samples, tmp_path):
+    """Ctrl-C after step 2 of 3 with checkpoints every 2 (none yet for step 2 when it comes): step 2 is
+    checkpointed on the way out and the resumed run ends where the uninterrupted one does."""
+    straight = LLMTrainer(config(tmp_path / "a", max_steps=3, save_every=2), tiny(5), samples)
+    full = straight.train()
+
+    def ctrl_c_after_two(step, metrics):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        LLMTrainer(config(tmp_path / "b", max_steps=3, save_every=2), tiny(5), samples).train(ctrl_c_after_two)
+    assert [p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()] == ["step-000002"]
+    resumed = LLMTrainer(config(tmp_path / "b", max_steps=3, save_every=2, resume=True), tiny(5), samples)
+    rest = resumed.train()
+    assert resumed.start_step == 2 and [m["step"] for m in rest] == [3]
+    assert [m["loss"] for m in rest] == [m["loss"] for m in full[2:]]
+    mine, theirs = resumed.policy.net.state_dict(), straight.policy.net.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
 def test_select_data_with_the_llm_scores_what_training_samples(rows, samples, tmp_path, monkeypatch):
     """select-data's N rewards of a sample are the rewards train-llm's first epoch draws for it.
     A random model's answers are all wrong, so a length reward makes every answer count."""

@@ -208,40 +208,54 @@ class LLMTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
         writer = metrics_writer(self.out, self.start_step) if main else None
         history = []
-        for step in tqdm(range(self.start_step, self.steps), desc="train-llm", disable=not main,
-                         initial=self.start_step, total=self.steps):
-            self.timer.reset()
-            lr = self.scheduler.get_last_lr()[0]
-            stats: dict[str, list[float]] = {}
-            for epoch, index in step_samples(self.cfg, step, len(self.samples), rank, world):
-                with self.timer("rollout"):
-                    g = self.rollout(epoch, index)
-                    adv = group_advantages(torch.as_tensor(g.rewards, dtype=torch.float32),
-                                           self.cfg.adv_eps).to(g.ids.device)
-                with self.timer("update"), self.accelerator.accumulate(self.model):
-                    loss, extra = self.loss(g, adv)
-                    self.accelerator.backward(loss)
-                    if self.accelerator.sync_gradients:
-                        norm = self.accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-                        extra["grad_norm"] = float("nan") if norm is None else float(norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad()
-                for key, value in {**self.group_stats(g), "loss": float(loss.detach()), **extra}.items():
-                    stats.setdefault(key, []).append(value)
-            self.scheduler.step()
-            metrics = self.reduce(stats)
-            metrics.update(step=step + 1, lr=lr, **{f"time/{k}": v for k, v in self.timer.seconds.items()})
-            if torch.cuda.is_available():
-                metrics["memory_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
-            history.append(metrics)
-            if main:
-                log_metrics(writer, self.out, metrics)
-            if callback is not None:
-                callback(step, metrics)
-            if (step + 1) % self.cfg.save_every == 0 or step + 1 == self.steps:
-                self.save(step + 1)
-        if writer is not None:
-            writer.close()
+        done = saved = self.start_step  # steps finished, and checkpointed
+        between = True  # the weights are those after step `done`: no update of the next one yet
+        try:
+            for step in tqdm(range(self.start_step, self.steps), desc="train-llm", disable=not main,
+                             initial=self.start_step, total=self.steps):
+                self.timer.reset()
+                lr = self.scheduler.get_last_lr()[0]
+                stats: dict[str, list[float]] = {}
+                for epoch, index in step_samples(self.cfg, step, len(self.samples), rank, world):
+                    with self.timer("rollout"):
+                        g = self.rollout(epoch, index)
+                        adv = group_advantages(torch.as_tensor(g.rewards, dtype=torch.float32),
+                                               self.cfg.adv_eps).to(g.ids.device)
+                    between = False
+                    with self.timer("update"), self.accelerator.accumulate(self.model):
+                        loss, extra = self.loss(g, adv)
+                        self.accelerator.backward(loss)
+                        if self.accelerator.sync_gradients:
+                            norm = self.accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+                            extra["grad_norm"] = float("nan") if norm is None else float(norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad()
+                    for key, value in {**self.group_stats(g), "loss": float(loss.detach()), **extra}.items():
+                        stats.setdefault(key, []).append(value)
+                self.scheduler.step()
+                between, done = True, step + 1
+                metrics = self.reduce(stats)
+                metrics.update(step=step + 1, lr=lr, **{f"time/{k}": v for k, v in self.timer.seconds.items()})
+                if torch.cuda.is_available():
+                    metrics["memory_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+                history.append(metrics)
+                if main:
+                    log_metrics(writer, self.out, metrics)
+                if callback is not None:
+                    callback(step, metrics)
+                if (step + 1) % self.cfg.save_every == 0 or step + 1 == self.steps:
+                    self.save(step + 1)
+                    saved = step + 1
+        except KeyboardInterrupt:
+            # as `Trainer.train`: one process between steps checkpoints the last one (--resume goes on
+            # from it); mid-step, or with several processes, the last checkpoint stands
+            if world == 1 and between and done > saved:
+                log.warning("interrupted: checkpointing step %d", done)
+                self.save(done)
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
         return history
 
     def group_stats(self, g: AnswerGroup) -> dict[str, float]:
