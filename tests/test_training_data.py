@@ -58,6 +58,8 @@ def test_read_samples_names_a_bad_row(tmp_path):
     path.write_text("[\n" + json.dumps(TSPO_ROW) + ",\n{cut short\n]")
     with pytest.raises(ValueError, match=rf"{path}, line 3: not JSON"):
         read_samples(path)
+    with pytest.raises(FileNotFoundError, match=r"--data .*missing.jsonl: no such file; give the training questions"):
+        read_samples(tmp_path / "missing.jsonl")
 
 
 class CountingEncoder:

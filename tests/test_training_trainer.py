@@ -216,6 +216,8 @@ def test_tensorboard_and_metrics_file(bench, tmp_path):
 def test_export_from_a_run_and_from_a_published_checkpoint(bench, tmp_path):
     trainer = make_trainer(bench, tmp_path)
     trainer.train()
+    with pytest.raises(FileNotFoundError, match=r"--checkpoint .*/runn: no such file"):  # was "not a tspo-eval
+        export_checkpoint(ExportConfig(checkpoint=str(tmp_path / "runn"), out=str(tmp_path / "x")))  # checkpoint"
     out = export_checkpoint(ExportConfig(checkpoint=str(tmp_path / "run"), out=str(tmp_path / "exported")))
     loaded = TemporalAgent.from_pretrained(out)
     from safetensors import safe_open

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from .. import distributed
 from ..benchmarks import Question
 from ..cache import FeatureCache, VideoFeatures
+from ..config import existing_path
 from ..encoders import Encoder
 from ..extract import extract_videos, video_features
 from ..policy import ExtractConfig, Sampling
@@ -153,7 +154,7 @@ def sample_from_question(question: Question, video_path: str | Path) -> Sample:
 
 def read_samples(path: str | Path) -> list[Sample]:
     """All rows of a jsonl file (or a JSON list) as `Sample`s; a bad row raises with its line."""
-    text = Path(path).read_text()
+    text = existing_path(path, "--data", "the training questions: a TSPO-10K or Temporal-RLT jsonl").read_text()
     whole = text.lstrip().startswith("[")
     numbered = [(1, text)] if whole else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     rows = []

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 
 from ..agent import TemporalAgent, load_agent
-from ..config import torch_dtype
+from ..config import existing_path, torch_dtype
 from .config import ExportConfig
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder means its newest `checkpoints/step-N`; anything else is used as given."""
-    path = Path(path)
+    path = existing_path(path, "--checkpoint", "a train run folder, its checkpoints/step-N folder, or a "
+                                               "published checkpoint")
     steps = sorted((path / "checkpoints").glob("step-[0-9]*[0-9]")) if path.is_dir() else []
     return steps[-1] if steps else path
 
