@@ -154,6 +154,34 @@ def test_nvdec_takes_whole_videos_beside_the_cpu_and_hands_back_what_it_cannot(n
         assert ("codec not supported" if gpu_fails == "open" else "CUDA_ERROR_LAUNCH_FAILED") in said[0]
 
 
+def test_files_whose_nvdec_numbering_is_unchecked_stay_on_the_cpu(numbered_video_factory, encoder, tmp_path,
+                                                                  monkeypatch, caplog):
+    """MPEG-TS / HEVC (decord misnumbers them; NVDEC's numbering there is not yet measured on a GPU):
+    with backend nvdec the GPU decoder never opens them, the CPU decodes them, right, and says so."""
+    opened: list = []
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", fake_pynvvideocodec(opened))
+    monkeypatch.setattr(extract, "NVDEC_TAIL", 0)
+    monkeypatch.setattr(extract, "nvdec_unavailable", lambda device: None)
+    video_module._said.clear()
+    unchecked = [numbered_video_factory(suffix=".ts", codec="libx264"),
+                 numbered_video_factory(suffix=".mp4", codec="libx265")]
+    videos = [numbered_video_factory(num_frames=90), *unchecked]  # the CPU loop takes the first, the GPU the rest
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = ExtractConfig(encode_batch=2, readers=1, prefetch_videos=1, backend="nvdec")
+    with caplog.at_level(logging.WARNING, logger="tspo_eval.extract"):
+        report = extract_videos(videos, encoder, cache, Sampling(), cfg, progress=False)
+    assert sorted(report.encoded) == sorted(map(str, videos)) and not report.failed and not opened
+    said = [r.getMessage() for r in caplog.records if "frame numbering on NVDEC is not yet checked" in r.getMessage()]
+    assert any(str(unchecked[-1]) in line for line in said)  # the GPU's first video, handed back
+    for path in unchecked:
+        with FrameReader(path, "nvdec") as reader:
+            assert reader.backend == "pyav" and [read_frame_number(f) for f in reader.read([30, 90])] == [30, 90]
+        got = load_features(path, encoder.identity, cache, Sampling())
+        torch.testing.assert_close(got.features, encoder.encode_frames(read_frames(path, got.frame_numbers)),
+                                   atol=1e-5, rtol=1e-5)
+    assert not opened
+
+
 def test_nvdec_leaves_the_last_videos_of_a_run_to_the_cpu(numbered_video_factory, encoder, tmp_path, monkeypatch):
     """A GPU decoder takes ~5 s per 10-min video (it decodes every frame): the last `NVDEC_TAIL`
     videos go to the CPU, so a short run is the CPU plan's and a long one's GPU videos start early."""

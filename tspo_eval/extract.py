@@ -49,8 +49,8 @@ from .cache import CacheWriteError, FeatureCache, VideoFeatures, features_identi
 from .decode_workers import POOL, return_freed_buffers
 from .encoders import Encoder, Frames, clip_resize_shape, upload
 from .policy import ExtractConfig, Sampling
-from .video import (Candidates, FrameReader, NvdecReader, Probe, VideoError, decode_runs, nvdec_unavailable,
-                    say_once)
+from .video import (Candidates, FrameReader, NvdecReader, Probe, VideoError, decode_runs,
+                    nvdec_numbering_unchecked, nvdec_unavailable, say_once)
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +431,9 @@ def _encode_on_gpu(path: str, sampling: Sampling, cfg: ExtractConfig, encoder: E
     if opened is not None:
         opened.close()
     cands = probe.candidates
+    if nvdec_numbering_unchecked(path):
+        raise _NvdecRefused(f"{path}: an MPEG-TS / -PS or HEVC file, whose frame numbering on NVDEC is not yet "
+                            "checked (docs/nvdec.md)")
     try:
         reader = NvdecReader(path, encoder.device.index or 0, cands.info.num_frames)
     except VideoError as err:
