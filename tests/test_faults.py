@@ -240,8 +240,6 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(bench, tmp_path, capsys):
     file not fully covered"; torch raised a RuntimeError traceback for the head)."""
     from safetensors.torch import load_file, save_file
 
-    import torch
-
     from tspo_eval.agent import load_agent
     from tspo_eval.backbones.llava_video import from_pretrained, random_llava_video
     from tspo_eval.config import CheckpointError
@@ -597,8 +595,16 @@ def test_ctrl_c_or_sigterm_mid_extraction_exits_with_a_line_and_leaves_nothing_r
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def children() -> list[int]:
-        found = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="], capture_output=True, text=True)
-        return [int(pid) for pid in found.stdout.split()]
+        """The command's child processes (from /proc: field 4 of a process's stat is its parent)."""
+        found = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            if int(fields[1]) == proc.pid:
+                found.append(int(Path(stat).parent.name))
+        return found
 
     deadline = time.time() + 120
     while len(workers := children()) < 2 and proc.poll() is None and time.time() < deadline:
