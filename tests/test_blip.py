@@ -115,12 +115,22 @@ def test_focus_with_blip_decodes_and_scores_only_the_frames_it_asks_for(tiny_bli
 
     monkeypatch.setattr(BlipScorer, "score_video", counting)
     policy = FramePolicy(method="focus", k=4, scores="blip", blip_model=str(tiny_blip))
-    sel = FramePlanner(policy, agent=agent, cache=cache).plan(
-        QuestionRef("q", "lvbench", str(video), "What is the man doing?"))
+    ref = QuestionRef("q", "lvbench", str(video), "What is the man doing?")
+    sel = FramePlanner(policy, agent=agent, cache=cache).plan(ref)
     assert len(asked) == len(set(asked)) and 0 < len(asked) < 60  # each scored once, not all
     assert sel.scored == pytest.approx(len(asked) / 60)
     assert set(sel.frame_numbers) <= set(range(240)) and len(sel.frame_numbers) == 4
-    assert not (tmp_path / "cache" / "scores").exists()  # partial scores are not cached as full vectors
+
+    # what it scored is cached (NaN for the rest): a second run scores nothing and chooses the same
+    monkeypatch.setattr(BlipScorer, "score_video", lambda *a, **k: pytest.fail("scored again"))
+    again = FramePlanner(policy, agent=agent, cache=cache).plan(ref)
+    assert again.frame_numbers == sel.frame_numbers and again.scored == sel.scored
+    # every score of the question (scores=blip with topk) is not taken from that partial entry
+    monkeypatch.setattr(BlipScorer, "score_video", counting)
+    asked.clear()
+    vf = FramePlanner(policy, agent=agent, cache=cache)._video_features(str(video))
+    full = blip_scores(BlipScorer.from_pretrained(str(tiny_blip)), vf, video, [ref.question], cache, policy.sampling)
+    assert len(asked) == 60 and not full.isnan().any()
 
 
 def test_inspect_draws_the_blip_scores_of_the_frames_it_chose(tiny_blip, numbered_video, tmp_path, monkeypatch):

@@ -122,7 +122,8 @@ def blip_scores(scorer: BlipScorer, vf: VideoFeatures, path: str | Path, texts: 
     cached ones read, the others computed in one decoding pass and cached."""
     keys = {text: scores_key(vf.fingerprint, sampling, scorer.identity, text) for text in dict.fromkeys(texts)}
     found = {text: cache.get_scores(key, vf.frame_numbers) for text, key in keys.items()}
-    missing = [text for text, value in found.items() if value is None]
+    # an entry `blip_frame_scorer` left holds some frames' scores only (NaN elsewhere): scored anew, whole
+    missing = [text for text, value in found.items() if value is None or bool(value.isnan().any())]
     if missing:
         for text, row in zip(missing, scorer.score_video(path, vf.frame_numbers, missing)):
             found[text] = cache.put_scores(keys[text], row, vf.frame_numbers, scorer.identity)
@@ -132,16 +133,25 @@ def blip_scores(scorer: BlipScorer, vf: VideoFeatures, path: str | Path, texts: 
 def blip_frame_scorer(scorer: BlipScorer, vf: VideoFeatures, path: str | Path, text: str, cache: FeatureCache,
                       sampling: Sampling) -> FrameScorer:
     """An on-demand BLIP scorer of one question's candidates (for `focus`): it decodes and scores
-    only the positions asked for. When the question's full scores are cached already, it reads them."""
-    full = cache.get_scores(scores_key(vf.fingerprint, sampling, scorer.identity, text), vf.frame_numbers)
-    if full is not None:
-        return FrameScorer.of(full)
+    only the positions asked for. What it scores is cached as it goes (the question's entry holds NaN
+    for the frames not scored yet), so a second run scores nothing it scored before; a question whose
+    full scores are cached reads them."""
+    key = scores_key(vf.fingerprint, sampling, scorer.identity, text)
+    cached = cache.get_scores(key, vf.frame_numbers)
+    if cached is not None and not cached.isnan().any():
+        return FrameScorer.of(cached)
+    known = torch.full((len(vf.frame_numbers),), float("nan")) if cached is None else cached.clone()
 
     def score(positions: np.ndarray) -> np.ndarray:
         order = np.argsort(positions, kind="stable")  # decoding wants ascending frame numbers
         values = scorer.score_video(path, vf.frame_numbers[positions[order]], [text])[0].numpy()
         out = np.empty(len(positions))
         out[order] = values
+        known[torch.from_numpy(positions)] = torch.from_numpy(out).float()
+        cache.put_scores(key, known, vf.frame_numbers, scorer.identity)
         return out
 
-    return FrameScorer(score, len(vf.frame_numbers))
+    frame_scorer = FrameScorer(score, len(vf.frame_numbers))
+    scored = (~known.isnan()).nonzero().flatten().tolist()
+    frame_scorer.known.update(zip(scored, known[scored].double().tolist()))
+    return frame_scorer
