@@ -3,7 +3,6 @@ saved with save_pretrained (nothing downloaded), their cache, and selection with
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
