@@ -210,7 +210,7 @@ def summary(a: argparse.Namespace) -> int:
     for name, reason in (("train", None), ("extract", None), ("deepspeed", None)):
         path = a.work / f"{name}.json"
         parts[name] = json.loads(path.read_text()) if path.is_file() else {
-            "ok": False, "why": f"no result: the part timed out, crashed or was skipped (see the log)"}
+            "ok": False, "why": "no result: the part timed out, crashed or was skipped (see the log)"}
     parts["evaluation"] = {"ok": None, "skipped": "7B LLaVA-Video evaluation through accelerate on 2 ranks needs "
                            "model build + lmms-eval start-up per launch (minutes each) beyond this 8-minute call"}
     for name, part in parts.items():
