@@ -281,6 +281,22 @@ def test_a_gpu_this_machine_lacks_is_named_before_any_work(bench, tmp_path, caps
     assert device_for("cpu") == torch.device("cpu") and device_for(None) == torch.device("cpu")
 
 
+def test_an_output_that_cannot_be_written_is_said_before_any_work(bench, tmp_path, capsys):
+    """`--out` under a file, or a file as `--cache`: said at once, exit 2, before any video is read
+    (the selections used to be computed, then lost to "[Errno 17] File exists")."""
+    videos, jsonl, tsv = bench
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    common = ["--benchmark", "lvbench", "--tsv", str(tsv), "--video-root", str(videos), *AGENT]
+    assert cli.main(["select", *common, "--cache", str(tmp_path / "cache"), "--out", str(blocker / "s.json")]) == 2
+    assert f"--out {blocker}: cannot be made a folder" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # nothing extracted, nothing encoded
+    assert cli.main(["extract", *common, "--cache", str(blocker)]) == 2
+    assert f"--cache {blocker}: a file, not a folder" in capsys.readouterr().err
+    assert cli.main(["compare", *common, "--cache", str(tmp_path / "cache"), "--out", str(blocker / "c")]) == 2
+    assert not (tmp_path / "cache").exists()
+
+
 def test_header_only_tsv_says_there_is_nothing_to_do(bench, tmp_path, capsys):
     videos, jsonl, tsv = bench
     header_only = tmp_path / "LVBench.tsv"

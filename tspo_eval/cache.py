@@ -19,6 +19,7 @@ an expensive scorer, BLIP ITM: `selection.blip`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -166,6 +167,8 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"--cache {self.root}: a file, not a folder; give the feature cache's folder")
         self._swept = False
 
     # keys ---------------------------------------------------------------------------
@@ -319,5 +322,6 @@ class FeatureCache:
                                   "give another --cache, then run the same command again (entries written so "
                                   "far are kept)") from err
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder that could not be made holds no temporary file
+                tmp.unlink(missing_ok=True)
         return path

@@ -57,6 +57,18 @@ def existing_path(path: str | Path, what: str, valid: str, directory: bool = Fal
     return path
 
 
+def output_folder(path: str | Path, what: str) -> Path:
+    """`path` made (parents too) before any work is done, so that a place results cannot be written to
+    is said at once, not after the work (which would be lost)."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NotADirectoryError(f"{what} {path}: cannot be made a folder ({err.strerror}: {err.filename}); "
+                                 "give a place that can be written") from err
+    return path
+
+
 def looks_like_path(value: str) -> bool:
     """Whether `value` can only mean a local path: hub ids are `org/name`, never absolute, relative
     (`./`, `../`, `~`) or of more than two parts."""

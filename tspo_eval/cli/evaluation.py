@@ -22,6 +22,7 @@ from ..config import (
     add_config_args,
     config_from_args,
     existing_path,
+    output_folder,
     torch_dtype,
 )
 from ..integrations.lmms_runner import EvaluateConfig
@@ -157,7 +158,7 @@ def cmd_extract(ns: argparse.Namespace) -> int:
     if not videos:
         print(f"error: no video to extract: all {len(refused)} rows of {ns.annotations} were refused", file=sys.stderr)
         return 1
-    mine = distributed.shard(videos)
+    mine, cache = distributed.shard(videos), FeatureCache(ns.cache)
     # the first videos decode while the model is imported and loaded (seconds)
     ahead = DecodeAhead(mine, sampling, cfg, ns.device or distributed.local_device())
     try:
@@ -166,8 +167,7 @@ def cmd_extract(ns: argparse.Namespace) -> int:
         ahead.cancel()
         raise
     reports = ns.cache / "reports" / ns.benchmark
-    report = extract_videos(mine, encoder, FeatureCache(ns.cache), sampling, cfg, progress=distributed.rank() == 0,
-                            ahead=ahead)
+    report = extract_videos(mine, encoder, cache, sampling, cfg, progress=distributed.rank() == 0, ahead=ahead)
     report.save(reports / f"extract.rank{distributed.rank()}.json")
     distributed.barrier()
     if distributed.rank() != 0:
@@ -195,14 +195,16 @@ def cmd_select(ns: argparse.Namespace) -> int:
                          "the original file (lvb_val.json, mlvu.json, videomme.json, video_info.meta.jsonl)")
     refused: list = []
     questions, root = _questions(ns, refused), _videos(ns)
+    out, cache = ns.out or Path(f"selections/{policy.method}_{ns.benchmark}.json"), FeatureCache(ns.cache)
+    for path in filter(None, (out, ns.frame_idx_out)):
+        output_folder(Path(path).parent, "--out" if path is out else "--frame-idx-out")
     agent, encoder = _models(ns)
     if questions:
-        result = select_benchmark(questions, root, encoder, FeatureCache(ns.cache), policy, extract, agent)
+        result = select_benchmark(questions, root, encoder, cache, policy, extract, agent)
     else:
         result = SelectionSet({"benchmark": ns.benchmark, "method": policy.method, "k": policy.k,
                                "policy": policy.identity(), "fingerprint": policy.fingerprint()})
     result.failed.update({row.index: str(row) for row in refused})
-    out = ns.out or Path(f"selections/{policy.method}_{ns.benchmark}.json")
     result.save(out)
     print(f"{len(result.selections)} questions selected, {len(result.failed)} failed -> {out}")
     _print_failures(result.failed, {q.index: q.video_name for q in questions})
@@ -226,6 +228,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
         why = next((f": its row was refused ({row})" for row in refused if row.index == ns.question), "")
         raise SystemExit(f"error: no question {ns.question!r} in {ns.annotations}{why}")
     root = _videos(ns)
+    output_folder(ns.out / ns.question, "--out")
     agent, encoder = _models(ns)
     sel, timeline, grid = inspect_question(questions[ns.question], root, encoder, FeatureCache(ns.cache), policy,
                                            ns.out / ns.question, extract, agent)
@@ -257,6 +260,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     policy, extract = policy_from_args(ns), extract_from_args(ns)
     refused: list = []
     questions, root = _questions(ns, refused), _videos(ns)
+    output_folder(cfg.out, "--out")
     agent, encoder = _models(ns)
     result = compare_selectors(questions, root, encoder, FeatureCache(ns.cache), cfg, policy, extract, agent,
                                refused=refused)
@@ -280,8 +284,8 @@ def cmd_convert(ns: argparse.Namespace) -> int:
     if source.suffix.lower() == ".tsv":
         raise SystemExit(f"error: {source} is already a TSV; convert takes the original {spec.annotation_file}")
     out = ns.out or Path(spec.tsv_file)
+    output_folder(out.parent, "--out")
     frame = convert(spec.name, source)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_tsv(frame, out)
     print(f"{len(frame)} questions of {source} -> {out} (the published {spec.tsv_file} layout)")
     return 0
@@ -298,6 +302,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     from ..integrations.lmms_runner import evaluate
 
     cfg = config_from_args(EvaluateConfig, ns)
+    output_folder(cfg.out, "--out")
     # the policy flags hold for every method (parameters are checked against the first)
     table = evaluate(cfg, policy_from_args(ns, FramePolicy(method=cfg.methods[0])), extract_from_args(ns))
     print(table.to_markdown(floatfmt=".2f"))
