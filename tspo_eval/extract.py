@@ -427,13 +427,13 @@ def _encode_on_gpu(path: str, sampling: Sampling, cfg: ExtractConfig, encoder: E
     """One whole video through one GPU decoder straight into the encoder: its frames never leave the
     GPU, and at most `NVDEC_READ_BYTES` of them wait. The frame numbers come from a CPU reader's probe,
     as on the CPU path. None when stopped."""
+    if nvdec_numbering_unchecked(path):  # before probing: the CPU loop probes it again when it takes it
+        raise _NvdecRefused(f"{path}: an MPEG-TS / -PS or HEVC file, whose frame numbering on NVDEC is not yet "
+                            "checked (docs/nvdec.md)")
     probe, opened = _probe(path, sampling, cfg)
     if opened is not None:
         opened.close()
     cands = probe.candidates
-    if nvdec_numbering_unchecked(path):
-        raise _NvdecRefused(f"{path}: an MPEG-TS / -PS or HEVC file, whose frame numbering on NVDEC is not yet "
-                            "checked (docs/nvdec.md)")
     try:
         reader = NvdecReader(path, encoder.device.index or 0, cands.info.num_frames)
     except VideoError as err:

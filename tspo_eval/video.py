@@ -213,10 +213,11 @@ class FrameReader:
         if backend == "nvdec" and size is not None:
             raise ValueError(f"{self.path}: the nvdec backend decodes at the stored size; size must be None")
         cpu = "auto" if backend == "nvdec" else backend  # nvdec: the CPU reader gives the frame numbers
-        self._decord = _decord_for(self.path, cpu, num_threads, size)
+        header = _Header() if backend == "pyav" else _header(self.path)
+        self._decord = _decord_for(self.path, cpu, num_threads, size, header)
         self._pyav = None if self._decord is not None else _PyAVReader(self.path, num_threads, size, index)
         self._nvdec = None
-        if backend == "nvdec" and not nvdec_numbering_unchecked(self.path):  # else the CPU reader reads
+        if backend == "nvdec" and not header.decord_misnumbers:  # see nvdec_numbering_unchecked
             try:
                 self._nvdec = NvdecReader(self.path, num_frames=self.num_frames)
             except BaseException:
@@ -359,13 +360,13 @@ def _checked_frame_numbers(frame_numbers: Sequence[int] | np.ndarray, num_frames
 # --------------------------------------------------------------------------- decord
 
 
-def _decord_for(path: str, backend: str, num_threads: int,
-                size: tuple[int, int] | None = None) -> decord.VideoReader | None:
+def _decord_for(path: str, backend: str, num_threads: int, size: tuple[int, int] | None,
+                header: _Header) -> decord.VideoReader | None:
     """The decord reader to use, or None to use PyAV ("pyav"; for "auto", a file decord fails to
-    open or would misnumber; "decord" asked for on such a file reads it, with a warning)."""
+    open or would misnumber; "decord" asked for on such a file reads it, with a warning). `header`
+    is `_header(path)`."""
     if backend == "pyav":
         return None
-    header = _header(path)
     if backend == "auto" and header.decord_misnumbers:
         return None
     try:

@@ -45,7 +45,7 @@ from .config import LLMTrainConfig
 from .data import Sample, read_samples, video_path
 from .grpo import group_advantages
 from .rollout import AnswerGroup, FrameChooser, Prompt, TrainableBackbone, VideoPolicy, answer_group, sample_seed
-from .trainer import log_metrics, metrics_writer, step_samples, total_steps
+from .trainer import checkpoint_interrupted, log_metrics, metrics_writer, step_samples, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +247,7 @@ class LLMTrainer:
                     self.save(step + 1)
                     saved = step + 1
         except KeyboardInterrupt:
-            # as `Trainer.train`: one process between steps checkpoints the last one (--resume goes on
-            # from it); mid-step, or with several processes, the last checkpoint stands
-            if world == 1 and between and done > saved:
-                log.warning("interrupted: checkpointing step %d", done)
-                self.save(done)
+            checkpoint_interrupted(self.save, world, between, done, saved)
             raise
         finally:
             if writer is not None:

@@ -92,6 +92,16 @@ def metrics_writer(out: Path, start_step: int):
     return SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
 
 
+def checkpoint_interrupted(save: Callable[[int], object], world: int, between_steps: bool, done: int,
+                           saved: int) -> None:
+    """On Ctrl-C / SIGTERM (the caller re-raises): one process between steps holds exactly the state
+    after step `done`, so it is checkpointed (--resume goes on from there). Mid-step, or with several
+    processes (the others may be elsewhere), the last checkpoint stands."""
+    if world == 1 and between_steps and done > saved:
+        log.warning("interrupted: checkpointing step %d", done)
+        save(done)
+
+
 def log_metrics(writer, out: Path, metrics: dict[str, float]) -> None:
     """One step's metrics: TensorBoard scalars `train/<name>` and a line of `out/metrics.jsonl`."""
     step = int(metrics["step"])
@@ -201,7 +211,7 @@ class Trainer:
                    initial=self.start_step, total=self.steps)
         episodes = self.episodes(self.start_step)
         done = saved = self.start_step  # steps finished, and checkpointed
-        updating = False
+        between = True  # the head is the one after step `done`: no update of the next one yet
         try:
             for step in bar:
                 tau = tau_at(step, self.steps, self.cfg.tau_start, self.cfg.tau_end)
@@ -209,9 +219,9 @@ class Trainer:
                 groups = [self.rollout_group(epoch, index, tau, next(episodes))
                           for epoch, index in step_samples(self.cfg, step, len(self.samples), self.rank, self.world)]
                 rollout_metrics = self.group_metrics(groups)
-                updating = True
+                between = False
                 update_metrics = self.update(groups, tau)
-                updating, done = False, step + 1
+                between, done = True, step + 1
                 metrics = self.reduce({**rollout_metrics, **update_metrics})
                 metrics.update(step=step + 1, tau=tau, lr=lr)
                 self.history.append(metrics)
@@ -225,12 +235,7 @@ class Trainer:
                     self.save(step + 1)
                     saved = step + 1
         except KeyboardInterrupt:
-            # Ctrl-C / SIGTERM: one process between updates holds exactly the state after step `done`,
-            # so it is checkpointed (--resume goes on from there). Mid-update, or with several
-            # processes (the others may be elsewhere), the last checkpoint stands.
-            if self.world == 1 and not updating and done > saved:
-                log.warning("interrupted: checkpointing step %d", done)
-                self.save(done)
+            checkpoint_interrupted(self.save, self.world, between, done, saved)
             raise
         finally:
             if writer is not None:
